@@ -1,0 +1,20 @@
+"""The `iterview` command line: one Typer app with a subcommand per job."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help="3D-aware image generation with 2D diffusion models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
+
+
+if __name__ == "__main__":
+    app()
