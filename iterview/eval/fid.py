@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from iterview.data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
 from iterview.eval.inception import FEATURE_DIM, InceptionV3
+from iterview.pipeline.io import atomic_path
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_VERSION = "1"
 
 
@@ -31,15 +31,14 @@ def list_images(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"image folder not found: {directory}")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = sorted(p for p in directory.rglob("*") if is_image_file(p) and p.is_file())
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {directory}")
     return paths
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Official real-image protocol: any mode -> RGB, centre square crop, LANCZOS resize to size²."""
-    image = image.convert("RGB")
+    """Official real-image protocol: centre square crop, then LANCZOS resize to size²."""
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side))
@@ -63,9 +62,10 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            image = center_crop_resize(image, self.size) if self.real else image.convert("RGB")
-            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        image = load_rgb(self.paths[index])
+        if self.real:
+            image = center_crop_resize(image, self.size)
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 @contextlib.contextmanager
@@ -109,11 +109,6 @@ def extract_features(
     return Features(torch.cat(pools), torch.cat(logits) if logits else None)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [-1, 1] -> uint8, the way the official code writes its PNGs (truncating clip(x·255))."""
-    return ((images.float() * 0.5 + 0.5) * 255).clamp(0, 255).to(torch.uint8)
-
-
 # ----------------------------------------------------------------------------------------------- statistics
 
 
@@ -136,12 +131,10 @@ class FeatureStats:
     def save(self, path: str | Path) -> Path:
         """Atomic safetensors write (temp file + os.replace)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"mu": self.mu, "sigma": self.sigma, "features": self.features.contiguous()}
         metadata = {"version": CACHE_VERSION, "meta": json.dumps(self.meta)}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, tmp, metadata=metadata)
         return path
 
     @classmethod
@@ -170,15 +163,21 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     """
     mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
     root1 = _psd_sqrt(sigma1)
-    eigenvalues = torch.linalg.eigvalsh(root1 @ sigma2 @ root1)
-    trace_sqrt = eigenvalues.clamp(min=0).sqrt().sum()
+    trace_sqrt = _significant(torch.linalg.eigvalsh(root1 @ sigma2 @ root1)).sqrt().sum()
     distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
     return float(distance)
 
 
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     eigenvalues, vectors = torch.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * eigenvalues.clamp(min=0).sqrt()) @ vectors.T
+    return (vectors * _significant(eigenvalues).sqrt()) @ vectors.T
+
+
+def _significant(eigenvalues: torch.Tensor) -> torch.Tensor:
+    # With fewer images than features most eigenvalues are rounding noise; their square roots (~1e-8 each) would
+    # add up over 2048 dimensions, so values under the usual rank tolerance count as zero.
+    tolerance = eigenvalues.abs().max() * len(eigenvalues) * torch.finfo(eigenvalues.dtype).eps
+    return torch.where(eigenvalues > tolerance, eigenvalues, 0.0)
 
 
 def _polynomial_mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
