@@ -107,8 +107,9 @@ def erode(mask: torch.Tensor, kernel: int) -> torch.Tensor:
         return mask.clone()
     before, after = kernel // 2, kernel - 1 - kernel // 2
     # Erosion is a max-pool of the complement; padding the complement with 0 makes the outside count as "set".
+    # Separable: a square max-pool is a row max-pool of a column max-pool.
     holes = F.pad((~mask).to(torch.float32), (before, after, before, after), value=0.0)
-    return F.max_pool2d(holes, kernel, stride=1) == 0
+    return F.max_pool2d(F.max_pool2d(holes, (kernel, 1), stride=1), (1, kernel), stride=1) == 0
 
 
 def depth_edge(depth: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
