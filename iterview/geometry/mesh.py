@@ -29,7 +29,8 @@ FRUSTUM_DEPTH = 0.1
 class Mesh:
     """A batch of grid meshes, one per image.
 
-    position: (B, V, 3) world space; uv: (B, V, 2); flag: (B, V) int64 (edge | padding | eroded bits);
+    position: (B, V, 3) world space; uv: (B, V, 2) in [0, 1], v down (one grid shared by the batch: an
+    expanded view, so copy it before writing in place); flag: (B, V) int64 (edge | padding | eroded bits);
     normal: (B, V, 3) world space or None; faces: (B, F, 3) int64 (official order and CCW winding);
     modelview: (B, 4, 4) the source camera; fov in degrees.
     """
@@ -251,7 +252,7 @@ def _validate(
             raise ValueError(f"{name} must be None or a finite value >= 0, got {value}")
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 0:
         raise ValueError(f"erode_rgb must be an integer >= 0, got {erode_rgb!r}")
-    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4)
+    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4).clone()
 
 
 def _describe(value: object) -> str:
