@@ -82,7 +82,8 @@ def gaussian_blur3(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"expected a floating-point image batch (B, C, H, W) with H, W >= 2, got {image.dtype} {tuple(image.shape)}"
         )
-    sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+    # The B kernels are built on the CPU in double, like cv2, so every device blurs with the same weights.
+    sigma = torch.as_tensor(sigma).to(device="cpu", dtype=torch.float64).reshape(-1)
     if sigma.shape[0] != image.shape[0] or not (torch.isfinite(sigma) & (sigma > 0)).all():
         raise ValueError(f"sigma must hold {image.shape[0]} finite values > 0, got {sigma.tolist()}")
     # cv2.getGaussianKernel: exp(-t²/2σ²) at t = -1, 0, 1, normalised in double, then cast to the image type.

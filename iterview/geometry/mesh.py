@@ -133,24 +133,19 @@ def grid_normals(points: torch.Tensor) -> torch.Tensor:
     return normal / (normal * normal).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
-def triangulate(points: torch.Tensor) -> torch.Tensor:
-    """Official grid triangulation along each quad's shorter 3D diagonal. points: (B, 3, M, M) -> (B, 2(M-1)², 3).
-
-    Quad by quad, row-major: TL-BR shorter gives (TR, TL, BR), (BL, BR, TL); otherwise (TR, TL, BL), (BL, BR, TR).
-    Both are counter-clockwise seen from the camera that produced the grid.
-    """
-    return _grid_faces(_main_diagonal_shorter(points))
-
-
 def _main_diagonal_shorter(points: torch.Tensor) -> torch.Tensor:
-    """Per quad, whether |TL - BR| < |TR - BL| (a tie takes the other diagonal). (B, 3, M, M) -> (B, M-1, M-1)."""
+    """Official diagonal choice per quad: |TL - BR| < |TR - BL|, a tie takes TR-BL. (B, 3, M, M) -> (B, M-1, M-1)."""
     main = points[..., :-1, :-1] - points[..., 1:, 1:]
     anti = points[..., :-1, 1:] - points[..., 1:, :-1]
     return (main * main).sum(1).sqrt() < (anti * anti).sum(1).sqrt()
 
 
 def _grid_faces(main_diagonal: torch.Tensor) -> torch.Tensor:
-    """Faces of a vertex grid given each quad's diagonal. main_diagonal: (B, M-1, M-1) bool -> (B, 2(M-1)², 3)."""
+    """Faces of a vertex grid given each quad's diagonal. main_diagonal: (B, M-1, M-1) bool -> (B, 2(M-1)², 3).
+
+    Quad by quad, row-major: TL-BR gives (TR, TL, BR), (BL, BR, TL); TR-BL gives (TR, TL, BL), (BL, BR, TR).
+    Both are counter-clockwise seen from the camera that produced the grid.
+    """
     batch, size = main_diagonal.shape[0], main_diagonal.shape[-1] + 1
     index = torch.arange(size * size, device=main_diagonal.device).reshape(size, size)
     tl, tr, bl, br = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
