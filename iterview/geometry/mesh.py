@@ -187,27 +187,29 @@ def _discontinuity_vertices(depth: torch.Tensor, main_diagonal: torch.Tensor, at
     """
     main_diagonal = main_diagonal[:, None]
 
-    def broken(values: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def face_ranges(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tl, tr, bl, br = values[..., :-1, :-1], values[..., :-1, 1:], values[..., 1:, :-1], values[..., 1:, 1:]
-        third_first = torch.where(main_diagonal, br, bl)  # the two faces share TR and BL/BR or TL
-        high, low = torch.maximum(tr, tl), torch.minimum(tr, tl)
-        first = torch.maximum(high, third_first) - torch.minimum(low, third_first) > tolerance
-        shared = torch.where(main_diagonal, tl, tr)
-        high, low = torch.maximum(bl, br), torch.minimum(bl, br)
-        second = torch.maximum(high, shared) - torch.minimum(low, shared) > tolerance
-        return first, second
+        first = (tr, tl, torch.where(main_diagonal, br, bl))  # (TR, TL, BR) or (TR, TL, BL)
+        second = (bl, br, torch.where(main_diagonal, tl, tr))  # (BL, BR, TL) or (BL, BR, TR)
+        return tuple(_max3(*face) - _min3(*face) for face in (first, second))
 
-    first_z, second_z = broken(depth, atol)
-    first_inverse, second_inverse = broken(1 / depth, rtol)
-    first, second = first_z & first_inverse, second_z & second_inverse
+    (first_z, second_z), (first_inverse, second_inverse) = face_ranges(depth), face_ranges(1 / depth)
+    first, second = (first_z > atol) & (first_inverse > rtol), (second_z > atol) & (second_inverse > rtol)
     both = first | second
-    # Corner membership: main = TL both, TR first, BL second, BR both; anti = TL first, TR both, BL both, BR second.
+    # Corner membership: TL-BR quads have TL, BR in both faces; TR-BL quads have TR, BL in both.
     tl = torch.where(main_diagonal, both, first)
     tr = torch.where(main_diagonal, first, both)
     bl = torch.where(main_diagonal, second, both)
     br = torch.where(main_diagonal, both, second)
-    edge = F.pad(tl, (0, 1, 0, 1)) | F.pad(tr, (1, 0, 0, 1)) | F.pad(bl, (0, 1, 1, 0)) | F.pad(br, (1, 0, 1, 0))
-    return edge
+    return F.pad(tl, (0, 1, 0, 1)) | F.pad(tr, (1, 0, 0, 1)) | F.pad(bl, (0, 1, 1, 0)) | F.pad(br, (1, 0, 1, 0))
+
+
+def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.maximum(a, b), c)
+
+
+def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(torch.minimum(a, b), c)
 
 
 def _validate(
