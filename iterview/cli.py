@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from iterview.data import commands as data_commands
 from iterview.eval import commands as eval_commands
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ def main() -> None:
     """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
 
 
+app.command("synth")(data_commands.synth)
 app.command("eval")(eval_commands.evaluate)
 
 if __name__ == "__main__":
