@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from iterview.training.commands import train_command
+
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
     no_args_is_help=True,
@@ -15,6 +17,8 @@ app = typer.Typer(
 def main() -> None:
     """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
 
+
+app.command("train")(train_command)
 
 if __name__ == "__main__":
     app()
