@@ -4,14 +4,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from iterview.geometry.warp import TRAIN_AUGMENTS
+from iterview.data.images import load_image
+from iterview.data.layout import load_depth, read_index
+from iterview.geometry.warp import TRAIN_AUGMENTS, make_training_pair
+
+DISPARITY_SCALE = 6250.0
+
+
+def disparity_to_zbuffer(disparity: np.ndarray, near: float = 0.5, far: float = 100.0) -> np.ndarray:
+    """Official depth preprocessing at full resolution. disparity: (H, W) official scale -> z-buffer in [0, 1].
+
+    s = D / 6250 is 1/z; a map whose nearest point is closer than `near` is rescaled so that it sits exactly
+    on the near plane; s is floored at 1e-3 (z <= 1000); then the OpenGL window depth of (near, far).
+    """
+    s = disparity.astype(np.float32) / np.float32(DISPARITY_SCALE)
+    peak = s.max()
+    if peak > 1 / near:
+        s = s / (peak * np.float32(near))
+    s = np.maximum(s, np.float32(1e-3))
+    return np.clip((s - 1 / near) / (1 / far - 1 / near), 0, 1).astype(np.float32)
+
+
+def resize_shorter_side(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """torchvision Resize(size): the shorter side becomes `size`, the longer one int(size · long / short)."""
+    width, height = image.size
+    new_size = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    return image.resize(new_size, resample)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """torchvision CenterCrop(size) on an image at least `size` on each side (offsets rounded half to even)."""
+    width, height = image.size
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return image.crop((left, top, left + size, top + size))
+
+
+def _check_aspect(image: Image.Image, depth: np.ndarray, depth_path: Path) -> None:
+    width, height = image.size
+    if abs(depth.shape[1] * height - depth.shape[0] * width) > 0.01 * width * height:
+        raise ValueError(
+            f"{depth_path}: depth of shape {depth.shape[0]}x{depth.shape[1]} (HxW) does not share the aspect ratio "
+            f"of its image ({height}x{width})"
+        )
 
 
 class RGBDDataset(Dataset):
     """Official BaseDataset with z-buffer depth (near 0.5, far 100) and normalisation to [-1, 1].
+
+    Colour: shorter side resized to `image_size` with LANCZOS, centre crop; depth: the same with NEAREST on
+    the preprocessed z-buffer (disparity_to_zbuffer). Images go through `load_image`, so palette, CMYK, 16-bit
+    and EXIF-rotated files are read correctly (the official loader mis-reads palette and CMYK images).
 
     Items: {"x_0": (4, S, S) float32 in [-1, 1], "classes": () int64 (only if labelled)}.
     `num_classes` is None for single-category data.
@@ -20,17 +68,52 @@ class RGBDDataset(Dataset):
     num_classes: int | None
 
     def __init__(self, root: str | Path, image_size: int, near: float = 0.5, far: float = 100.0) -> None:
-        raise NotImplementedError
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if not 0 < near < far:
+            raise ValueError(f"expected 0 < near < far, got near={near}, far={far}")
+        self.root = Path(root)
+        self.index = read_index(self.root)
+        self.image_size = image_size
+        self.near = near
+        self.far = far
+        self.num_classes = None if self.index.labels is None else len(self.index.labels)
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self.index.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        image = load_image(self.root / self.index.images[index])
+        depth_path = self.root / self.index.depths[index]
+        disparity = load_depth(depth_path)
+        _check_aspect(image, disparity, depth_path)
+        zbuffer = Image.fromarray(disparity_to_zbuffer(disparity, self.near, self.far))
+        size = self.image_size
+        # Alpha goes only after the resize, as in the official loader (Pillow resamples RGBA premultiplied).
+        rgb = center_crop(resize_shorter_side(image, size, Image.Resampling.LANCZOS), size).convert("RGB")
+        depth = center_crop(resize_shorter_side(zbuffer, size, Image.Resampling.NEAREST), size)
+        rgb_tensor = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1)
+        depth_tensor = torch.from_numpy(np.array(depth, dtype=np.float32))[None]
+        item = {"x_0": torch.cat([rgb_tensor, depth_tensor]) * 2 - 1}
+        label = self.index.label_of(index)
+        if label is not None:
+            item["classes"] = torch.tensor(label, dtype=torch.long)
+        return item
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 64-bit seed for one (seed, epoch, index), independent of worker and batch layout."""
+    if min(seed, epoch, index) < 0:
+        raise ValueError(f"seed, epoch and index must be non-negative, got {seed}, {epoch}, {index}")
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, dtype=np.uint64)[0])
 
 
 class WarpPairDataset(RGBDDataset):
     """RGBDDataset plus a forward-backward-warp training pair per item, seeded per (seed, epoch, index).
+
+    The pair of item i in epoch e depends only on (seed, e, i): any number of DataLoader workers and an exact
+    training resume give the same pairs. Call `set_epoch` before iterating each epoch (with
+    `persistent_workers=False`, so that the workers pick up the new epoch).
 
     Items add: "y" (4, S, S) in [-1, 1], "mask" (1, S, S), "mask_rgb" (1, S, S), "pose" (2,).
     """
@@ -43,7 +126,18 @@ class WarpPairDataset(RGBDDataset):
         std: float = 0.15,
         seed: int = 0,
     ) -> None:
-        raise NotImplementedError
+        super().__init__(root, image_size)
+        self.augments = tuple(augments)
+        self.std = std
+        self.seed = seed
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        raise NotImplementedError
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(index)
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+        pair = make_training_pair(item["x_0"][None], generator, self.augments, self.std)
+        item.update({key: value[0] for key, value in pair.items()})
+        return item

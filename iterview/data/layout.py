@@ -1,0 +1,159 @@
+"""The official dataset layout: images/, depths/*.npz (fp16 disparity under arr_0) and dataset.json.
+
+Single category: images/<name>.<ext>, depths/<name>.npz, dataset.json = {"images", "depths"}.
+ImageNet style: images/<class>/<name>.<ext>, depths/<class>/<name>.npz and "labels" {class: index} in
+dataset.json, classes sorted by name. Paths in dataset.json are relative to the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from iterview.data.images import IMAGE_EXTENSIONS, is_image_file
+
+INDEX_FILE = "dataset.json"
+DEPTH_KEY = "arr_0"
+
+
+@dataclass
+class DatasetIndex:
+    """Relative image and depth paths (same order) and, for class folders, the class -> label map."""
+
+    images: list[str]
+    depths: list[str]
+    labels: dict[str, int] | None = None
+
+    def label_of(self, index: int) -> int | None:
+        """The label of item `index`: its image's parent folder name looked up in `labels` (official rule)."""
+        if self.labels is None:
+            return None
+        return self.labels[Path(self.images[index]).parent.name]
+
+    def to_json(self) -> dict:
+        data: dict = {"images": self.images, "depths": self.depths}
+        if self.labels is not None:
+            data = {"labels": self.labels, **data}
+        return data
+
+
+def depth_path_for(image_path: str) -> str:
+    """images/<...>/<name>.<ext> -> depths/<...>/<name>.npz (only the final suffix is replaced)."""
+    relative = Path(image_path).relative_to("images")
+    return (Path("depths") / relative.with_suffix(".npz")).as_posix()
+
+
+def scan_images(folder: str | Path) -> tuple[list[Path], bool]:
+    """Image files under `folder`, sorted, relative to it, and whether they sit in class sub-folders.
+
+    Either every image is directly in `folder` (one category) or every image is one level down in a class
+    folder; anything else raises ValueError.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
+    depths = {len(p.parts) for p in files}
+    if depths == {1}:
+        return files, False
+    if depths == {2}:
+        return files, True
+    raise ValueError(
+        f"expected images either all directly in {folder} or all in class folders one level down, found "
+        f"images at depths {sorted(depths)} (e.g. {files[0]} and {files[-1]})"
+    )
+
+
+def scan_index(root: str | Path) -> DatasetIndex:
+    """Build the index from root/images (as the official loader does on first use, but sorted everywhere)."""
+    root = Path(root)
+    files, labelled = scan_images(root / "images")
+    images = [(Path("images") / p).as_posix() for p in files]
+    labels = {name: i for i, name in enumerate(sorted({p.parts[0] for p in files}))} if labelled else None
+    return DatasetIndex(images, [depth_path_for(p) for p in images], labels)
+
+
+def read_index(root: str | Path) -> DatasetIndex:
+    """root/dataset.json if present (official or ours), otherwise a fresh scan of root/images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    path = root / INDEX_FILE
+    if not path.is_file():
+        return scan_index(root)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("depths"), list)
+    ):
+        raise ValueError(f"{path}: expected an object with lists 'images' and 'depths', found {type(data).__name__}")
+    if len(data["images"]) != len(data["depths"]):
+        raise ValueError(f"{path}: {len(data['images'])} images but {len(data['depths'])} depths")
+    labels = data.get("labels")
+    if labels is not None:
+        folders = {Path(p).parent.name for p in data["images"]}
+        missing = sorted(folders - set(labels))
+        if missing:
+            raise ValueError(f"{path}: image folders {missing[:5]} have no entry in 'labels'")
+        labels = {str(k): int(v) for k, v in labels.items()}
+    return DatasetIndex(list(data["images"]), list(data["depths"]), labels)
+
+
+def write_index(root: str | Path, index: DatasetIndex) -> Path:
+    """Write root/dataset.json atomically."""
+    path = Path(root) / INDEX_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(index.to_json(), indent=1))
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` atomically, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_depth(path: str | Path) -> np.ndarray:
+    """Official-scale disparity (H, W) float32 from an .npz (key arr_0, no pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"depth file not found: {path}")
+    with np.load(path, allow_pickle=False) as archive:
+        if DEPTH_KEY not in archive:
+            raise ValueError(f"{path}: expected the depth under key {DEPTH_KEY!r}, found keys {list(archive.keys())}")
+        depth = archive[DEPTH_KEY]
+    if depth.ndim == 3 and depth.shape[0] == 1:
+        depth = depth[0]
+    elif depth.ndim == 3 and depth.shape[-1] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D depth map, found shape {depth.shape}")
+    return depth.astype(np.float32)
+
+
+def save_depth(path: str | Path, disparity: np.ndarray) -> None:
+    """Write official-scale disparity (H, W) as fp16 under arr_0, atomically."""
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, np.asarray(disparity, dtype=np.float16))
