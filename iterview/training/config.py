@@ -19,6 +19,7 @@ from iterview.config import ADMConfig
 from iterview.geometry.warp import TRAIN_AUGMENTS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+_NUMBER_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
 CONDITION_CHANNELS = 6  # G_c input adds mask_rgb, condition RGB, condition depth and mask to x_t
 
 
@@ -57,6 +58,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ADMConfig.from_dict(self.model)
+        for f in fields(self):
+            # YAML reads 1e-4 as a string (1.0e-4 is a float), so numbers are coerced by declared type
+            kind = _NUMBER_TYPES.get(f.type)
+            value = getattr(self, f.name)
+            if kind is not None and value is not None and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, kind(str(value)))  # str: int() must not truncate 1.5
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{f.name} must be a number, found {value!r}") from e
         self.augments = list(self.augments)
         if self.model.use_fp16:
             raise ValueError("model.use_fp16 is for inference; train in fp32 with mixed_precision: fp16 instead")

@@ -74,11 +74,13 @@ def train(
             f"{config.data_dir} has {len(dataset)} items, too few for batch_size {config.batch_size} on each of "
             f"{world} processes"
         )
-    net = build_model(config.model, device=device)
+    with torch.random.fork_rng(devices=[]):  # reproducible init, same on every device, global RNG untouched
+        torch.manual_seed(config.seed)
+        net = build_model(config.model).to(device)
     if checkpoint is None and init_from is not None:
         init_weights(net, init_from)
     ema = ema_copy(net)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(net, config)
     generator = torch.Generator(device)
     state = TrainState(world_size=world)
     if checkpoint is not None:
@@ -115,20 +117,12 @@ def train(
     window_loss, window_steps, window_time, start = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
     while state.step < config.max_steps:
         tick = time.perf_counter()
-        model.train()
+        micro_batches = []
         for _ in range(config.grad_accum):
             batch, state.epoch, state.batch = next(batches)
-            with accelerator.accumulate(model):
-                loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator)
-                accelerator.backward(loss)
-                if config.grad_clip is not None and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach() / config.grad_accum
+            micro_batches.append(batch)
+        window_loss += train_step(accelerator, model, net, ema, optimizer, schedule, micro_batches, config, generator)
         state.step += 1
-        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
-            update_ema(ema, net, config.ema_rate)
         window_steps += 1
         window_time += time.perf_counter() - tick
         bar.update()
@@ -164,6 +158,41 @@ def train(
     if final is None:  # resumed at max_steps without a checkpoint: impossible unless the folder was emptied
         raise FileNotFoundError(f"no checkpoint found in {output_dir}")
     return final / "ema"
+
+
+def train_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    net: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: DiffusionSchedule,
+    micro_batches: list[dict[str, torch.Tensor]],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One optimiser step over grad_accum micro-batches, then the EMA update; returns the mean loss (on device,
+    so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one."""
+    model.train()
+    total = torch.zeros((), device=accelerator.device)
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator)
+            accelerator.backward(loss)
+            if config.grad_clip is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
+        update_ema(ema, net, config.ema_rate)
+    return total / len(micro_batches)
+
+
+def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (official lr 1e-4, wd 0, default betas), fused into one kernel per step on the GPU."""
+    fused = next(net.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
 
 
 def diffusion_loss(
