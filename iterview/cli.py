@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from iterview.data import commands as data_commands
 from iterview.training.commands import train_command
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ def main() -> None:
     """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
 
 
+app.command("synth")(data_commands.synth)
 app.command("train")(train_command)
 
 if __name__ == "__main__":

@@ -101,11 +101,11 @@ class RGBDDataset(Dataset):
         return item
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 64-bit seed for one (seed, epoch, index), independent of worker and batch layout."""
-    if min(seed, epoch, index) < 0:
-        raise ValueError(f"seed, epoch and index must be non-negative, got {seed}, {epoch}, {index}")
-    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, dtype=np.uint64)[0])
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 64-bit seed from non-negative integer keys, e.g. (seed, epoch, index)."""
+    if min(keys) < 0:
+        raise ValueError(f"seed keys must be non-negative, got {keys}")
+    return int(np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0])
 
 
 class WarpPairDataset(RGBDDataset):
@@ -137,7 +137,7 @@ class WarpPairDataset(RGBDDataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(index)
-        generator = torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
         pair = make_training_pair(item["x_0"][None], generator, self.augments, self.std)
         item.update({key: value[0] for key, value in pair.items()})
         return item

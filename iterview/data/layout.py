@@ -21,6 +21,7 @@ from iterview.data.images import IMAGE_EXTENSIONS, is_image_file
 
 INDEX_FILE = "dataset.json"
 DEPTH_KEY = "arr_0"
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -59,7 +60,11 @@ def scan_images(folder: str | Path) -> tuple[list[Path], bool]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    files = sorted(
+        p.relative_to(folder)
+        for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p) and not p.name.startswith(".")
+    )
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {folder}")
     depths = {len(p.parts) for p in files}
@@ -120,12 +125,21 @@ def write_index(root: str | Path, index: DatasetIndex) -> Path:
     return path
 
 
+def remove_partials(root: str | Path) -> int:
+    """Delete temporary files that a killed writer left under `root`; returns how many. Run it only while no
+    writer is active (the main process before workers start)."""
+    stale = [p for p in Path(root).rglob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` atomically, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     os.close(handle)
     tmp = Path(name)
     try:
