@@ -6,6 +6,7 @@ import typer
 
 from iterview.data import commands as data_commands
 from iterview.eval import commands as eval_commands
+from iterview.training.commands import train_command
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
@@ -20,6 +21,7 @@ def main() -> None:
 
 
 app.command("synth")(data_commands.synth)
+app.command("train")(train_command)
 app.command("eval")(eval_commands.evaluate)
 
 if __name__ == "__main__":
