@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from iterview.pipeline import commands as pipeline_commands
+
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
     no_args_is_help=True,
@@ -15,6 +17,10 @@ app = typer.Typer(
 def main() -> None:
     """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
 
+
+app.command("sample")(pipeline_commands.sample)
+app.command("render")(pipeline_commands.render)
+app.command("export")(pipeline_commands.export)
 
 if __name__ == "__main__":
     app()
