@@ -121,45 +121,81 @@ def lockstep(run_one: Callable[[int, ModelFn], torch.Tensor], network: ModelFn, 
     """
     if count == 1:
         return run_one(0, network)
-    inputs: list[tuple[torch.Tensor, torch.Tensor]] = [None] * count  # type: ignore[list-item]
-    outputs: list[torch.Tensor] = []
-
-    def evaluate() -> None:
-        x, t = torch.cat([x for x, _ in inputs]), torch.cat([t for _, t in inputs])
-        outputs[:] = network(x, t).split([x.shape[0] for x, _ in inputs])
-
-    barrier = threading.Barrier(count, action=evaluate)
+    state = _Rendezvous(network, count)
     results: list[torch.Tensor | None] = [None] * count
-    errors: list[BaseException] = []
     grad_enabled = torch.is_grad_enabled()
 
     def worker(index: int) -> None:
-        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            inputs[index] = (x, t)
-            barrier.wait()
-            return outputs[index]
-
         try:
             with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
-                results[index] = run_one(index, model_fn)
-        except threading.BrokenBarrierError:
-            if not errors:
-                errors.append(RuntimeError("the instances' samplers made different numbers of network calls"))
+                results[index] = run_one(index, lambda x, t: state.call(index, x, t))
         except BaseException as error:
-            errors.append(error)
+            state.fail(error)
         finally:
-            # Equal call counts mean every other instance is already past its last barrier here; an instance
-            # still waiting would otherwise hang forever.
-            barrier.abort()
+            state.leave()
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    if errors:
-        raise errors[0]
+    if state.error is not None:
+        raise state.error
     return torch.cat(results)  # type: ignore[arg-type]
+
+
+class _Rendezvous:
+    """Gathers one network call from every still-running instance, evaluates them as one batch and hands each
+    its rows; instances may make different numbers of calls (the rest go on batched without the finished)."""
+
+    def __init__(self, network: ModelFn, count: int) -> None:
+        self.network, self.active = network, count
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.round = 0
+        self.error: BaseException | None = None
+        self.condition = threading.Condition()
+
+    def call(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self.condition:
+            self.inputs[index] = (x, t)
+            current = self.round
+            if len(self.inputs) == self.active:
+                self._evaluate()
+            while self.round == current and self.error is None:
+                self.condition.wait()
+            if self.error is not None:
+                raise _Aborted
+            return self.outputs.pop(index)
+
+    def _evaluate(self) -> None:
+        order = sorted(self.inputs)
+        try:
+            x = torch.cat([self.inputs[i][0] for i in order])
+            t = torch.cat([self.inputs[i][1] for i in order])
+            rows = self.network(x, t).split([self.inputs[i][0].shape[0] for i in order])
+            self.outputs, self.inputs = dict(zip(order, rows, strict=True)), {}
+        except BaseException as error:
+            self.error = self.error or error
+        self.round += 1
+        self.condition.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.condition:
+            if self.error is None and not isinstance(error, _Aborted):
+                self.error = error
+            self.condition.notify_all()
+
+    def leave(self) -> None:
+        """An instance has finished: the others may be waiting for it, so evaluate them without it."""
+        with self.condition:
+            self.active -= 1
+            if self.inputs and len(self.inputs) == self.active:
+                self._evaluate()
+
+
+class _Aborted(Exception):
+    """Raised in the other instances' threads once one of them has failed."""
 
 
 class MultiViewPipeline:
