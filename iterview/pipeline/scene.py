@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +42,16 @@ def rgbd_to_mesh(
         depth, modelview, fov=fov, padding=padding, atol=atol, rtol=rtol, erode_rgb=erode_rgb, compute_normals=True
     )
     return mesh, x[:, :3]
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed with fixed zip timestamps, so the same scene always gives the same bytes."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as file:
+                np.lib.format.write_array(file, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def _stem(path: str | Path) -> Path:
@@ -114,8 +125,8 @@ class Scene:
         arrays = {"rgbd": self.rgbd.detach().float().cpu().numpy()}
         if self.known is not None:
             arrays["known"] = self.known.detach().bool().cpu().numpy()
-        with atomic_path(stem.with_suffix(".npz")) as tmp, open(tmp, "wb") as file:
-            np.savez_compressed(file, **arrays)
+        with atomic_path(stem.with_suffix(".npz")) as tmp:
+            _write_npz(tmp, arrays)
         meta = {
             "format": SCENE_FORMAT,
             "version": SCENE_VERSION,
