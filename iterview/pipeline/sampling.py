@@ -179,7 +179,7 @@ def sample_viewset(
         (root / sub).mkdir(parents=True, exist_ok=True)
     device = next(g_u.parameters()).device
     num_classes = getattr(g_u, "num_classes", None)
-    pipeline = MultiViewPipeline(g_u, g_c, None, sampler_uncond, sampler_cond, guidance, geometry)
+    pipeline = MultiViewPipeline(g_u, g_c, None, sampler_uncond, sampler_cond, guidance, geometry, progress=progress)
     mine = list(enumerate(seeds))[rank::world_size]
     written: list[Path] = []
     bar = tqdm(total=len(mine), desc="instances", disable=not progress)
