@@ -6,6 +6,7 @@ import typer
 
 from iterview.data import commands as data_commands
 from iterview.eval import commands as eval_commands
+from iterview.pipeline import commands as pipeline_commands
 from iterview.training.commands import train_command
 
 app = typer.Typer(
@@ -22,6 +23,9 @@ def main() -> None:
 
 app.command("synth")(data_commands.synth)
 app.command("train")(train_command)
+app.command("sample")(pipeline_commands.sample)
+app.command("render")(pipeline_commands.render)
+app.command("export")(pipeline_commands.export)
 app.command("eval")(eval_commands.evaluate)
 
 if __name__ == "__main__":
