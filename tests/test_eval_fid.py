@@ -16,7 +16,7 @@ from iterview.eval.fid import (
     center_crop_resize,
     extract_features,
     frechet_distance,
-    generated_features,
+    generated_images,
     image_metrics,
     inception_score,
     kernel_inception_distance,
@@ -300,7 +300,7 @@ def test_real_statistics_are_cached_safely_and_reused(tmp_path, inception):
     with pytest.raises(ValueError, match="image size 24, not 32"):
         real_stats(inception, tmp_path / "real", image_size=32, cache=cache)
 
-    fake = generated_features(inception, tmp_path / "fake", image_size=24, num_samples=2, progress=False)
+    fake = extract_features(inception, generated_images(tmp_path / "fake", 24, num_samples=2), progress=False)
     assert fake.pool.shape == (2, 2048) and fake.logits is None
     metrics = image_metrics(fake, cached, kid_subsets=5)
     assert metrics["num_fake"] == 2 and metrics["num_real"] == 3

@@ -261,23 +261,15 @@ def real_stats(
     return stats
 
 
-def generated_features(
-    model: InceptionV3,
-    fake_dir: str | Path,
-    image_size: int = 128,
-    num_samples: int | None = 10_000,
-    seed: int = 0,
-    batch_size: int = 50,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> Features:
-    """Features of a seeded random subset (up to num_samples) of the generated images under fake_dir."""
+def generated_images(
+    fake_dir: str | Path, image_size: int = 128, num_samples: int | None = 10_000, seed: int = 0
+) -> ImageFiles:
+    """A seeded random subset (up to num_samples) of the generated images under fake_dir, size-checked."""
     paths = list_images(fake_dir)
     if num_samples is not None and num_samples < len(paths):
         order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_samples]
         paths = [paths[i] for i in order.tolist()]
-    dataset = ImageFiles(paths, image_size, real=False)
-    return extract_features(model, dataset, batch_size, num_workers, progress, desc="generated images")
+    return ImageFiles(paths, image_size, real=False)
 
 
 def image_metrics(

@@ -49,7 +49,7 @@ def evaluate_samples(
     """Image metrics of `fake` against `real` (or cached `real_stats`) and consistency of the scenes under
     `scenes`; either part may be absent. Returns {"images": {...}, "consistency": {...}}."""
     from iterview.eval.consistency import folder_consistency
-    from iterview.eval.fid import generated_features, image_metrics
+    from iterview.eval.fid import extract_features, generated_images, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
     from iterview.eval.inception import load_inception
 
@@ -60,9 +60,10 @@ def evaluate_samples(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     metrics: dict[str, dict] = {}
     if fake is not None:
+        generated = generated_images(fake, image_size, num_samples, seed)  # checked before any slow work
         model = load_inception(inception_weights, device)
         reference = compute_real_stats(model, real, image_size, real_stats, batch_size, workers, progress)
-        features = generated_features(model, fake, image_size, num_samples, seed, batch_size, workers, progress)
+        features = extract_features(model, generated, batch_size, workers, progress, desc="generated images")
         metrics["images"] = image_metrics(features, reference, kid_subsets, kid_subset_size)
     if scenes is not None:
         metrics["consistency"] = folder_consistency(scenes, neighbours, device, progress)
