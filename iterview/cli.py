@@ -27,6 +27,7 @@ app.command("sample")(pipeline_commands.sample)
 app.command("render")(pipeline_commands.render)
 app.command("export")(pipeline_commands.export)
 app.command("eval")(eval_commands.evaluate)
+app.command("demo")(eval_commands.demo)
 
 if __name__ == "__main__":
     app()

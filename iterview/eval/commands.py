@@ -73,3 +73,20 @@ def evaluate(
 
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced run of a minute or two (for CI).")] = False,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+) -> None:
+    """Run the whole method on a fresh machine, no download: synthetic data, tiny G_u and G_c trained from
+    scratch, 3x9 viewsets, a swing video, FID / KID and 3D consistency, and an HTML report.
+
+    The full run takes about 15 minutes on two CPU cores; re-running the same command resumes it.
+    """
+    from iterview.demo import FULL, QUICK, run_demo
+
+    report = run_demo(out, QUICK if quick else FULL, cpu=cpu, progress=progress)
+    typer.echo(f"report: {report}")
