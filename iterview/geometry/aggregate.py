@@ -106,11 +106,10 @@ def aggregate_conditions(
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    seen = render.mask_depth.flatten(1).any(1)
-    if not seen.all():
-        raise ValueError(
-            f"the target camera sees none of the source views for batch element(s) {seen.logical_not().nonzero().flatten().tolist()}"
-        )
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
@@ -221,9 +220,8 @@ class _Accumulator:
 def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:
     """Validate the source views and target cameras; returns the batch size."""
     if len(meshes) == 0 or len(meshes) != len(textures):
-        raise ValueError(
-            f"expected one texture per mesh and at least one view, got {len(meshes)} meshes and {len(textures)} textures"
-        )
+        counts = f"{len(meshes)} meshes and {len(textures)} textures"
+        raise ValueError(f"expected at least one view and one texture per mesh, got {counts}")
     batch = meshes[0].position.shape[0]
     for i, (mesh, texture) in enumerate(zip(meshes, textures, strict=True)):
         if mesh.normal is None:
