@@ -18,6 +18,7 @@ def main() -> None:
     """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
 
 
+app.command("prepare")(data_commands.prepare)
 app.command("synth")(data_commands.synth)
 
 if __name__ == "__main__":
