@@ -173,7 +173,7 @@ def test_prepare_resumes_and_only_does_the_missing_work(tmp_path, tiny_dpt):
     for i in range(3):
         Image.fromarray(_pattern(40, 48, i)).save(images / f"{i}.jpg")
     out = tmp_path / "out"
-    first = prepare_dataset(images, out, depth_model=str(tiny_dpt), num_workers=0)
+    first = prepare_dataset(images, out, depth_model=str(tiny_dpt), num_workers=2)
     assert first.written == 3
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.npz")}
     (out / "depths/1.npz").unlink()

@@ -36,9 +36,12 @@ from iterview.data.datasets import DISPARITY_SCALE
 from iterview.data.images import ImageReadError, is_plain_rgb, load_image
 from iterview.data.layout import (
     DatasetIndex,
+    as_depth_map,
     atomic_path,
     depth_path_for,
+    load_depth,
     remove_partials,
+    same_aspect,
     save_depth,
     scan_images,
     write_index,
@@ -115,34 +118,26 @@ def read_user_depth(path: Path) -> torch.Tensor:
     """A user depth file: .npz (arr_0 or its only array), .npy, or a 16-bit PNG -> (H, W) float32."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "arr_0" not in keys and len(keys) != 1:
-                raise ValueError(f"expected key 'arr_0' or a single array, found keys {keys}")
-            values = archive["arr_0" if "arr_0" in keys else keys[0]]
-    elif suffix == ".npy":
+        return torch.from_numpy(load_depth(path))
+    if suffix == ".npy":
         values = np.load(path, allow_pickle=False)
     elif suffix == ".png":
         with Image.open(path) as image:
             if not (image.mode.startswith("I;16") or image.mode == "I"):
                 raise ValueError(f"expected a 16-bit PNG, found mode {image.mode}")
-            values = np.asarray(image, dtype=np.float32)
+            values = np.asarray(image)
     else:
         raise ValueError(f"expected one of {DEPTH_EXTENSIONS}, found {suffix}")
-    values = np.squeeze(np.asarray(values, dtype=np.float32))
-    if values.ndim != 2:
-        raise ValueError(f"expected a 2-D depth map, found shape {values.shape}")
-    return torch.from_numpy(values)
+    return torch.from_numpy(as_depth_map(values, path))
 
 
 def match_image_size(depth: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a user depth map (h, w) to the image's (H, W) bilinearly; the aspect ratio must agree within 1%."""
-    height, width = size
     if tuple(depth.shape) == size:
         return depth
-    if abs(depth.shape[1] * height - depth.shape[0] * width) > 0.01 * width * height:
+    if not same_aspect(tuple(depth.shape), size):
         raise ValueError(
-            f"depth is {depth.shape[0]}x{depth.shape[1]} (HxW), not the aspect of the image {height}x{width}"
+            f"depth is {depth.shape[0]}x{depth.shape[1]} (HxW), not the aspect of the image {size[0]}x{size[1]}"
         )
     return F.interpolate(depth[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
 
