@@ -68,7 +68,7 @@ def test_tiny_model_learns_on_synth_data(synth, tmp_path):
     weights = trainer.train(config, tmp_path / "run", progress=False)
     curve = losses(tmp_path / "run")
     assert len(curve) == 30
-    assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5
+    assert sum(curve[-5:]) / 5 < 0.75 * sum(curve[:5]) / 5  # about 0.58 vs 0.97 over seeds 0-2
     assert weights == tmp_path / "run" / "checkpoints" / "step_0000030" / "ema"
     model, model_config = load_model(weights)
     assert model_config == config.model
