@@ -151,6 +151,11 @@ def test_two_processes_keep_identical_weights(synth, tmp_path):
     # 16 items / (2 ranks × batch 2) = 4 micro-batches per rank and epoch, 2 per step: step 3 is in epoch 1
     assert (state["epoch"], state["batch"]) == (1, 2)
     assert len(losses(tmp_path / "ddp")) == 3
+    # a single process takes over from the same place in the epoch: 2 per-rank batches are 1 of twice the count
+    config = small_config(synth, max_steps=4, batch_size=2, grad_accum=2)
+    trainer.train(config, tmp_path / "ddp", resume=True, progress=False)
+    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step_0000004" / "state.json").read_text())
+    assert (state["world_size"], state["epoch"], state["batch"]) == (1, 1, 6)
 
 
 def test_bf16_mixed_precision_trains_on_cpu(synth, tmp_path):
