@@ -30,6 +30,7 @@ from iterview.training.samples import sample_grid, save_png
 from iterview.training.state import (
     TrainState,
     checkpoint_dirs,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -95,6 +96,8 @@ def _run(
         net = build_model(config.model).to(device)
     if checkpoint is None and init_from is not None:
         init_weights(net, init_from)
+    elif init_from is not None:
+        accelerator.print(f"resuming from {checkpoint.name}: init_from {init_from} is not used")
     ema = ema_copy(net)
     optimizer = make_optimizer(net, config)
     generator = torch.Generator(device)
@@ -169,10 +172,7 @@ def _run(
         if state.step % config.save_every == 0 or state.step == config.max_steps:
             _save(accelerator, output_dir, state, net, ema, config, optimizer, generator)
     bar.close()
-    final = latest_checkpoint(output_dir)
-    if final is None:  # resumed at max_steps without a checkpoint: impossible unless the folder was emptied
-        raise FileNotFoundError(f"no checkpoint found in {output_dir}")
-    return final / "ema"
+    return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
 
 
 def train_step(
