@@ -19,3 +19,56 @@ def synth(
 
     root = write_synth_dataset(out_dir, count=count, image_size=size, seed=seed)
     typer.echo(f"wrote {count} images of {size}x{size} to {root}")
+
+
+def prepare(
+    images_dir: Annotated[Path, typer.Argument(help="Folder of images, flat or in class sub-folders (-> labels).")],
+    out_dir: Annotated[Path, typer.Argument(help="Dataset folder to write (images/, depths/, dataset.json).")],
+    depth_model: Annotated[
+        str, typer.Option(help="transformers depth model: a hub id or a local folder.")
+    ] = "Intel/dpt-beit-large-512",
+    depth_from: Annotated[
+        Path | None,
+        typer.Option(help="Folder of your own depth maps (.npz/.npy/16-bit .png, same relative names) instead."),
+    ] = None,
+    depth_kind: Annotated[
+        str | None,
+        typer.Option(help="What the depth holds: official (MiDaS scale), disparity (any scale) or depth (z)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 4,
+    num_workers: Annotated[int, typer.Option(min=0, help="Image-decoding worker processes.")] = 2,
+    min_size: Annotated[int, typer.Option(min=1, help="Skip images whose shorter side is below this.")] = 32,
+    half: Annotated[bool, typer.Option(help="Run the model in float16 (CUDA only).")] = False,
+    cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+) -> None:
+    """Estimate depth for a folder of images and write an RGBD training set in the official layout."""
+    from iterview.data.prepare import REPORT_FILE, prepare_dataset
+
+    report = prepare_dataset(
+        images_dir,
+        out_dir,
+        depth_model=depth_model,
+        depth_from=depth_from,
+        depth_kind=depth_kind,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        min_size=min_size,
+        half=half,
+        cpu=cpu,
+    )
+    if report is None:  # not the main process of an `accelerate launch` run
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"{report.total} images: {report.written} written, {report.already_done} already done, "
+        f"{len(report.skipped)} skipped"
+    )
+    if report.skipped:
+        table = Table("skipped image", "reason")
+        for record in report.skipped[:20]:
+            table.add_row(record["image"], record["reason"])
+        console.print(table)
+        console.print(f"all reasons: {out_dir / REPORT_FILE}")

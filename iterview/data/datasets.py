@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from iterview.data.images import load_image
-from iterview.data.layout import load_depth, read_index
+from iterview.data.layout import load_depth, read_index, same_aspect
 from iterview.geometry.warp import TRAIN_AUGMENTS, make_training_pair
 
 DISPARITY_SCALE = 6250.0
@@ -45,15 +45,6 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def _check_aspect(image: Image.Image, depth: np.ndarray, depth_path: Path) -> None:
-    width, height = image.size
-    if abs(depth.shape[1] * height - depth.shape[0] * width) > 0.01 * width * height:
-        raise ValueError(
-            f"{depth_path}: depth of shape {depth.shape[0]}x{depth.shape[1]} (HxW) does not share the aspect ratio "
-            f"of its image ({height}x{width})"
-        )
-
-
 class RGBDDataset(Dataset):
     """Official BaseDataset with z-buffer depth (near 0.5, far 100) and normalisation to [-1, 1].
 
@@ -86,7 +77,11 @@ class RGBDDataset(Dataset):
         image = load_image(self.root / self.index.images[index])
         depth_path = self.root / self.index.depths[index]
         disparity = load_depth(depth_path)
-        _check_aspect(image, disparity, depth_path)
+        if not same_aspect(disparity.shape, (image.height, image.width)):
+            raise ValueError(
+                f"{depth_path}: depth of {disparity.shape[0]}x{disparity.shape[1]} (HxW) does not share the aspect "
+                f"ratio of its image ({image.height}x{image.width})"
+            )
         zbuffer = Image.fromarray(disparity_to_zbuffer(disparity, self.near, self.far))
         size = self.image_size
         # Alpha goes only after the resize, as in the official loader (Pillow resamples RGBA premultiplied).

@@ -150,21 +150,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def load_depth(path: str | Path) -> np.ndarray:
-    """Official-scale disparity (H, W) float32 from an .npz (key arr_0, no pickles)."""
+    """A depth map (H, W) float32 from an .npz: key arr_0 (the official layout) or its only array; no pickles."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"depth file not found: {path}")
     with np.load(path, allow_pickle=False) as archive:
-        if DEPTH_KEY not in archive:
-            raise ValueError(f"{path}: expected the depth under key {DEPTH_KEY!r}, found keys {list(archive.keys())}")
-        depth = archive[DEPTH_KEY]
-    if depth.ndim == 3 and depth.shape[0] == 1:
-        depth = depth[0]
-    elif depth.ndim == 3 and depth.shape[-1] == 1:
-        depth = depth[..., 0]
+        keys = list(archive.keys())
+        if DEPTH_KEY not in keys and len(keys) != 1:
+            raise ValueError(f"{path}: expected the depth under key {DEPTH_KEY!r}, found keys {keys}")
+        depth = archive[DEPTH_KEY if DEPTH_KEY in keys else keys[0]]
+    return as_depth_map(depth, path)
+
+
+def as_depth_map(values: np.ndarray, source: str | Path) -> np.ndarray:
+    """(H, W), (1, H, W) or (H, W, 1) -> (H, W) float32; anything else is a ValueError naming `source`."""
+    depth = np.asarray(values, dtype=np.float32)
+    if depth.ndim == 3 and 1 in (depth.shape[0], depth.shape[-1]):
+        depth = depth.reshape(depth.shape[1:] if depth.shape[0] == 1 else depth.shape[:2])
     if depth.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D depth map, found shape {depth.shape}")
-    return depth.astype(np.float32)
+        raise ValueError(f"{source}: expected a 2-D depth map, found shape {depth.shape}")
+    return depth
+
+
+def same_aspect(first: tuple[int, int], second: tuple[int, int], tolerance: float = 0.01) -> bool:
+    """Whether two (H, W) sizes share their aspect ratio within a relative tolerance."""
+    return abs(first[1] * second[0] - first[0] * second[1]) <= tolerance * second[0] * second[1]
 
 
 def save_depth(path: str | Path, disparity: np.ndarray) -> None:

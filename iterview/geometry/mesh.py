@@ -1,22 +1,36 @@
-"""RGBD image -> triangle mesh (official depth_to_mesh), batched."""
+"""RGBD image -> triangle mesh (official depth_to_mesh), batched.
+
+The vertex grid is the image grid (plus an optional one-pixel padding ring), indexed row-major with row 0 at the
+top; faces come quad by quad, two per quad, split along the shorter 3D diagonal with the official CCW winding.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Real
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+
+from iterview.geometry.cameras import focal_length
+from iterview.geometry.imageops import erode
 
 FLAG_EDGE = 1
 FLAG_PADDING = 2
 FLAG_ERODED = 4
+
+# The official 'frustum' padding pulls the ring onto the plane z_cam = -0.1, closing the view frustum.
+FRUSTUM_DEPTH = 0.1
 
 
 @dataclass
 class Mesh:
     """A batch of grid meshes, one per image.
 
-    position: (B, V, 3) world space; uv: (B, V, 2); flag: (B, V) int64 (edge | padding | eroded bits);
+    position: (B, V, 3) world space; uv: (B, V, 2) in [0, 1], v down (one grid shared by the batch: an
+    expanded view, so copy it before writing in place); flag: (B, V) int64 (edge | padding | eroded bits);
     normal: (B, V, 3) world space or None; faces: (B, F, 3) int64 (official order and CCW winding);
     modelview: (B, 4, 4) the source camera; fov in degrees.
     """
@@ -40,5 +54,205 @@ def depth_to_mesh(
     erode_rgb: int = 0,
     compute_normals: bool = False,
 ) -> Mesh:
-    """Official depth_to_mesh. depth: (B, N, N) linear z > 0; modelview: (B, 4, 4) world->camera."""
-    raise NotImplementedError
+    """Official depth_to_mesh. depth: (B, N, N) linear z > 0; modelview: (B, 4, 4) world->camera.
+
+    padding: None, a number of pixels P (a ring P pixels beyond the border at the border depth) or 'frustum'
+    (P = 1, then the ring is pulled onto z_cam = -0.1). atol / rtol: a face is a discontinuity when its linear
+    depth range exceeds atol AND its inverse-depth range exceeds rtol (a missing one counts as 0; both None:
+    no test); its vertices get FLAG_EDGE. erode_rgb e > 0: vertices within e grid steps of an edge vertex get
+    FLAG_ERODED. Returns V = M² vertices and F = 2(M-1)² faces with M = N (+ 2 with padding).
+    """
+    modelview = _validate(depth, modelview, fov, padding, atol, rtol, erode_rgb)
+    # Grids stay in image layout (B, C, M, M) until the end: contiguous planes keep the element-wise work fast.
+    points = unproject(depth, fov)
+    uv = image_uv(depth.shape[-1], dtype=depth.dtype, device=depth.device)
+    normal = grid_normals(points) if compute_normals else None
+    depth = depth[:, None]
+    if padding is not None:
+        points, depth, uv, normal = _pad_ring(points, depth, uv, normal, padding, fov)
+
+    batch, size = depth.shape[0], depth.shape[-1]
+    main_diagonal = _main_diagonal_shorter(points)
+    faces = _grid_faces(main_diagonal)
+    flag = torch.zeros(batch, 1, size, size, dtype=torch.int64, device=depth.device)
+    if padding is not None:
+        flag[..., [0, -1], :] = FLAG_PADDING
+        flag[..., :, [0, -1]] = FLAG_PADDING
+    if atol is not None or rtol is not None:
+        edge = _discontinuity_vertices(depth, main_diagonal, atol or 0.0, rtol or 0.0)
+        flag |= edge * FLAG_EDGE
+        if erode_rgb > 0:
+            flag |= ~erode(~edge, 2 * erode_rgb + 1) * FLAG_ERODED
+
+    camera_to_world = torch.linalg.inv(modelview)
+    rotation, translation = camera_to_world[:, :3, :3], camera_to_world[:, :3, 3:]
+    position = (rotation @ points.flatten(2) + translation).transpose(1, 2)
+    if normal is not None:
+        normal = (rotation @ normal.flatten(2)).transpose(1, 2).contiguous()
+    return Mesh(
+        position=position.contiguous(),
+        uv=uv.flatten(1).T.expand(batch, -1, 2),
+        flag=flag.flatten(1),
+        faces=faces,
+        modelview=modelview,
+        fov=float(fov),
+        normal=normal,
+    )
+
+
+def image_uv(size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
+    """Texture coordinates of pixel centres, (u, v)[i, j] = ((j + 0.5) / N, (i + 0.5) / N), v down. -> (2, N, N)."""
+    centres = (torch.arange(size, dtype=dtype, device=device) + 0.5) / size
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([u, v])
+
+
+def unproject(depth: torch.Tensor, fov: float = 45.0) -> torch.Tensor:
+    """Camera-space points of a linear depth map (OpenGL camera, row 0 at the top).
+
+    depth: (B, N, N) z-depth > 0 -> (B, 3, N, N) with z_cam = -depth.
+    """
+    size = depth.shape[-1]
+    rays = (image_uv(size, dtype=depth.dtype, device=depth.device)[0, 0] - 0.5) / focal_length(fov)
+    # Image row i looks through the ray of texture row N-1-i: the top row has +y.
+    return torch.stack([rays * depth, rays.flip(0)[:, None] * depth, -depth], dim=1)
+
+
+def grid_normals(points: torch.Tensor) -> torch.Tensor:
+    """Official Sobel-like unit normals of a point grid, edge-replicated borders. (B, 3, M, M) -> (B, 3, M, M).
+
+    A fronto-parallel plane gets +z (towards the camera).
+    """
+    padded = F.pad(points, (1, 1, 1, 1), mode="replicate")
+    dx = padded[..., 2:] - padded[..., :-2]  # right minus left, rows still padded
+    dy = padded[..., :-2, :] - padded[..., 2:, :]  # upper minus lower, columns still padded
+    e_x = (dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]) / 4
+    e_y = (dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]) / 4
+    (ax, ay, az), (bx, by, bz) = e_x.unbind(1), e_y.unbind(1)
+    normal = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], dim=1)
+    return normal / (normal * normal).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
+
+
+def _main_diagonal_shorter(points: torch.Tensor) -> torch.Tensor:
+    """Official diagonal choice per quad: |TL - BR| < |TR - BL|, a tie takes TR-BL. (B, 3, M, M) -> (B, M-1, M-1)."""
+    main = points[..., :-1, :-1] - points[..., 1:, 1:]
+    anti = points[..., :-1, 1:] - points[..., 1:, :-1]
+    return (main * main).sum(1).sqrt() < (anti * anti).sum(1).sqrt()
+
+
+def _grid_faces(main_diagonal: torch.Tensor) -> torch.Tensor:
+    """Faces of a vertex grid given each quad's diagonal. main_diagonal: (B, M-1, M-1) bool -> (B, 2(M-1)², 3).
+
+    Quad by quad, row-major: TL-BR gives (TR, TL, BR), (BL, BR, TL); TR-BL gives (TR, TL, BL), (BL, BR, TR).
+    Both are counter-clockwise seen from the camera that produced the grid.
+    """
+    batch, size = main_diagonal.shape[0], main_diagonal.shape[-1] + 1
+    index = torch.arange(size * size, device=main_diagonal.device).reshape(size, size)
+    tl, tr, bl, br = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    main = torch.stack([tr, tl, br, bl, br, tl], dim=-1)
+    anti = torch.stack([tr, tl, bl, bl, br, tr], dim=-1)
+    return torch.where(main_diagonal[..., None], main, anti).reshape(batch, -1, 3)
+
+
+def _pad_ring(
+    points: torch.Tensor,
+    depth: torch.Tensor,
+    uv: torch.Tensor,
+    normal: torch.Tensor | None,
+    padding: float | str,
+    fov: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Edge-replicate one ring around every (B, C, N, N) grid, then push the ring outwards (official padding)."""
+    points, depth = F.pad(points, (1, 1, 1, 1), mode="replicate"), F.pad(depth, (1, 1, 1, 1), mode="replicate")
+    uv = F.pad(uv[None], (1, 1, 1, 1), mode="replicate")[0]
+    normal = F.pad(normal, (1, 1, 1, 1), mode="replicate") if normal is not None else None
+    size = depth.shape[-1]
+    step = torch.zeros(size, dtype=depth.dtype, device=depth.device)
+    step[0], step[-1] = -1.0, 1.0
+    pixels = 1.0 if padding == "frustum" else float(padding)
+    offset = pixels * 2 * math.tan(math.radians(fov) / 2) / (size - 2) * depth[:, 0]
+    points = points + torch.stack([step * offset, -step[:, None] * offset, torch.zeros_like(offset)], dim=1)
+    if padding == "frustum":
+        scale = torch.full_like(depth, FRUSTUM_DEPTH) / depth
+        scale[..., 1:-1, 1:-1] = 1.0
+        points = points * scale
+    return points, depth, uv, normal
+
+
+def _discontinuity_vertices(depth: torch.Tensor, main_diagonal: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
+    """Vertices of faces whose depth range > atol AND inverse-depth range > rtol.
+
+    depth: (B, 1, M, M); main_diagonal: (B, M-1, M-1) -> bool (B, 1, M, M). Works on the grid: each quad's two
+    faces are (TR, TL, BR) + (BL, BR, TL) or (TR, TL, BL) + (BL, BR, TR).
+    """
+    main_diagonal = main_diagonal[:, None]
+
+    def face_ranges(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tl, tr, bl, br = values[..., :-1, :-1], values[..., :-1, 1:], values[..., 1:, :-1], values[..., 1:, 1:]
+        first = (tr, tl, torch.where(main_diagonal, br, bl))  # (TR, TL, BR) or (TR, TL, BL)
+        second = (bl, br, torch.where(main_diagonal, tl, tr))  # (BL, BR, TL) or (BL, BR, TR)
+        return tuple(_max3(*face) - _min3(*face) for face in (first, second))
+
+    (first_z, second_z), (first_inverse, second_inverse) = face_ranges(depth), face_ranges(1 / depth)
+    first, second = (first_z > atol) & (first_inverse > rtol), (second_z > atol) & (second_inverse > rtol)
+    both = first | second
+    # Corner membership: TL-BR quads have TL, BR in both faces; TR-BL quads have TR, BL in both.
+    tl = torch.where(main_diagonal, both, first)
+    tr = torch.where(main_diagonal, first, both)
+    bl = torch.where(main_diagonal, second, both)
+    br = torch.where(main_diagonal, both, second)
+    return F.pad(tl, (0, 1, 0, 1)) | F.pad(tr, (1, 0, 0, 1)) | F.pad(bl, (0, 1, 1, 0)) | F.pad(br, (1, 0, 1, 0))
+
+
+def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.maximum(a, b), c)
+
+
+def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(torch.minimum(a, b), c)
+
+
+def _validate(
+    depth: torch.Tensor,
+    modelview: torch.Tensor,
+    fov: float,
+    padding: object,
+    atol: float | None,
+    rtol: float | None,
+    erode_rgb: int,
+) -> torch.Tensor:
+    """Check depth_to_mesh's input; returns modelview broadcast to (B, 4, 4) in depth's dtype."""
+    if not isinstance(depth, torch.Tensor) or not depth.is_floating_point():
+        raise ValueError(f"depth must be a floating-point tensor (B, N, N), got {_describe(depth)}")
+    if depth.ndim != 3 or depth.shape[1] != depth.shape[2] or depth.shape[1] < 2 or depth.shape[0] < 1:
+        raise ValueError(f"depth must be a batch of square maps (B, N, N) with N >= 2, got shape {tuple(depth.shape)}")
+    bad = ~(torch.isfinite(depth) & (depth > 0))
+    if bad.any():
+        b, i, j = (int(k) for k in bad.nonzero()[0])
+        raise ValueError(
+            f"depth must be linear z, finite and > 0; found {int(bad.sum())} invalid value(s), "
+            f"e.g. {depth[b, i, j].item()} at (batch {b}, row {i}, column {j})"
+        )
+    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
+        raise ValueError(f"modelview must be a (B, 4, 4) or (4, 4) tensor, got {_describe(modelview)}")
+    if modelview.ndim == 3 and modelview.shape[0] != depth.shape[0]:
+        raise ValueError(f"modelview batch {modelview.shape[0]} does not match depth batch {depth.shape[0]}")
+    if not torch.isfinite(modelview).all():
+        raise ValueError("modelview contains NaN or inf")
+    if not 0 < fov < 180:
+        raise ValueError(f"fov must be in (0, 180) degrees, got {fov}")
+    numeric = isinstance(padding, Real) and not isinstance(padding, bool)
+    if not (padding is None or padding == "frustum" or (numeric and math.isfinite(padding) and padding >= 0)):
+        raise ValueError(f"padding must be None, a number of pixels >= 0 or 'frustum', got {padding!r}")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be None or a finite value >= 0, got {value}")
+    if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 0:
+        raise ValueError(f"erode_rgb must be an integer >= 0, got {erode_rgb!r}")
+    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4).clone()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__}"
