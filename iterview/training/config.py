@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from iterview.config import ADMConfig
+from iterview.data.synth import CATEGORIES
 from iterview.geometry.warp import TRAIN_AUGMENTS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -186,7 +187,7 @@ def _official_model(in_channels: int, model_channels: int, num_classes: int | No
 
 
 def _tiny_model(in_channels: int) -> ADMConfig:
-    """A 32-px class-conditional U-Net for CPU runs on the synthetic dataset (3 categories)."""
+    """A 32-px class-conditional U-Net for CPU runs on the synthetic dataset (one class per category)."""
     return ADMConfig(
         image_size=32,
         in_channels=in_channels,
@@ -195,7 +196,7 @@ def _tiny_model(in_channels: int) -> ADMConfig:
         num_res_blocks=1,
         attention_resolutions=[16],
         channel_mult=[1, 2],
-        num_classes=3,
+        num_classes=len(CATEGORIES),
         has_null_class=True,
         num_groups=8,
         num_head_channels=16,

@@ -51,6 +51,10 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step_{step:07d}"
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     dirs = checkpoint_dirs(output_dir)
     return dirs[-1] if dirs else None
@@ -87,10 +91,9 @@ def save_checkpoint(
     keep_last: int | None = None,
 ) -> Path:
     """Write checkpoint `step_{step:07d}` atomically, then drop all but the newest keep_last."""
-    root = Path(output_dir) / CHECKPOINTS
-    final = root / f"step_{state.step:07d}"
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final = checkpoint_path(output_dir, state.step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a crash during an earlier save
     tmp.mkdir(parents=True)
     try:
         save_model(model, model_config, tmp / "model")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, is_tensorboard_available
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
@@ -29,6 +30,7 @@ from iterview.training.samples import sample_grid, save_png
 from iterview.training.state import (
     TrainState,
     checkpoint_dirs,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -63,6 +65,21 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
         dynamo_backend="inductor" if config.compile else "no",
     )
+    try:
+        return _run(accelerator, config, output_dir, resume, init_from, progress)
+    finally:
+        accelerator.end_training()
+        AcceleratorState._reset_state()  # so a later train() in this process may pick another precision
+
+
+def _run(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    output_dir: Path,
+    resume: bool,
+    init_from: str | Path | None,
+    progress: bool,
+) -> Path:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if not resume and checkpoint_dirs(output_dir):
@@ -79,6 +96,8 @@ def train(
         net = build_model(config.model).to(device)
     if checkpoint is None and init_from is not None:
         init_weights(net, init_from)
+    elif init_from is not None:
+        accelerator.print(f"resuming from {checkpoint.name}: init_from {init_from} is not used")
     ema = ema_copy(net)
     optimizer = make_optimizer(net, config)
     generator = torch.Generator(device)
@@ -153,11 +172,7 @@ def train(
         if state.step % config.save_every == 0 or state.step == config.max_steps:
             _save(accelerator, output_dir, state, net, ema, config, optimizer, generator)
     bar.close()
-    accelerator.end_training()
-    final = latest_checkpoint(output_dir)
-    if final is None:  # resumed at max_steps without a checkpoint: impossible unless the folder was emptied
-        raise FileNotFoundError(f"no checkpoint found in {output_dir}")
-    return final / "ema"
+    return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
 
 
 def train_step(
@@ -266,6 +281,7 @@ def _batches(
             sampler=indices[start * size : count * size],
             num_workers=config.num_workers,
             pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(_seed(config.seed, rank, epoch)),  # else it draws global RNG
         )
         for index, batch in enumerate(loader, start + 1):
             yield (
