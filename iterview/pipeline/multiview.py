@@ -144,12 +144,18 @@ def lockstep(run_one: Callable[[int, ModelFn], torch.Tensor], network: ModelFn, 
     return torch.cat(results)  # type: ignore[arg-type]
 
 
+_UNEQUAL_CALLS = "the instances' samplers made different numbers of network calls"
+
+
 class _Rendezvous:
-    """Gathers one network call from every still-running instance, evaluates them as one batch and hands each
-    its rows; instances may make different numbers of calls (the rest go on batched without the finished)."""
+    """Gathers one network call from every instance, evaluates them as one batch and hands each its rows.
+
+    The network is built for the whole batch (e.g. CFG with every instance's class), so all instances must make
+    the same number of calls; a call after an instance finished, or an instance finishing while others wait,
+    is an error rather than a silently mismatched batch."""
 
     def __init__(self, network: ModelFn, count: int) -> None:
-        self.network, self.active = network, count
+        self.network, self.count, self.active = network, count, count
         self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.round = 0
@@ -158,6 +164,10 @@ class _Rendezvous:
 
     def call(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with self.condition:
+            if self.active < self.count:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
+                raise _Aborted
             self.inputs[index] = (x, t)
             current = self.round
             if len(self.inputs) == self.active:
@@ -187,11 +197,11 @@ class _Rendezvous:
             self.condition.notify_all()
 
     def leave(self) -> None:
-        """An instance has finished: the others may be waiting for it, so evaluate them without it."""
         with self.condition:
             self.active -= 1
-            if self.inputs and len(self.inputs) == self.active:
-                self._evaluate()
+            if self.inputs:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
 
 
 class _Aborted(Exception):
