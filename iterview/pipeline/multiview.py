@@ -26,7 +26,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """name: 'ddpm' (ancestral, all T steps; G_u only), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M); steps."""
+    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
 
     name: str = "ddim"
     steps: int = 50
@@ -46,9 +46,7 @@ class SamplerChoice:
         x0_fn: X0Fn | None = None,
     ) -> torch.Tensor:
         if self.name == "ddpm":
-            if x0_fn is not None:
-                raise ValueError("DDPM has no x0 hook for replacement guidance: sample G_c with 'ddim' or 'dpmpp'")
-            return ddpm_sample(model_fn, x_T, schedule, generator=generator)
+            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
         if self.name == "ddim":
             return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
         return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
