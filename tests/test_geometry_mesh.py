@@ -168,12 +168,13 @@ def test_unproject_points_land_on_pixel_centres():
     n = 8
     depth = torch.rand(1, n, n) + 0.5
     points = unproject(depth, 45.0)
+    assert points.shape == (1, 3, n, n)
     focal = 0.5 / math.tan(math.radians(22.5))
-    pixel = points[..., :2] / -points[..., 2:] * focal * n + n / 2  # x right, y up, in pixels from bottom-left
+    pixel = points[:, :2] / -points[:, 2:] * focal * n + n / 2  # x right, y up, in pixels from bottom-left
     columns = torch.arange(n) + 0.5
-    torch.testing.assert_close(pixel[0, :, :, 0], columns.expand(n, n))
-    torch.testing.assert_close(pixel[0, :, :, 1], columns.flip(0)[:, None].expand(n, n))
-    torch.testing.assert_close(-points[..., 2], depth)
+    torch.testing.assert_close(pixel[0, 0], columns.expand(n, n))
+    torch.testing.assert_close(pixel[0, 1], columns.flip(0)[:, None].expand(n, n))
+    torch.testing.assert_close(-points[:, 2], depth)
 
 
 @pytest.mark.parametrize(

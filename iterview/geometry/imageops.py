@@ -1,37 +1,157 @@
-"""Small image operations matching the official PIL / OpenCV calls."""
+"""Small image operations matching the official PIL / OpenCV calls, batched and device-agnostic."""
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 import torch.nn.functional as F
 
+# Pillow's 8-bit resampler keeps filter weights as integers with 22 fractional bits (Resample.c).
+_PIL_PRECISION_BITS = 22
+_LANCZOS_SUPPORT = 3.0
+
 
 def lanczos_downsample(image: torch.Tensor, size: int) -> torch.Tensor:
-    """PIL LANCZOS resize of uint8-quantised colour. image: (B, C, H, W) in [0, 1] -> (B, C, size, size)."""
-    raise NotImplementedError
+    """PIL LANCZOS resize of uint8-quantised colour. image: (B, C, H, W) in [0, 1] -> (B, C, size, size).
+
+    Bit-exact with the official `Image.fromarray((clip(x, 0, 1) * 255).astype(uint8)).resize(..., LANCZOS) / 255`:
+    truncating quantisation, PIL's fixed-point weights, two separable passes each rounded to uint8.
+    Returns multiples of 1/255 in image's dtype.
+    """
+    if image.ndim != 4 or not image.is_floating_point():
+        raise ValueError(f"expected a floating-point image batch (B, C, H, W), got {image.dtype} {tuple(image.shape)}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or inf")
+    # float32 like the official numpy arrays, truncation like astype(uint8); float64 sums of these integer
+    # products stay exact, which keeps the fixed-point arithmetic exact on devices without integer matmul.
+    levels = (image.to(torch.float32).clamp(0, 1) * 255).to(torch.uint8).to(torch.float64)
+    rows = _pil_lanczos_weights(image.shape[-2], size).to(image.device)
+    columns = _pil_lanczos_weights(image.shape[-1], size).to(image.device)
+    # Recent Pillow (13 here) runs the vertical pass first when the height shrinks by more than twice the width;
+    # older versions always went horizontal first. Both agree on the square images of the pipeline.
+    height, width = image.shape[-2:]
+    if not (height - size > 0 and height - size > 2 * (width - size)):
+        levels = _pil_round(rows @ _pil_round(levels @ columns.T))
+    else:
+        levels = _pil_round(_pil_round(rows @ levels) @ columns.T)
+    return (levels / 255).to(image.dtype)
+
+
+def _pil_round(accumulated: torch.Tensor) -> torch.Tensor:
+    """Pillow's clip8: add one half, shift out the fraction (a floor), clamp to 0..255."""
+    return torch.floor((accumulated + 2 ** (_PIL_PRECISION_BITS - 1)) / 2**_PIL_PRECISION_BITS).clamp(0, 255)
+
+
+def _sinc(x: float) -> float:
+    return 1.0 if x == 0.0 else math.sin(x * math.pi) / (x * math.pi)
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_lanczos_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc for LANCZOS as a dense (out, in) float64 matrix of
+    integers (weights × 2^22). Plain Python floats follow the C double arithmetic operation for operation."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _LANCZOS_SUPPORT * filterscale
+    inv_filterscale = 1.0 / filterscale
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        taps = []
+        for x in range(xmin, xmax):
+            t = (x - center + 0.5) * inv_filterscale
+            taps.append(_sinc(t) * _sinc(t / 3) if -_LANCZOS_SUPPORT <= t < _LANCZOS_SUPPORT else 0.0)
+        total = 0.0
+        for w in taps:  # sequential like the C loop (Python >= 3.12's sum() compensates)
+            total += w
+        for x, w in zip(range(xmin, xmax), taps, strict=True):
+            w = (w / total if total != 0.0 else w) * 2**_PIL_PRECISION_BITS
+            weights[xx, x] = int(w - 0.5) if w < 0 else int(w + 0.5)
+    return weights
 
 
 def gaussian_blur3(image: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """cv2.GaussianBlur 3x3 with reflect-101 border. image: (B, C, H, W); sigma: (B,)."""
-    raise NotImplementedError
+    """cv2.GaussianBlur 3x3 with reflect-101 border. image: (B, C, H, W); sigma: (B,) > 0, one per image."""
+    if image.ndim != 4 or not image.is_floating_point() or min(image.shape[-2:]) < 2:
+        raise ValueError(
+            f"expected a floating-point image batch (B, C, H, W) with H, W >= 2, got {image.dtype} {tuple(image.shape)}"
+        )
+    # The B kernels are built on the CPU in double, like cv2, so every device blurs with the same weights.
+    sigma = torch.as_tensor(sigma).to(device="cpu", dtype=torch.float64).reshape(-1)
+    if sigma.shape[0] != image.shape[0] or not (torch.isfinite(sigma) & (sigma > 0)).all():
+        raise ValueError(f"sigma must hold {image.shape[0]} finite values > 0, got {sigma.tolist()}")
+    # cv2.getGaussianKernel: exp(-t²/2σ²) at t = -1, 0, 1, normalised in double, then cast to the image type.
+    taps = torch.exp(-0.5 / sigma[:, None] ** 2 * torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    kernel = (taps * (1 / taps.sum(-1, keepdim=True))).to(device=image.device, dtype=image.dtype)
+    kernel = kernel[:, :, None, None, None]  # (B, 3, 1, 1, 1) against (B, C, H, W)
+    padded = F.pad(image, (1, 1, 1, 1), mode="reflect")  # torch's "reflect" is cv2's BORDER_REFLECT_101
+    rows = kernel[:, 0] * padded[..., :-2] + kernel[:, 1] * padded[..., 1:-1] + kernel[:, 2] * padded[..., 2:]
+    return kernel[:, 0] * rows[..., :-2, :] + kernel[:, 1] * rows[..., 1:-1, :] + kernel[:, 2] * rows[..., 2:, :]
 
 
 def erode(mask: torch.Tensor, kernel: int) -> torch.Tensor:
-    """cv2.erode with a kernel×kernel square; the border does not erode. mask: (B, 1, H, W) bool -> bool.
+    """cv2.erode with a kernel×kernel square; the border does not erode. mask: (B, C, H, W) bool -> bool.
 
     Even kernels use cv2's anchor (kernel // 2), so the window reaches one step further up and left.
     """
-    if kernel < 1:
-        raise ValueError(f"expected an erosion kernel size >= 1, got {kernel}")
+    if mask.dtype != torch.bool or mask.ndim != 4:
+        raise ValueError(f"expected a bool mask (B, C, H, W), got {mask.dtype} {tuple(mask.shape)}")
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1:
+        raise ValueError(f"expected an erosion kernel size >= 1, got {kernel!r}")
     if kernel == 1:
         return mask.clone()
     before, after = kernel // 2, kernel - 1 - kernel // 2
     # Erosion is a max-pool of the complement; padding the complement with 0 makes the outside count as "set".
+    # Separable: a square max-pool is a row max-pool of a column max-pool.
     holes = F.pad((~mask).to(torch.float32), (before, after, before, after), value=0.0)
-    return F.max_pool2d(holes, kernel, stride=1) == 0
+    return F.max_pool2d(F.max_pool2d(holes, (kernel, 1), stride=1), (1, kernel), stride=1) == 0
 
 
 def depth_edge(depth: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
     """Official depth_edge: True where a pixel has fewer than 3 discontinuous neighbour pairs.
-    depth: (B, 1, H, W) -> bool (B, 1, H, W)."""
-    raise NotImplementedError
+    depth: (B, 1, H, W) -> bool (B, 1, H, W).
+
+    A pair of 8-neighbours is discontinuous when |d1 - d2| > atol AND |1/d1 - 1/d2| > rtol, with d clamped to
+    >= 1e-6; each pixel counts the pairs it belongs to (0 to 8).
+    """
+    if depth.ndim != 4 or not depth.is_floating_point():
+        raise ValueError(f"expected a floating-point depth batch (B, 1, H, W), got {depth.dtype} {tuple(depth.shape)}")
+    depth = depth.clamp_min(1e-6)
+    inverse = 1 / depth
+    height, width = depth.shape[-2:]
+    count = torch.zeros(depth.shape, dtype=torch.int32, device=depth.device)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        first = (slice(None), slice(None), slice(0, height - dy), slice(max(-dx, 0), width - max(dx, 0)))
+        second = (slice(None), slice(None), slice(dy, height), slice(max(dx, 0), width - max(-dx, 0)))
+        broken = ((depth[first] - depth[second]).abs() > atol) & ((inverse[first] - inverse[second]).abs() > rtol)
+        count[first] += broken
+        count[second] += broken
+    return count < 3
+
+
+def subsample_center(x: torch.Tensor, ssaa: int) -> torch.Tensor:
+    """The official centre sample of each ssaa×ssaa block (offset (ssaa-1)//2). (..., H·s, W·s) -> (..., H, W)."""
+    _check_blocks(x, ssaa)
+    offset = (ssaa - 1) // 2
+    return x[..., offset::ssaa, offset::ssaa]
+
+
+def coverage_mask(mask: torch.Tensor, ssaa: int, threshold: float = 0.75) -> torch.Tensor:
+    """True where more than threshold·s² samples of an s×s block are set. (..., H·s, W·s) bool -> (..., H, W)."""
+    _check_blocks(mask, ssaa)
+    height, width = mask.shape[-2] // ssaa, mask.shape[-1] // ssaa
+    blocks = mask.reshape(*mask.shape[:-2], height, ssaa, width, ssaa)
+    return blocks.sum((-3, -1)) > threshold * ssaa * ssaa
+
+
+def _check_blocks(x: torch.Tensor, ssaa: int) -> None:
+    if isinstance(ssaa, bool) or not isinstance(ssaa, int) or ssaa < 1:
+        raise ValueError(f"ssaa must be a positive integer, got {ssaa!r}")
+    if x.ndim < 2 or x.shape[-1] % ssaa or x.shape[-2] % ssaa:
+        raise ValueError(f"expected (..., H·{ssaa}, W·{ssaa}), got shape {tuple(x.shape)}")

@@ -29,7 +29,8 @@ FRUSTUM_DEPTH = 0.1
 class Mesh:
     """A batch of grid meshes, one per image.
 
-    position: (B, V, 3) world space; uv: (B, V, 2); flag: (B, V) int64 (edge | padding | eroded bits);
+    position: (B, V, 3) world space; uv: (B, V, 2) in [0, 1], v down (one grid shared by the batch: an
+    expanded view, so copy it before writing in place); flag: (B, V) int64 (edge | padding | eroded bits);
     normal: (B, V, 3) world space or None; faces: (B, F, 3) int64 (official order and CCW winding);
     modelview: (B, 4, 4) the source camera; fov in degrees.
     """
@@ -62,32 +63,36 @@ def depth_to_mesh(
     FLAG_ERODED. Returns V = M² vertices and F = 2(M-1)² faces with M = N (+ 2 with padding).
     """
     modelview = _validate(depth, modelview, fov, padding, atol, rtol, erode_rgb)
+    # Grids stay in image layout (B, C, M, M) until the end: contiguous planes keep the element-wise work fast.
     points = unproject(depth, fov)
-    uv = image_uv(depth.shape[-1], dtype=depth.dtype, device=depth.device).expand(*points.shape[:-1], 2)
+    uv = image_uv(depth.shape[-1], dtype=depth.dtype, device=depth.device)
     normal = grid_normals(points) if compute_normals else None
-    is_padding = torch.zeros(points.shape[:-1], dtype=torch.bool, device=depth.device)
+    depth = depth[:, None]
     if padding is not None:
-        points, depth, uv, normal, is_padding = _pad_ring(points, depth, uv, normal, padding, fov)
+        points, depth, uv, normal = _pad_ring(points, depth, uv, normal, padding, fov)
 
     batch, size = depth.shape[0], depth.shape[-1]
-    faces = triangulate(points)
-    flag = is_padding.reshape(batch, -1).long() * FLAG_PADDING
+    main_diagonal = _main_diagonal_shorter(points)
+    faces = _grid_faces(main_diagonal)
+    flag = torch.zeros(batch, 1, size, size, dtype=torch.int64, device=depth.device)
+    if padding is not None:
+        flag[..., [0, -1], :] = FLAG_PADDING
+        flag[..., :, [0, -1]] = FLAG_PADDING
     if atol is not None or rtol is not None:
-        edge = _discontinuity_vertices(depth.reshape(batch, -1), faces, atol or 0.0, rtol or 0.0)
-        flag |= edge.long() * FLAG_EDGE
+        edge = _discontinuity_vertices(depth, main_diagonal, atol or 0.0, rtol or 0.0)
+        flag |= edge * FLAG_EDGE
         if erode_rgb > 0:
-            kept = erode(~edge.reshape(batch, 1, size, size), 2 * erode_rgb + 1)
-            flag |= (~kept).reshape(batch, -1).long() * FLAG_ERODED
+            flag |= ~erode(~edge, 2 * erode_rgb + 1) * FLAG_ERODED
 
     camera_to_world = torch.linalg.inv(modelview)
-    rotation, translation = camera_to_world[:, None, :3, :3], camera_to_world[:, None, :3, 3]
-    position = (rotation @ points.reshape(batch, -1, 3, 1)).squeeze(-1) + translation
+    rotation, translation = camera_to_world[:, :3, :3], camera_to_world[:, :3, 3:]
+    position = (rotation @ points.flatten(2) + translation).transpose(1, 2)
     if normal is not None:
-        normal = (rotation @ normal.reshape(batch, -1, 3, 1)).squeeze(-1)
+        normal = (rotation @ normal.flatten(2)).transpose(1, 2).contiguous()
     return Mesh(
-        position=position,
-        uv=uv.reshape(batch, -1, 2),
-        flag=flag,
+        position=position.contiguous(),
+        uv=uv.flatten(1).T.expand(batch, -1, 2),
+        flag=flag.flatten(1),
         faces=faces,
         modelview=modelview,
         fov=float(fov),
@@ -96,53 +101,57 @@ def depth_to_mesh(
 
 
 def image_uv(size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
-    """Texture coordinates of pixel centres, uv[i, j] = ((j + 0.5) / N, (i + 0.5) / N), v down. -> (N, N, 2)."""
+    """Texture coordinates of pixel centres, (u, v)[i, j] = ((j + 0.5) / N, (i + 0.5) / N), v down. -> (2, N, N)."""
     centres = (torch.arange(size, dtype=dtype, device=device) + 0.5) / size
     v, u = torch.meshgrid(centres, centres, indexing="ij")
-    return torch.stack([u, v], dim=-1)
+    return torch.stack([u, v])
 
 
 def unproject(depth: torch.Tensor, fov: float = 45.0) -> torch.Tensor:
     """Camera-space points of a linear depth map (OpenGL camera, row 0 at the top).
 
-    depth: (B, N, N) z-depth > 0 -> (B, N, N, 3) with z_cam = -depth.
+    depth: (B, N, N) z-depth > 0 -> (B, 3, N, N) with z_cam = -depth.
     """
     size = depth.shape[-1]
-    rays = (image_uv(size, dtype=depth.dtype, device=depth.device) - 0.5) / focal_length(fov)
+    rays = (image_uv(size, dtype=depth.dtype, device=depth.device)[0, 0] - 0.5) / focal_length(fov)
     # Image row i looks through the ray of texture row N-1-i: the top row has +y.
-    rays = torch.cat([rays[..., :1], rays.flip(0)[..., 1:], -torch.ones_like(rays[..., :1])], dim=-1)
-    return rays * depth[..., None]
+    return torch.stack([rays * depth, rays.flip(0)[:, None] * depth, -depth], dim=1)
 
 
 def grid_normals(points: torch.Tensor) -> torch.Tensor:
-    """Official Sobel-like unit normals of a point grid, edge-replicated borders. (B, M, M, 3) -> (B, M, M, 3).
+    """Official Sobel-like unit normals of a point grid, edge-replicated borders. (B, 3, M, M) -> (B, 3, M, M).
 
     A fronto-parallel plane gets +z (towards the camera).
     """
-    padded = F.pad(points.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    padded = F.pad(points, (1, 1, 1, 1), mode="replicate")
     dx = padded[..., 2:] - padded[..., :-2]  # right minus left, rows still padded
     dy = padded[..., :-2, :] - padded[..., 2:, :]  # upper minus lower, columns still padded
     e_x = (dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]) / 4
     e_y = (dy[..., :-2] + 2 * dy[..., 1:-1] + dy[..., 2:]) / 4
-    normal = torch.linalg.cross(e_x, e_y, dim=1)
-    return F.normalize(normal, dim=1).permute(0, 2, 3, 1)
+    (ax, ay, az), (bx, by, bz) = e_x.unbind(1), e_y.unbind(1)
+    normal = torch.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], dim=1)
+    return normal / (normal * normal).sum(1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
-def triangulate(points: torch.Tensor) -> torch.Tensor:
-    """Official grid triangulation along each quad's shorter 3D diagonal. points: (B, M, M, 3) -> (B, 2(M-1)², 3).
+def _main_diagonal_shorter(points: torch.Tensor) -> torch.Tensor:
+    """Official diagonal choice per quad: |TL - BR| < |TR - BL|, a tie takes TR-BL. (B, 3, M, M) -> (B, M-1, M-1)."""
+    main = points[..., :-1, :-1] - points[..., 1:, 1:]
+    anti = points[..., :-1, 1:] - points[..., 1:, :-1]
+    return (main * main).sum(1).sqrt() < (anti * anti).sum(1).sqrt()
 
-    Quad by quad, row-major: TL-BR shorter gives (TR, TL, BR), (BL, BR, TL); otherwise (TR, TL, BL), (BL, BR, TR).
+
+def _grid_faces(main_diagonal: torch.Tensor) -> torch.Tensor:
+    """Faces of a vertex grid given each quad's diagonal. main_diagonal: (B, M-1, M-1) bool -> (B, 2(M-1)², 3).
+
+    Quad by quad, row-major: TL-BR gives (TR, TL, BR), (BL, BR, TL); TR-BL gives (TR, TL, BL), (BL, BR, TR).
     Both are counter-clockwise seen from the camera that produced the grid.
     """
-    batch, size = points.shape[0], points.shape[1]
-    index = torch.arange(size * size, device=points.device).reshape(size, size)
+    batch, size = main_diagonal.shape[0], main_diagonal.shape[-1] + 1
+    index = torch.arange(size * size, device=main_diagonal.device).reshape(size, size)
     tl, tr, bl, br = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
-    p_tl, p_tr, p_bl, p_br = points[:, :-1, :-1], points[:, :-1, 1:], points[:, 1:, :-1], points[:, 1:, 1:]
-    main_shorter = torch.linalg.vector_norm(p_tl - p_br, dim=-1) < torch.linalg.vector_norm(p_tr - p_bl, dim=-1)
-    main = torch.stack([torch.stack([tr, tl, br], -1), torch.stack([bl, br, tl], -1)], dim=-2)
-    anti = torch.stack([torch.stack([tr, tl, bl], -1), torch.stack([bl, br, tr], -1)], dim=-2)
-    faces = torch.where(main_shorter[..., None, None], main, anti)
-    return faces.reshape(batch, -1, 3)
+    main = torch.stack([tr, tl, br, bl, br, tl], dim=-1)
+    anti = torch.stack([tr, tl, bl, bl, br, tr], dim=-1)
+    return torch.where(main_diagonal[..., None], main, anti).reshape(batch, -1, 3)
 
 
 def _pad_ring(
@@ -150,41 +159,57 @@ def _pad_ring(
     depth: torch.Tensor,
     uv: torch.Tensor,
     normal: torch.Tensor | None,
-    padding: int | str,
+    padding: float | str,
     fov: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Edge-replicate one ring around every grid, then push the ring outwards (official padding)."""
-
-    def replicate(grid: torch.Tensor) -> torch.Tensor:  # (B, N, N, C) -> (B, N+2, N+2, C)
-        return F.pad(grid.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate").permute(0, 2, 3, 1)
-
-    points, uv = replicate(points), replicate(uv)
-    normal = replicate(normal) if normal is not None else None
-    depth = replicate(depth[..., None])[..., 0]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Edge-replicate one ring around every (B, C, N, N) grid, then push the ring outwards (official padding)."""
+    points, depth = F.pad(points, (1, 1, 1, 1), mode="replicate"), F.pad(depth, (1, 1, 1, 1), mode="replicate")
+    uv = F.pad(uv[None], (1, 1, 1, 1), mode="replicate")[0]
+    normal = F.pad(normal, (1, 1, 1, 1), mode="replicate") if normal is not None else None
     size = depth.shape[-1]
-    ring = torch.zeros(size, size, dtype=torch.bool, device=depth.device)
-    ring[[0, -1], :] = True
-    ring[:, [0, -1]] = True
     step = torch.zeros(size, dtype=depth.dtype, device=depth.device)
     step[0], step[-1] = -1.0, 1.0
     pixels = 1.0 if padding == "frustum" else float(padding)
-    offset = pixels * 2 * math.tan(math.radians(fov) / 2) / (size - 2) * depth
-    shift = torch.stack([step[None, :] * offset, -step[:, None] * offset, torch.zeros_like(offset)], dim=-1)
-    points = points + shift
+    offset = pixels * 2 * math.tan(math.radians(fov) / 2) / (size - 2) * depth[:, 0]
+    points = points + torch.stack([step * offset, -step[:, None] * offset, torch.zeros_like(offset)], dim=1)
     if padding == "frustum":
-        scale = torch.where(ring, FRUSTUM_DEPTH / depth, torch.ones_like(depth))
-        points = points * scale[..., None]
-    return points, depth, uv, normal, ring.expand_as(depth)
+        scale = torch.full_like(depth, FRUSTUM_DEPTH) / depth
+        scale[..., 1:-1, 1:-1] = 1.0
+        points = points * scale
+    return points, depth, uv, normal
 
 
-def _discontinuity_vertices(depth: torch.Tensor, faces: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
-    """Vertices of faces whose depth range > atol AND inverse-depth range > rtol. depth: (B, V) -> bool (B, V)."""
-    z = torch.gather(depth, 1, faces.reshape(faces.shape[0], -1)).reshape(faces.shape)
-    inverse = 1 / z
-    broken = ((z.amax(-1) - z.amin(-1)) > atol) & ((inverse.amax(-1) - inverse.amin(-1)) > rtol)
-    hits = broken[..., None].expand_as(faces).reshape(faces.shape[0], -1).to(torch.int64)
-    edge = torch.zeros_like(depth, dtype=torch.int64).scatter_reduce(1, faces.reshape(faces.shape[0], -1), hits, "amax")
-    return edge.bool()
+def _discontinuity_vertices(depth: torch.Tensor, main_diagonal: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
+    """Vertices of faces whose depth range > atol AND inverse-depth range > rtol.
+
+    depth: (B, 1, M, M); main_diagonal: (B, M-1, M-1) -> bool (B, 1, M, M). Works on the grid: each quad's two
+    faces are (TR, TL, BR) + (BL, BR, TL) or (TR, TL, BL) + (BL, BR, TR).
+    """
+    main_diagonal = main_diagonal[:, None]
+
+    def face_ranges(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tl, tr, bl, br = values[..., :-1, :-1], values[..., :-1, 1:], values[..., 1:, :-1], values[..., 1:, 1:]
+        first = (tr, tl, torch.where(main_diagonal, br, bl))  # (TR, TL, BR) or (TR, TL, BL)
+        second = (bl, br, torch.where(main_diagonal, tl, tr))  # (BL, BR, TL) or (BL, BR, TR)
+        return tuple(_max3(*face) - _min3(*face) for face in (first, second))
+
+    (first_z, second_z), (first_inverse, second_inverse) = face_ranges(depth), face_ranges(1 / depth)
+    first, second = (first_z > atol) & (first_inverse > rtol), (second_z > atol) & (second_inverse > rtol)
+    both = first | second
+    # Corner membership: TL-BR quads have TL, BR in both faces; TR-BL quads have TR, BL in both.
+    tl = torch.where(main_diagonal, both, first)
+    tr = torch.where(main_diagonal, first, both)
+    bl = torch.where(main_diagonal, second, both)
+    br = torch.where(main_diagonal, both, second)
+    return F.pad(tl, (0, 1, 0, 1)) | F.pad(tr, (1, 0, 0, 1)) | F.pad(bl, (0, 1, 1, 0)) | F.pad(br, (1, 0, 1, 0))
+
+
+def _max3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.maximum(a, b), c)
+
+
+def _min3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(torch.minimum(a, b), c)
 
 
 def _validate(
@@ -224,7 +249,7 @@ def _validate(
             raise ValueError(f"{name} must be None or a finite value >= 0, got {value}")
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 0:
         raise ValueError(f"erode_rgb must be an integer >= 0, got {erode_rgb!r}")
-    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4)
+    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4).clone()
 
 
 def _describe(value: object) -> str:
