@@ -19,6 +19,7 @@ from iterview.diffusion.guidance import classifier_free, inpaint_input, replacem
 from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
+from iterview.geometry.mesh import Mesh
 from iterview.pipeline.scene import Scene, rgbd_to_mesh
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
@@ -275,7 +276,9 @@ class MultiViewPipeline:
 
         return lockstep(run_one, network, len(generators))
 
-    def aggregate(self, meshes: list, textures: list[torch.Tensor], modelview: torch.Tensor) -> Conditions:
+    def aggregate(
+        self, meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor
+    ) -> Conditions:
         """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4)."""
         g = self.geometry
         return aggregate_conditions(
@@ -308,7 +311,7 @@ class MultiViewPipeline:
 
         return lockstep(run_one, network, len(generators))
 
-    def mesh(self, x: torch.Tensor, modelview: torch.Tensor):
+    def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""
         g = self.geometry
         return rgbd_to_mesh(x, modelview, g.near, g.far, g.fov, "frustum", g.atol, g.rtol, g.erode_rgb)
