@@ -35,8 +35,7 @@ def test_sampler_resolution_follows_the_official_cli():
         SamplerChoice("dpmpp", 6),
     )
     assert resolve_samplers(sampler_uncond="dpmpp", steps_uncond=10)[0] == SamplerChoice("dpmpp", 10)
-    with pytest.raises(ValueError, match="DDPM"):
-        resolve_samplers(sampler_cond="ddpm")
+    assert resolve_samplers(sampler_cond="ddpm")[1] == SamplerChoice("ddpm", 1000)
     with pytest.raises(ValueError, match="preset"):
         resolve_samplers("slow")
 

@@ -26,8 +26,6 @@ def resolve_samplers(
 
     if preset not in SAMPLER_PRESETS:
         raise ValueError(f"unknown sampler preset {preset!r}: expected one of {', '.join(SAMPLER_PRESETS)}")
-    if sampler_cond == "ddpm":
-        raise ValueError("G_c needs replacement guidance, which DDPM lacks: use --sampler-cond ddim or dpmpp")
     default_steps = {"ddpm": timesteps, "ddim": 50, "dpmpp": FAST_STEPS}
     if preset == "fast":
         name_u, name_c = "dpmpp", "dpmpp"
@@ -35,9 +33,12 @@ def resolve_samplers(
         name_u = "ddim" if steps_uncond is not None and steps_uncond < timesteps else "ddpm"
         name_c = "ddim"
     name_u, name_c = sampler_uncond or name_u, sampler_cond or name_c
-    # DDPM always walks every step (the official sampler ignores `steps`).
-    steps_u = timesteps if name_u == "ddpm" else steps_uncond or default_steps.get(name_u, 0)
-    return SamplerChoice(name_u, steps_u), SamplerChoice(name_c, steps_cond or default_steps.get(name_c, 0))
+
+    def choice(name: str, steps: int | None) -> SamplerChoice:
+        # DDPM always walks every step (the official sampler ignores `steps`).
+        return SamplerChoice(name, timesteps if name == "ddpm" else steps or default_steps.get(name, 0))
+
+    return choice(name_u, steps_uncond), choice(name_c, steps_cond)
 
 
 def _fail(error: Exception) -> typer.BadParameter:
@@ -66,7 +67,7 @@ def sample(
         str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (DPM-Solver++).")
     ] = "official",
     sampler_uncond: Annotated[str | None, typer.Option(help="Override G_u's sampler: ddpm, ddim or dpmpp.")] = None,
-    sampler_cond: Annotated[str | None, typer.Option(help="Override G_c's sampler: ddim or dpmpp.")] = None,
+    sampler_cond: Annotated[str | None, typer.Option(help="Override G_c's sampler: ddpm, ddim or dpmpp.")] = None,
     steps_uncond: Annotated[int | None, typer.Option(help="G_u steps (official: < 1000 switches to DDIM).")] = None,
     steps_cond: Annotated[int | None, typer.Option(help="G_c steps.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅.")] = 3.0,

@@ -19,6 +19,7 @@ from iterview.diffusion.guidance import classifier_free, inpaint_input, replacem
 from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
+from iterview.geometry.mesh import Mesh
 from iterview.pipeline.scene import Scene, rgbd_to_mesh
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
@@ -26,7 +27,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """name: 'ddpm' (ancestral, all T steps; G_u only), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M); steps."""
+    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
 
     name: str = "ddim"
     steps: int = 50
@@ -46,9 +47,7 @@ class SamplerChoice:
         x0_fn: X0Fn | None = None,
     ) -> torch.Tensor:
         if self.name == "ddpm":
-            if x0_fn is not None:
-                raise ValueError("DDPM has no x0 hook for replacement guidance: sample G_c with 'ddim' or 'dpmpp'")
-            return ddpm_sample(model_fn, x_T, schedule, generator=generator)
+            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
         if self.name == "ddim":
             return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
         return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
@@ -144,12 +143,18 @@ def lockstep(run_one: Callable[[int, ModelFn], torch.Tensor], network: ModelFn, 
     return torch.cat(results)  # type: ignore[arg-type]
 
 
+_UNEQUAL_CALLS = "the instances' samplers made different numbers of network calls"
+
+
 class _Rendezvous:
-    """Gathers one network call from every still-running instance, evaluates them as one batch and hands each
-    its rows; instances may make different numbers of calls (the rest go on batched without the finished)."""
+    """Gathers one network call from every instance, evaluates them as one batch and hands each its rows.
+
+    The network is built for the whole batch (e.g. CFG with every instance's class), so all instances must make
+    the same number of calls; a call after an instance finished, or an instance finishing while others wait,
+    is an error rather than a silently mismatched batch."""
 
     def __init__(self, network: ModelFn, count: int) -> None:
-        self.network, self.active = network, count
+        self.network, self.count, self.active = network, count, count
         self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.round = 0
@@ -158,6 +163,10 @@ class _Rendezvous:
 
     def call(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with self.condition:
+            if self.active < self.count:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
+                raise _Aborted
             self.inputs[index] = (x, t)
             current = self.round
             if len(self.inputs) == self.active:
@@ -187,11 +196,11 @@ class _Rendezvous:
             self.condition.notify_all()
 
     def leave(self) -> None:
-        """An instance has finished: the others may be waiting for it, so evaluate them without it."""
         with self.condition:
             self.active -= 1
-            if self.inputs and len(self.inputs) == self.active:
-                self._evaluate()
+            if self.inputs:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
 
 
 class _Aborted(Exception):
@@ -267,7 +276,9 @@ class MultiViewPipeline:
 
         return lockstep(run_one, network, len(generators))
 
-    def aggregate(self, meshes: list, textures: list[torch.Tensor], modelview: torch.Tensor) -> Conditions:
+    def aggregate(
+        self, meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor
+    ) -> Conditions:
         """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4)."""
         g = self.geometry
         return aggregate_conditions(
@@ -300,7 +311,7 @@ class MultiViewPipeline:
 
         return lockstep(run_one, network, len(generators))
 
-    def mesh(self, x: torch.Tensor, modelview: torch.Tensor):
+    def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""
         g = self.geometry
         return rgbd_to_mesh(x, modelview, g.near, g.far, g.fov, "frustum", g.atol, g.rtol, g.erode_rgb)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,12 @@ def rgbd_to_mesh(
         depth, modelview, fov=fov, padding=padding, atol=atol, rtol=rtol, erode_rgb=erode_rgb, compute_normals=True
     )
     return mesh, x[:, :3]
+
+
+def map_mesh(mesh: Mesh, fn: Callable[[torch.Tensor], torch.Tensor]) -> Mesh:
+    """Apply fn to every batched tensor of a mesh (e.g. to slice or expand the batch)."""
+    tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
+    return replace(mesh, **{k: fn(v) for k, v in tensors.items() if v is not None})
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -101,22 +108,10 @@ class Scene:
         erode_rgb: int = 3,
     ) -> tuple[list[Mesh], list[torch.Tensor]]:
         """One mesh (batch 1) and texture (1, 3, N, N) per view; defaults as the official `load_scene`."""
-        meshes, textures = [], []
-        for view in range(len(self)):
-            mesh, texture = rgbd_to_mesh(
-                self.rgbd[view : view + 1],
-                self.modelviews[view : view + 1],
-                self.near,
-                self.far,
-                self.fov,
-                padding,
-                atol,
-                rtol,
-                erode_rgb,
-            )
-            meshes.append(mesh)
-            textures.append(texture)
-        return meshes, textures
+        mesh, texture = rgbd_to_mesh(
+            self.rgbd, self.modelviews, self.near, self.far, self.fov, padding, atol, rtol, erode_rgb
+        )
+        return [map_mesh(mesh, lambda v, i=view: v[i : i + 1]) for view in range(len(self))], list(texture.split(1))
 
     def save(self, path: str | Path) -> Path:
         """Atomically write `<path>.npz` (arrays) and `<path>.json` (cameras, metadata); the JSON is written last

@@ -4,7 +4,7 @@ re-fused by the aggregation compositor into each trajectory camera at 5× SSAA, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -14,9 +14,8 @@ from tqdm.auto import tqdm
 from iterview.geometry.aggregate import aggregate_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
 from iterview.geometry.imageops import lanczos_downsample
-from iterview.geometry.mesh import Mesh
 from iterview.pipeline.io import atomic_path, colorize_depth, save_png, to_uint8
-from iterview.pipeline.scene import FUSION_PADDING, Scene
+from iterview.pipeline.scene import FUSION_PADDING, Scene, map_mesh
 from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
 
 TRAJECTORIES = ("swing", "orbit", "random")
@@ -67,11 +66,6 @@ class FusionFrames:
     mask: torch.Tensor
 
 
-def _expand(mesh: Mesh, batch: int) -> Mesh:
-    tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
-    return replace(mesh, **{k: v.expand(batch, *v.shape[1:]) for k, v in tensors.items() if v is not None})
-
-
 def render_fusion(
     scene: Scene,
     modelviews: torch.Tensor,
@@ -97,7 +91,7 @@ def render_fusion(
         cameras = modelviews[start : start + chunk]
         n = len(cameras)
         raw = aggregate_render(
-            [_expand(m, n) for m in meshes],
+            [map_mesh(m, lambda v, n=n: v.expand(n, *v.shape[1:])) for m in meshes],
             [t.expand(n, *t.shape[1:]) for t in textures],
             cameras,
             size * ssaa,
