@@ -104,7 +104,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
         g_u, g_c = load_model(weights_u)[0].to(device), load_model(weights_c)[0].to(device)
         sampler = SamplerChoice("dpmpp", config.sampler_steps)
         run = out / "samples"
-        scenes = sample_viewset(
+        sample_viewset(
             g_u,
             g_c,
             run,
@@ -116,6 +116,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
             guidance=Guidance(strength=config.guidance),
             progress=progress,
         )
+        scenes = sorted((run / "scenes").glob("scene_*.npz"))  # also those of an earlier, resumed run
     with _stage("render swing video", timings):
         first = Scene.load(scenes[0])
         videos = render_scene_video(first, run, scenes[0].stem, "swing", config.frames, progress=progress)

@@ -72,7 +72,7 @@ def warp_views(
     size = scene.rgbd.shape[-1]
     depth = scene.depth[sources, 0]
     mesh = depth_to_mesh(depth, scene.modelviews[sources], fov=scene.fov, atol=atol, rtol=rtol)
-    texture = scene.rgbd[sources, :3] * 0.5 + 0.5
+    texture = _colors(scene.rgbd[sources])
     render = render_simple(mesh, texture, scene.modelviews[targets], size * ssaa)
     covered = render.mask.float()
     # A pixel counts when most of its sub-samples and its centre are covered; colour averages the covered ones.
@@ -95,7 +95,7 @@ def scene_consistency(
     near = nearest_views(scene.modelviews, neighbours).to(device)
     targets = torch.arange(views, device=device).repeat_interleave(near.shape[1])
     sources = near.reshape(-1)
-    target_rgb = scene.rgbd[:, :3] * 0.5 + 0.5
+    target_rgb = _colors(scene.rgbd)
     target_depth = scene.depth
 
     squared, absrel, counted = torch.zeros(3, views, dtype=torch.float64, device=device)
@@ -122,6 +122,11 @@ def scene_consistency(
     )
 
 
+def _colors(rgbd: torch.Tensor) -> torch.Tensor:
+    """Colour as it is saved and seen: (V, 4, H, W) in [-1, 1] -> (V, 3, H, W) clipped to [0, 1]."""
+    return (rgbd[:, :3] * 0.5 + 0.5).clamp(0, 1)
+
+
 def _psnr(mse: torch.Tensor) -> float:
     """PSNR in dB for colours in [0, 1]; capped at 100 dB (identical images), nan without pixels."""
     return float(-10 * torch.log10(mse.clamp(min=1e-10)))
@@ -142,7 +147,7 @@ def ground_truth_error(
             f"depth {tuple(depth.shape)}"
         )
     views = slice(1, None) if views is None else views
-    generated = (scene.rgbd[views, :3] * 0.5 + 0.5).double()
+    generated = _colors(scene.rgbd[views]).double()
     true_depth = depth[views].double().clamp(scene.near, scene.far)
     return {
         "psnr": _psnr((generated - rgb[views].double()).square().mean()),
