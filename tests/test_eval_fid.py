@@ -149,6 +149,31 @@ def test_pytorch_fid_state_dict_loads_with_batch_norm_scale_folded(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+class _NvidiaLayout(torch.nn.Module):
+    """The module layout of NVIDIA's inception-2015-12-05.pt: `layers` and the 1008-way `output`."""
+
+    def __init__(self, layers: torch.nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+        self.output = torch.nn.Linear(2048, 1008)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.layers(x).flatten(1))
+
+
+def test_nvidia_torchscript_with_classifier_gives_unbiased_logits_and_is(tmp_path, inception):
+    nvidia = _NvidiaLayout(inception.layers)
+    torch.jit.script(nvidia).save(str(tmp_path / "inception-2015-12-05.pt"))
+    model = load_inception(tmp_path / "inception-2015-12-05.pt")
+    torch.testing.assert_close(model.logits.weight, nvidia.output.weight)
+    features = extract_features(model, _scenes(2, 16), progress=False)
+    assert features.logits.shape == (2, 1008)
+    expected = features.pool @ nvidia.output.weight.detach().T
+    torch.testing.assert_close(features.logits, expected, atol=1e-4, rtol=1e-4)
+    metrics = image_metrics(features, FeatureStats.from_features(features), kid_subsets=2)
+    assert metrics["is_mean"] >= 1.0 and abs(metrics["fid"]) < 1e-3
+
+
 def test_bad_weights_files_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="Inception weights not found"):
         load_inception(tmp_path / "missing.pt")
@@ -289,7 +314,7 @@ def test_real_statistics_are_cached_safely_and_reused(tmp_path, inception):
     cache = tmp_path / "stats" / "real.safetensors"
     stats = real_stats(inception, tmp_path / "real", image_size=24, cache=cache, progress=False)
     assert cache.is_file() and not list(cache.parent.glob("*.tmp*"))
-    assert stats.meta == {"count": 3, "image_size": 24, "source": str(tmp_path / "real")}
+    assert stats.meta == {"count": 3, "image_size": 24, "source": str((tmp_path / "real").resolve())}
 
     class Unused(InceptionV3):
         def forward(self, images):
@@ -297,8 +322,13 @@ def test_real_statistics_are_cached_safely_and_reused(tmp_path, inception):
 
     cached = real_stats(Unused(), tmp_path / "real", image_size=24, cache=cache)
     assert torch.equal(cached.sigma, stats.sigma) and torch.equal(cached.features, stats.features)
+    assert torch.equal(real_stats(Unused(), None, image_size=24, cache=cache).mu, stats.mu)
     with pytest.raises(ValueError, match="image size 24, not 32"):
         real_stats(inception, tmp_path / "real", image_size=32, cache=cache)
+    with pytest.raises(ValueError, match="were computed from"):
+        real_stats(inception, tmp_path / "fake", image_size=24, cache=cache)
+    with pytest.raises(ValueError, match="no real images given"):
+        real_stats(inception, None, image_size=24, cache=tmp_path / "none.safetensors")
 
     fake = extract_features(inception, generated_images(tmp_path / "fake", 24, num_samples=2), progress=False)
     assert fake.pool.shape == (2, 2048) and fake.logits is None

@@ -239,23 +239,29 @@ def inception_score(
 
 def real_stats(
     model: InceptionV3,
-    real_dir: str | Path,
+    real_dir: str | Path | None,
     image_size: int = 128,
     cache: str | Path | None = None,
     batch_size: int = 50,
     num_workers: int = 0,
     progress: bool = True,
 ) -> FeatureStats:
-    """Statistics of every image under real_dir (crop + LANCZOS to image_size), read from / written to cache."""
+    """Statistics of every image under real_dir (crop + LANCZOS to image_size), read from / written to cache.
+    A cache is only used for the folder and image size it was made from; real_dir may be None to just read it."""
     if cache is not None and Path(cache).is_file():
         stats = FeatureStats.load(cache)
         if stats.meta.get("image_size") != image_size:
             found = stats.meta.get("image_size")
             raise ValueError(f"cached statistics {cache} are for image size {found}, not {image_size}")
+        source = stats.meta.get("source")
+        if real_dir is not None and source is not None and Path(source).resolve() != Path(real_dir).resolve():
+            raise ValueError(f"cached statistics {cache} were computed from {source}, not {real_dir}: remove the file")
         return stats
+    if real_dir is None:
+        raise ValueError(f"no real images given and no cached statistics at {cache}")
     dataset = ImageFiles(list_images(real_dir), image_size, real=True)
     features = extract_features(model, dataset, batch_size, num_workers, progress, desc="real images")
-    stats = FeatureStats.from_features(features, image_size=image_size, source=str(real_dir))
+    stats = FeatureStats.from_features(features, image_size=image_size, source=str(Path(real_dir).resolve()))
     if cache is not None:
         stats.save(cache)
     return stats
