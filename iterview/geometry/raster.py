@@ -71,21 +71,34 @@ def rasterize(
     near: float = 0.1,
     far: float = 200.0,
     face_mask: torch.Tensor | None = None,
+    discard_back: torch.Tensor | None = None,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
     that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping.
 
     One sample per pixel at its centre, projection ``perspective(fov, near, far)``, no culling (``front`` tells
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
+    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera (a fragment
+    shader's ``discard`` on back faces: they write no depth).
     """
-    _check_inputs(position, faces, modelview, size, face_mask)
-    if face_mask is None:
-        face_mask = torch.ones(faces.shape[:2], dtype=torch.bool, device=faces.device)
+    _check_inputs(position, faces, modelview, size)
+    flags = [face_mask, discard_back]
+    for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
+        if flag is not None and flag.shape != faces.shape[:2]:
+            raise ValueError(f"{name} must be (B, F) = {tuple(faces.shape[:2])}, got {tuple(flag.shape)}")
+    face_mask, discard_back = (
+        torch.full(faces.shape[:2], default, device=faces.device) if flag is None else flag.to(faces.device, torch.bool)
+        for flag, default in zip(flags, (True, False), strict=True)
+    )
     # A few meshes at a time keep the working set in cache, which matters more than batching on a CPU.
     group = max(1, _GROUP_FACES // max(faces.shape[1], 1))
     parts = [
         _rasterize_group(
-            *(t[i : i + group] for t in (position, faces, modelview, face_mask)), size=size, fov=fov, near=near, far=far
+            *(t[i : i + group] for t in (position, faces, modelview, face_mask, discard_back)),
+            size=size,
+            fov=fov,
+            near=near,
+            far=far,
         )
         for i in range(0, len(position), group)
     ]
@@ -138,9 +151,7 @@ def window_to_linear(zbuffer: torch.Tensor, near: float, far: float) -> torch.Te
     return (2 * near * far) / ((far + near) - ndc * (far - near))
 
 
-def _check_inputs(
-    position: torch.Tensor, faces: torch.Tensor, modelview: torch.Tensor, size: int, face_mask: torch.Tensor | None
-) -> None:
+def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.Tensor, size: int) -> None:
     if position.ndim != 3 or position.shape[-1] != 3:
         raise ValueError(f"position must be (B, V, 3), got shape {tuple(position.shape)}")
     batch = position.shape[0]
@@ -148,8 +159,6 @@ def _check_inputs(
         raise ValueError(f"faces must be integer (B={batch}, F, 3), got {faces.dtype} {tuple(faces.shape)}")
     if modelview.shape != (batch, 4, 4):
         raise ValueError(f"modelview must be (B={batch}, 4, 4), got shape {tuple(modelview.shape)}")
-    if face_mask is not None and face_mask.shape != faces.shape[:2]:
-        raise ValueError(f"face_mask must be (B, F) = {tuple(faces.shape[:2])}, got {tuple(face_mask.shape)}")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192:
         raise ValueError(f"size must be an integer in [1, 8192], got {size!r}")
     if faces.numel() and (faces.min() < 0 or faces.max() >= position.shape[1]):
@@ -168,6 +177,7 @@ def _rasterize_group(
     faces: torch.Tensor,
     modelview: torch.Tensor,
     face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
     size: int,
     fov: float,
     near: float,
@@ -182,7 +192,7 @@ def _rasterize_group(
     owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
-    setup = _setup_triangles(triangles, owner, num_faces, size)
+    setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
     for start, stop in _chunks(setup.bands, _MAX_BANDS):
@@ -262,9 +272,11 @@ class _Setup:
     table: torch.Tensor
 
 
-def _setup_triangles(triangles: torch.Tensor, owner: torch.Tensor, num_faces: int, size: int) -> _Setup:
+def _setup_triangles(
+    triangles: torch.Tensor, owner: torch.Tensor, discard_back: torch.Tensor, num_faces: int, size: int
+) -> _Setup:
     """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
-    depth planes and row bands."""
+    depth planes and row bands. discard_back: (B F,) bool by flat face index."""
     x, y, z, w = triangles
     # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
     scale = w.reciprocal()
@@ -274,7 +286,7 @@ def _setup_triangles(triangles: torch.Tensor, owner: torch.Tensor, num_faces: in
     zw = torch.addcmul(torch.tensor(0.5), z, scale, value=0.5).double()
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
-    keep = area != 0  # GL draws no zero-area triangle
+    keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
     if not keep.all():
         xw, yw, zw, xf, yf, area, owner = (v[..., keep] for v in (xw, yw, zw, xf, yf, area, owner))
     front = area > 0
