@@ -39,6 +39,8 @@ class ADMConfig:
             self.num_heads = 1
         if self.num_classes == "auto":
             raise ValueError('num_classes "auto" needs the dataset: replace it by the number of classes')
+        if self.model_channels % 2:
+            raise ValueError(f"model_channels must be even (sin/cos time features), found {self.model_channels}")
         if self.num_head_channels == -1 and self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1 when num_head_channels is -1, found {self.num_heads}")
         widths = [self.model_channels * m for m in self.channel_mult]
