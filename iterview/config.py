@@ -7,6 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 OFFICIAL_BACKBONE = "AdmUnet2d"
+CONFIG_VERSION = 1
 
 
 @dataclass
@@ -67,6 +68,8 @@ class ADMConfig:
                 raise ValueError(f'expected backbone "{OFFICIAL_BACKBONE}" in the official config, found "{name}"')
             data = backbone.get("args", {})
         elif "model" in data:
+            if data.get("version", 1) > CONFIG_VERSION:
+                raise ValueError(f"config version {data['version']} is newer than the supported {CONFIG_VERSION}")
             data = data["model"]
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

@@ -56,6 +56,8 @@ def test_config_rejects_bad_input(reference, tmp_path):
         ADMConfig.from_dict({k: v for k, v in args.items() if k != "model_channels"})
     with pytest.raises(ValueError, match="num_groups"):
         ADMConfig.from_dict({**args, "num_groups": 7})
+    with pytest.raises(ValueError, match="newer"):
+        ADMConfig.from_dict({"format": "iterview.adm", "version": 2, "model": args})
     with pytest.raises(ValueError, match="even"):
         ADMConfig.from_dict({**args, "model_channels": 33})
     with pytest.raises(ValueError, match="auto"):
