@@ -5,12 +5,15 @@ from __future__ import annotations
 import typer
 
 from iterview.data import commands as data_commands
+from iterview.models.commands import convert
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our safetensors format.")(convert)
 
 
 @app.callback()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
+OFFICIAL_BACKBONE = "AdmUnet2d"
+CONFIG_VERSION = 1
 
 
 @dataclass
@@ -26,15 +30,71 @@ class ADMConfig:
     num_head_channels: int = -1
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
+    conv_resample: bool = True
+
+    def __post_init__(self) -> None:
+        self.attention_resolutions = [int(r) for r in self.attention_resolutions]
+        self.channel_mult = [int(m) for m in self.channel_mult]
+        # The official configs write `num_heads: null` next to num_head_channels, which then decides the heads.
+        if self.num_heads is None:
+            self.num_heads = 1
+        if self.num_classes == "auto":
+            raise ValueError('num_classes "auto" needs the dataset: replace it by the number of classes')
+        if self.model_channels % 2:
+            raise ValueError(f"model_channels must be even (sin/cos time features), found {self.model_channels}")
+        if self.num_head_channels == -1 and self.num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1 when num_head_channels is -1, found {self.num_heads}")
+        widths = [self.model_channels * m for m in self.channel_mult]
+        for width in widths:
+            if width % self.num_groups:
+                raise ValueError(f"every block width must divide by num_groups={self.num_groups}, found {widths}")
+            if self.num_head_channels != -1 and width % self.num_head_channels:
+                raise ValueError(
+                    f"every block width must divide by num_head_channels={self.num_head_channels}, found {widths}"
+                )
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(
+                f"image_size must divide by 2^(levels-1) = {2 ** (len(self.channel_mult) - 1)}, found {self.image_size}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> ADMConfig:
-        """From backbone args, an official experiment config ({"backbone": {"args": ...}}) or our own."""
-        raise NotImplementedError
+        """From backbone args, an official experiment config ({"backbone": {"name", "args"}}) or our own
+        ({"model": args}, as written by `save_model`)."""
+        if "backbone" in data:
+            backbone = data["backbone"]
+            name = backbone.get("name", OFFICIAL_BACKBONE)
+            if name != OFFICIAL_BACKBONE:
+                raise ValueError(f'expected backbone "{OFFICIAL_BACKBONE}" in the official config, found "{name}"')
+            data = backbone.get("args", {})
+        elif "model" in data:
+            if data.get("version", 1) > CONFIG_VERSION:
+                raise ValueError(f"config version {data['version']} is newer than the supported {CONFIG_VERSION}")
+            data = data["model"]
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown ADM config keys {unknown}; expected a subset of {sorted(names)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"ADM config lacks required keys {missing}")
+        return cls(**data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> ADMConfig:
-        raise NotImplementedError
+        """Read any of the forms `from_dict` accepts from a JSON file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ADM config JSON not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return cls.from_dict(data)
 
     def to_dict(self) -> dict:
-        raise NotImplementedError
+        """Plain constructor arguments, JSON-serialisable; `from_dict(to_dict())` round-trips."""
+        return asdict(self)

@@ -1,18 +1,115 @@
 """Samplers as plain functions over a model_fn(x, t) -> ε, where t is (B,) network timesteps (0..T-1).
 
-An optional x0_fn(x0, t, t_prev) -> x0 lets guidance (replacement, depth hull) edit the predicted x0.
+An optional x0_fn(x0, t, t_prev) -> x0 lets guidance (replacement, depth hull) edit the predicted x0. Its t and
+t_prev are network timesteps too; t_prev = -1 marks the last step, whose result is the clean sample.
+
+Numerics follow the official samplers: the float64 schedule coefficients are gathered and cast to float32 per
+step, and every update runs in float32 in the official order, which reproduces official trajectories exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
-from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.diffusion.schedule import DiffusionSchedule, ModelFn, randn_like
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+__all__ = [
+    "ModelFn",
+    "StepOutput",
+    "X0Fn",
+    "ddim_sample",
+    "ddim_step",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "ddpm_step",
+    "dpmpp_2m_sample",
+    "dpmpp_timesteps",
+]
+
 X0Fn = Callable[[torch.Tensor, int, int], torch.Tensor]
+Callback = Callable[[dict], None]
+
+
+@dataclass
+class StepOutput:
+    """One sampler step: x is the sample at t_prev, pred_x0 the (guided) clean-data prediction used."""
+
+    x: torch.Tensor
+    pred_x0: torch.Tensor
+
+
+def _coef(table: torch.Tensor, t: int) -> torch.Tensor:
+    # A 0-d float32 CPU tensor: official `extract(...).float()`; CPU scalars broadcast onto any device.
+    return table[t].float()
+
+
+def _alpha_bar(schedule: DiffusionSchedule, t: int) -> torch.Tensor:
+    return _coef(schedule.alphas_cumprod, t) if t >= 0 else torch.tensor(1.0)
+
+
+def _timestep_batch(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
+def _predict_x0(schedule: DiffusionSchedule, x: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
+    return _coef(schedule.sqrt_recip_alphas_cumprod, t) * x - _coef(schedule.sqrt_recipm1_alphas_cumprod, t) * eps
+
+
+def ddim_timesteps(steps: int, num_timesteps: int = 1000) -> list[tuple[int, int]]:
+    """Official DDIM (t, t_prev) pairs as network timesteps, noisiest first: jump = T // steps, pairs
+    (jump·(i+1) − 1, jump·i − 1) for i = steps−1 … 0. E.g. 50 steps: (999, 979), …, (19, −1)."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"DDIM steps must be in 1..{num_timesteps}, found {steps}")
+    jump = num_timesteps // steps
+    return [(jump * (i + 1) - 1, jump * i - 1) for i in reversed(range(steps))]
+
+
+def ddpm_step(
+    schedule: DiffusionSchedule,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    noise: torch.Tensor | None = None,
+    x0_fn: X0Fn | None = None,
+) -> StepOutput:
+    """Official ancestral step x_t → x_{t−1} with the fixed posterior variance. noise: like x (unused at t = 0)."""
+    x0 = _predict_x0(schedule, x, eps, t)
+    if x0_fn is not None:
+        x0 = x0_fn(x0, t, t - 1)
+    mean = _coef(schedule.posterior_mean_coef1, t) * x0 + _coef(schedule.posterior_mean_coef2, t) * x
+    if t > 0:
+        mean = mean + torch.exp(0.5 * _coef(schedule.posterior_log_variance_clipped, t)) * noise
+    return StepOutput(mean, x0)
+
+
+def ddim_step(
+    schedule: DiffusionSchedule,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    t: int,
+    t_prev: int,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    x0_fn: X0Fn | None = None,
+) -> StepOutput:
+    """Official DDIM step x_t → x_{t_prev} (t_prev = −1: clean). noise: like x, needed only if eta > 0."""
+    c1, c2 = _coef(schedule.sqrt_recip_alphas_cumprod, t), _coef(schedule.sqrt_recipm1_alphas_cumprod, t)
+    x0 = c1 * x - c2 * eps
+    if x0_fn is not None:
+        x0 = x0_fn(x0, t, t_prev)
+    # ε is re-derived from x0 even without guidance: the official order, kept for bit-exact trajectories.
+    eps = (c1 * x - x0) / c2
+    alpha_bar, alpha_bar_prev = _alpha_bar(schedule, t), _alpha_bar(schedule, t_prev)
+    sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+    x_prev = torch.sqrt(alpha_bar_prev) * x0 + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+    if eta > 0 and t_prev >= 0:
+        x_prev = x_prev + sigma * noise
+    return StepOutput(x_prev, x0)
 
 
 def ddpm_sample(
@@ -20,10 +117,19 @@ def ddpm_sample(
     x_T: torch.Tensor,
     schedule: DiffusionSchedule,
     generator: torch.Generator | None = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback | None = None,
     progress: bool = False,
+    x0_fn: X0Fn | None = None,
 ) -> torch.Tensor:
-    raise NotImplementedError
+    """Official DDPM over all T steps (T model calls). x_T: (B, C, H, W) noise → x_0 (B, C, H, W)."""
+    x = x_T
+    for t in tqdm(range(schedule.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+        eps = model_fn(x, _timestep_batch(x, t))
+        out = ddpm_step(schedule, x, eps, t, randn_like(x, generator) if t > 0 else None, x0_fn)
+        x = out.x
+        if callback is not None:
+            callback({"i": schedule.num_timesteps - 1 - t, "t": t, "t_prev": t - 1, "x": x, "pred_x0": out.pred_x0})
+    return x
 
 
 def ddim_sample(
@@ -34,10 +140,37 @@ def ddim_sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     x0_fn: X0Fn | None = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    raise NotImplementedError
+    """Official DDIM with `steps` model calls on the official timestep pairs. x_T: (B, C, H, W) → x_0."""
+    x = x_T
+    pairs = ddim_timesteps(steps, schedule.num_timesteps)
+    for i, (t, t_prev) in enumerate(tqdm(pairs, desc="DDIM", disable=not progress, leave=False)):
+        eps = model_fn(x, _timestep_batch(x, t))
+        noise = randn_like(x, generator) if eta > 0 and t_prev >= 0 else None
+        out = ddim_step(schedule, x, eps, t, t_prev, eta, noise, x0_fn)
+        x = out.x
+        if callback is not None:
+            callback({"i": i, "t": t, "t_prev": t_prev, "x": x, "pred_x0": out.pred_x0})
+    return x
+
+
+def _log_snr(schedule: DiffusionSchedule) -> torch.Tensor:
+    """λ_t = log(α_t / σ_t), (T,) float64, decreasing in t."""
+    return 0.5 * (torch.log(schedule.alphas_cumprod) - torch.log1p(-schedule.alphas_cumprod))
+
+
+def dpmpp_timesteps(schedule: DiffusionSchedule, steps: int) -> list[int]:
+    """Network timesteps the fast solver evaluates, noisiest (T−1) first, last 0: `steps` points uniform in
+    log-SNR λ = log(α/σ), each rounded to the nearest integer timestep (duplicates near t = 0 dropped, so very
+    large `steps` give slightly fewer). Uniform-λ steps crowd the low-noise end, where the ODE is stiff."""
+    if not 2 <= steps <= schedule.num_timesteps:
+        raise ValueError(f"solver steps must be in 2..{schedule.num_timesteps}, found {steps}")
+    lam = _log_snr(schedule)
+    targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
+    nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    return list(dict.fromkeys(nearest))
 
 
 def dpmpp_2m_sample(
@@ -47,7 +180,32 @@ def dpmpp_2m_sample(
     steps: int = 20,
     generator: torch.Generator | None = None,
     x0_fn: X0Fn | None = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    raise NotImplementedError
+    """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order exponential integrator of the
+    probability-flow ODE in data-prediction form, on the discrete schedule, `steps` model calls at
+    `dpmpp_timesteps`; the last call's x0 prediction is the sample. Deterministic (generator unused, kept for
+    a uniform signature). x0_fn edits each data prediction, as in DDIM. x_T: (B, C, H, W) → x_0."""
+    timesteps = dpmpp_timesteps(schedule, steps)
+    alpha = schedule.sqrt_alphas_cumprod.tolist()
+    sigma = schedule.sqrt_one_minus_alphas_cumprod.tolist()
+    lam = _log_snr(schedule).tolist()
+    x, x0_prev, h_prev = x_T, None, 0.0
+    for i, t in enumerate(tqdm(timesteps, desc="DPM-Solver++", disable=not progress, leave=False)):
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        eps = model_fn(x, _timestep_batch(x, t))
+        x0 = (x - sigma[t] * eps) / alpha[t]
+        if x0_fn is not None:
+            x0 = x0_fn(x0, t, t_next)
+        if t_next < 0:
+            # σ = 0 at the clean end (λ = ∞): the exact exponential-integrator step is the data prediction itself.
+            x = x0
+        else:
+            h = lam[t_next] - lam[t]
+            d = x0 if x0_prev is None else x0 + (x0 - x0_prev) * (h / (2 * h_prev))
+            x = (sigma[t_next] / sigma[t]) * x - (alpha[t_next] * math.expm1(-h)) * d
+            x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback({"i": i, "t": t, "t_prev": t_next, "x": x, "pred_x0": x0})
+    return x

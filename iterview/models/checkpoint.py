@@ -2,24 +2,149 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from iterview.config import ADMConfig
+import torch
+from safetensors.torch import load_file, save_file
+
+from iterview.config import CONFIG_VERSION, ADMConfig
 from iterview.models.adm import ADMUNet
 
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT = "iterview.adm"
 
-def build_model(config: ADMConfig) -> ADMUNet:
-    """Instantiate an ADMUNet from a config."""
-    raise NotImplementedError
+StateDict = dict[str, torch.Tensor]
+
+
+def build_model(config: ADMConfig, device: torch.device | str | None = None) -> ADMUNet:
+    """Instantiate an ADMUNet from a config (randomly initialised, official init; `device="meta"` for shapes)."""
+    with torch.device(device or "cpu"):
+        return ADMUNet(**config.to_dict())
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def save_model(model: ADMUNet, config: ADMConfig, directory: str | Path) -> Path:
-    """Write `model.safetensors` + `config.json` atomically into directory."""
-    raise NotImplementedError
+    """Write `model.safetensors` + `config.json` atomically into directory (created if needed); returns it.
+
+    Tensors keep the model's own dtypes (fp16 block convolutions stay fp16)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "version": str(CONFIG_VERSION)}
+    _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    text = json.dumps({"format": FORMAT, "version": CONFIG_VERSION, "model": config.to_dict()}, indent=2)
+    _write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return directory
 
 
-def load_model(path: str | Path, config: ADMConfig | str | Path | None = None) -> tuple[ADMUNet, ADMConfig]:
+def read_state_dict(path: str | Path) -> StateDict:
+    """Tensors of an official `.pt` state dict (read with weights_only, never unpickling code), a `.safetensors`
+    file, or our checkpoint directory. The tensors are on the CPU in their stored dtypes."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"model weights not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a plain PyTorch state dict (weights-only load failed: {e})") from e
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        found = sorted(data)[:8] if isinstance(data, Mapping) else type(data).__name__
+        raise ValueError(f"{path}: expected a plain state dict of tensors (official format), found {found}")
+    return dict(data)
+
+
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Raise ValueError naming the first key (in model order) that is missing, extra or of another shape."""
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state_dict:
+            raise ValueError(f"checkpoint lacks key {key!r} (shape {tuple(tensor.shape)}): not this ADMUNet config")
+        if state_dict[key].shape != tensor.shape:
+            raise ValueError(
+                f"checkpoint key {key!r} has shape {tuple(state_dict[key].shape)}, the model expects "
+                f"{tuple(tensor.shape)}: the config does not match these weights"
+            )
+    extra = [k for k in state_dict if k not in expected]
+    if extra:
+        raise ValueError(f"checkpoint has unexpected key {extra[0]!r} ({len(extra)} extra); not this ADMUNet config")
+
+
+def load_weights(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """Strictly load state_dict, casting each tensor to the dtype of the model's own (fp16 or fp32 per tensor).
+
+    A model on the `meta` device gets the tensors assigned, so large models are never initialised twice."""
+    check_state_dict(state_dict, model)
+    own = model.state_dict()
+    assign = any(t.is_meta for t in own.values())
+    cast = {k: v.to(dtype=own[k].dtype, device="cpu" if assign else own[k].device) for k, v in state_dict.items()}
+    model.load_state_dict(cast, strict=True, assign=assign)
+    return model
+
+
+def expand_input_channels(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> StateDict:
+    """Official G_c / SR fine-tune start from G_u: tensors narrower than the model's along dim 1 (only the first
+    conv, 4 → 10 or 8 input channels) are zero-padded there, so the new condition channels start at zero.
+    Any other shape difference raises ValueError naming the key."""
+    expected = model.state_dict()
+    out = dict(state_dict)
+    for key, tensor in state_dict.items():
+        target = expected.get(key)
+        if target is None or tensor.shape == target.shape:
+            continue
+        if tensor.dim() < 2 or tensor.shape[:1] + tensor.shape[2:] != target.shape[:1] + target.shape[2:]:
+            raise ValueError(
+                f"cannot fine-tune from key {key!r}: shape {tuple(tensor.shape)} vs model {tuple(target.shape)} "
+                "differ beyond dim 1"
+            )
+        if tensor.shape[1] > target.shape[1]:
+            raise ValueError(f"key {key!r} has more input channels ({tensor.shape[1]}) than the model's")
+        pad = tensor.new_zeros(tensor.shape[0], target.shape[1] - tensor.shape[1], *tensor.shape[2:])
+        out[key] = torch.cat([tensor, pad], dim=1)
+    return out
+
+
+def load_model(
+    path: str | Path,
+    config: ADMConfig | str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[ADMUNet, ADMConfig]:
     """Load our directory (safetensors + config.json) or an official .pt state dict (config required:
     an ADMConfig, our config.json or an official experiment JSON). Strict; a clear error names the first
-    mismatched key."""
-    raise NotImplementedError
+    mismatched key. The model is returned in eval mode on `device`."""
+    path = Path(path)
+    if config is None:
+        config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
+        if not config_path.is_file():
+            raise ValueError(
+                f"no config for {path}: pass config= (an ADMConfig, our config.json or the official experiment "
+                f"JSON), or keep {CONFIG_NAME} beside the weights"
+            )
+        config = config_path
+    if not isinstance(config, ADMConfig):
+        config = ADMConfig.from_json(config)
+    state_dict = read_state_dict(path)
+    model = build_model(config, device="meta")
+    load_weights(model, state_dict)
+    return model.to(device).eval(), config
