@@ -172,16 +172,18 @@ def test_face_mask_and_discard_back():
 
 
 def test_interpolate_reproduces_linear_attributes():
-    vertices = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -3.0], [0.0, 1.0, -1.5]])
-    faces = torch.tensor([[[0, 1, 2]]])
-    fragments = rasterize(vertices[None], faces, torch.eye(4)[None], 16)
-    # Camera-space position is linear on the triangle: its interpolation must lie on the pixel rays.
-    position = interpolate(fragments, faces, vertices[None])[0]
-    covered = fragments.covered[0]
+    vertices = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -3.0], [0.0, 1.0, -1.5], [0.0, 0.0, -9.0]])
+    vertices = torch.stack([vertices, vertices.flip(0) * torch.tensor([1.0, -1.0, 1.0])])  # two different meshes
+    faces = torch.tensor([[[0, 1, 2]], [[1, 2, 3]]])
+    fragments = rasterize(vertices, faces, torch.eye(4).expand(2, 4, 4), 16)
+    # Camera-space position is linear on a triangle: its interpolation must lie on the pixel rays.
+    position = interpolate(fragments, faces, vertices)
+    covered = fragments.covered
+    assert covered[0].any() and covered[1].any() and not torch.equal(covered[0], covered[1])
     ray = position[covered][:, :2] / -position[covered][:, 2:]
     centres = (torch.arange(16) + 0.5) / 16 * 2 - 1
     ndc_y, ndc_x = torch.meshgrid(-centres, centres, indexing="ij")
-    expected = torch.stack([ndc_x, ndc_y], -1)[covered] * math.tan(math.radians(22.5))
+    expected = torch.stack([ndc_x, ndc_y], -1).expand(2, 16, 16, 2)[covered] * math.tan(math.radians(22.5))
     torch.testing.assert_close(ray, expected, atol=1e-5, rtol=0)
     assert (position[~covered] == 0).all()
 

@@ -123,7 +123,9 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    flat_face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)
+    flat_face = (
+        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
+    )
     corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
     corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
     values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
