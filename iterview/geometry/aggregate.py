@@ -1,4 +1,9 @@
-"""Aggregation compositor (official AggregationRenderer) and inference conditions."""
+"""Aggregation compositor (official AggregationRenderer) and inference conditions.
+
+Each source view's mesh is rasterised alone into the target camera (its own z-test), its fragments are weighted
+by how squarely the surface faced that view's camera, and the views are composited pixel by pixel in list order
+with the official strong / weak / eroded rules (§3.5). There is no z-test across views.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,19 @@ from dataclasses import dataclass
 
 import torch
 
-from iterview.geometry.mesh import Mesh
+from iterview.geometry.cameras import camera_center, linear_to_zbuffer
+from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
+from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh
+from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
+
+# Official aggregation shader constants.
+ANGLE_FALLOFF = 20.0  # w = exp(-20 · angle between the normal and the direction to the source camera)
+MIN_WEIGHT = 1e-4
+ERODED_FACTOR = 1e-8
+WEAK_WEIGHT = 1e-16  # edge and padding fragments
+STRONG_DEPTH = 1e-14  # w above this counts for depth and the depth mask
+STRONG_COLOR = 1e-6  # w above this counts for the colour mask
+WEAK_DEPTH_WEIGHT = 1e-8
 
 
 @dataclass
@@ -32,6 +49,26 @@ class Conditions:
     depth_convex: torch.Tensor
 
 
+@dataclass
+class FusionFrame:
+    """A free-view frame at image size: color (B, 3, H, W) in [0, 1] (black where nothing is seen); depth
+    (B, 1, H, W) linear (renderer near where empty); mask (B, 1, H, W) bool, a strong sample at the centre."""
+
+    color: torch.Tensor
+    depth: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass
+class ViewSamples:
+    """One source view's pass into the target cameras: color (B, 3, S, S), weight (B, 1, S, S) (0 where empty
+    or back-facing), zbuffer (B, 1, S, S) GL window depth of the renderer's (near, far)."""
+
+    color: torch.Tensor
+    weight: torch.Tensor
+    zbuffer: torch.Tensor
+
+
 def aggregate_render(
     meshes: Sequence[Mesh],
     textures: Sequence[torch.Tensor],
@@ -40,8 +77,18 @@ def aggregate_render(
     near: float = 0.01,
     far: float = 200.0,
 ) -> AggregateRender:
-    """Blend every source view's mesh (each textures[i]: (B, 3, N, N)) into the target cameras (B, 4, 4)."""
-    raise NotImplementedError
+    """Blend every source view's mesh (each textures[i]: (B, 3, N, N)) into the target cameras (B, 4, 4).
+
+    Meshes need normals (``depth_to_mesh(..., compute_normals=True)``). Each view is shaded alone
+    (``shade_view``) and composited in list order (``Compositor``): colour is the weighted mean; depth the mean
+    of GL window depths over strong samples, or the farthest weak sample where only weak ones exist.
+    """
+    batch = _check_sources(meshes, textures, modelview)
+    modelview = modelview.to(torch.float32).expand(batch, 4, 4)
+    compositor = Compositor(batch, size, modelview.device)
+    for mesh, texture in zip(meshes, textures, strict=True):
+        compositor.add(shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
+    return compositor.result(near, far)
 
 
 def aggregate_conditions(
@@ -58,5 +105,150 @@ def aggregate_conditions(
     renderer_near: float = 0.01,
     renderer_far: float = 200.0,
 ) -> Conditions:
-    """Official aggregate_conditions (§3.8) for target cameras modelview (B, 4, 4)."""
-    raise NotImplementedError
+    """Official aggregate_conditions (§3.8) for target cameras modelview (B, 4, 4).
+
+    The aggregation is rendered at image_size·ssaa and brought back to image size: LANCZOS for colour, the
+    centre sample for depth, "more than ¾ of the block" for the two masks. mask also drops depth edges
+    (atol, rtol); mask_rgb must sit inside mask eroded by a (2·erode_rgb - 1)² square. depth_convex is the
+    unmasked depth, the free-space hull: where only weak samples exist it is the farthest of them.
+    """
+    if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
+        raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
+    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
+    color = lanczos_downsample(render.color, image_size)
+    depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
+    mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
+    mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * erode_rgb - 1)
+    mask, mask_rgb = mask.to(depth.dtype), mask_rgb.to(depth.dtype)
+    return Conditions(color=color * mask_rgb, depth=depth * mask, mask=mask, mask_rgb=mask_rgb, depth_convex=depth)
+
+
+def fusion_render(
+    meshes: Sequence[Mesh],
+    textures: Sequence[torch.Tensor],
+    modelview: torch.Tensor,
+    image_size: int,
+    ssaa: int = 5,
+    near: float = 0.1,
+    far: float = 200.0,
+) -> FusionFrame:
+    """Official free-view fusion rendering (inference/render.py): aggregate all views at image_size·ssaa
+    (renderer near 0.1, far 200), LANCZOS down to image size, depth and mask at the centre sample.
+
+    Unlike the official code, colour is clipped to [0, 1] before quantisation, so out-of-range values saturate
+    instead of wrapping around.
+    """
+    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+    return FusionFrame(
+        color=lanczos_downsample(render.color, image_size),
+        depth=subsample_center(render.depth, ssaa),
+        mask=subsample_center(render.mask_depth, ssaa),
+    )
+
+
+def shade_view(
+    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float = 0.01, far: float = 200.0
+) -> ViewSamples:
+    """One view's pass of the official aggregation shader into target cameras modelview (B, 4, 4).
+
+    mesh needs normals; texture: (B, 3, N, N). The nearest fragment of this mesh alone (back-facing padding is
+    discarded) gets weight w = max(exp(max(-20·angle, -50)), 1e-4), the angle being between the interpolated
+    normal and the direction to the mesh's camera centre; ×1e-8 if eroded (interpolated flag >= 0.999); 1e-16
+    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude.
+    """
+    padding = (mesh.flag & FLAG_PADDING) > 0
+    discard = padding.gather(1, mesh.faces.reshape(len(padding), -1)).reshape(mesh.faces.shape).any(-1)
+    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, discard_back=discard)
+    bits = torch.stack([mesh.flag & FLAG_EDGE, mesh.flag & FLAG_PADDING, mesh.flag & FLAG_ERODED], -1) > 0
+    attributes = torch.cat([mesh.uv, bits, mesh.normal, mesh.position], dim=-1).to(torch.float32)
+    values = interpolate(fragments, mesh.faces, attributes).permute(0, 3, 1, 2)  # (B, 11, S, S)
+    uv, edge, pad, eroded, normal, position = values.split([2, 1, 1, 1, 3, 3], dim=1)
+
+    color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
+    to_camera = camera_center(mesh.modelview).to(position)[:, :, None, None] - position
+    cosine = (to_camera * normal).sum(1, keepdim=True)
+    cosine /= (to_camera.norm(dim=1, keepdim=True) * normal.norm(dim=1, keepdim=True)).clamp_(min=1e-30)
+    weight = torch.exp(torch.acos(cosine.clamp_(0, 1)).mul_(-ANGLE_FALLOFF).clamp_(min=-50)).clamp_(min=MIN_WEIGHT)
+    weight = torch.where(eroded >= 0.999, weight * ERODED_FACTOR, weight)
+    weight = torch.where((pad > 0.001) | (edge > 0.999), WEAK_WEIGHT, weight).clamp_(min=WEAK_WEIGHT)
+    weight = torch.where(fragments.front[:, None], weight, 0)  # empty pixels are not front either
+    return ViewSamples(color=color, weight=weight, zbuffer=fragments.zbuffer[:, None])
+
+
+class Compositor:
+    """The official accumulation (the compute pass after each view), in the views' order.
+
+    Per pixel: Σ rgb·w, Σ w, Σ d·w_d, Σ w_d with w_d = 1 for strong samples (w > 1e-14) and 1e-8 for weak ones,
+    a colour counter (w > 1e-6) and a depth counter (strong). While only weak samples have been seen, only the
+    farthest of them is kept: the free-space hull.
+    """
+
+    def __init__(self, batch: int, size: int, device: torch.device | str = "cpu") -> None:
+        zeros = torch.zeros(batch, 4, size, size, device=device)
+        self.color, self.weight = zeros[:, :3], zeros[:, 3:]
+        self.depth, self.depth_weight = torch.zeros_like(self.weight), torch.zeros_like(self.weight)
+        self.count_color = torch.zeros(batch, 1, size, size, dtype=torch.int32, device=device)
+        self.count_depth = torch.zeros_like(self.count_color)
+
+    def add(self, view: ViewSamples) -> None:
+        """Composite one view's samples."""
+        weight, zbuffer = view.weight, view.zbuffer
+        strong = weight > STRONG_DEPTH
+        weak = (weight > 0) & ~strong
+        self.count_color += weight > STRONG_COLOR
+        self.count_depth += strong
+        weak_depth = zbuffer * WEAK_DEPTH_WEIGHT
+        hull = weak & (self.depth_weight > 0) & (self.depth_weight < 2 * WEAK_DEPTH_WEIGHT)
+        replace = hull & (weak_depth > self.depth)
+        keep = hull & ~replace
+        depth_weight = torch.where(strong, 1.0, torch.where(weak, WEAK_DEPTH_WEIGHT, 0.0))
+        self.depth = torch.where(
+            replace, weak_depth, torch.where(keep, self.depth, self.depth + zbuffer * depth_weight)
+        )
+        self.depth_weight = torch.where(
+            replace, WEAK_DEPTH_WEIGHT, torch.where(keep, self.depth_weight, self.depth_weight + depth_weight)
+        )
+        weighted = view.color * weight
+        self.color = torch.where(replace, weighted, torch.where(keep, self.color, self.color + weighted))
+        self.weight = torch.where(replace, weight, torch.where(keep, self.weight, self.weight + weight))
+
+    def result(self, near: float = 0.01, far: float = 200.0) -> AggregateRender:
+        """Normalised colour (0 where Σ w = 0), depth linearised with the renderer's (near, far) (near where
+        empty) and the two masks (counter > 0)."""
+        zbuffer = torch.where(self.depth_weight > 0, self.depth / self.depth_weight, 0.0)
+        return AggregateRender(
+            color=torch.where(self.weight > 0, self.color / self.weight, 0.0),
+            depth=window_to_linear(zbuffer, near, far),
+            mask_color=self.count_color > 0,
+            mask_depth=self.count_depth > 0,
+        )
+
+
+def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:
+    """Validate the source views and target cameras; returns the batch size."""
+    if len(meshes) == 0 or len(meshes) != len(textures):
+        counts = f"{len(meshes)} meshes and {len(textures)} textures"
+        raise ValueError(f"expected at least one view and one texture per mesh, got {counts}")
+    batch = meshes[0].position.shape[0]
+    for i, (mesh, texture) in enumerate(zip(meshes, textures, strict=True)):
+        if mesh.normal is None:
+            raise ValueError(f"mesh {i} has no normals: build it with depth_to_mesh(..., compute_normals=True)")
+        if mesh.position.shape[0] != batch:
+            raise ValueError(f"mesh {i} has batch {mesh.position.shape[0]}, mesh 0 has {batch}")
+        if texture.ndim != 4 or texture.shape[:2] != (batch, 3) or texture.shape[-1] != texture.shape[-2]:
+            raise ValueError(f"texture {i} must be (B={batch}, 3, N, N), got shape {tuple(texture.shape)}")
+        if not torch.isfinite(texture).all():
+            raise ValueError(f"texture {i} contains NaN or inf")
+    if (
+        modelview.shape[-2:] != (4, 4)
+        or modelview.ndim not in (2, 3)
+        or (modelview.ndim == 3 and len(modelview) != batch)
+    ):
+        raise ValueError(f"modelview must be (B={batch}, 4, 4) or (4, 4), got shape {tuple(modelview.shape)}")
+    if not torch.isfinite(modelview).all():
+        raise ValueError("modelview contains NaN or inf")
+    return batch

@@ -1,10 +1,46 @@
-"""A batched triangle rasteriser in plain PyTorch (OpenGL semantics, no OpenGL)."""
+"""A batched triangle rasteriser in plain PyTorch (OpenGL semantics, no OpenGL).
+
+How it works, in the order of the code:
+1. vertices go to clip space with the target camera (float32, as a vertex shader does);
+2. triangles outside the frustum are dropped; those crossing the near or far plane (or leaving a wide guard band)
+   are clipped into fans of pieces;
+3. window coordinates are snapped to GL's sub-pixel grid (1/256 pixel, as Mesa's llvmpipe does), so coverage is
+   decided by exact integer edge functions and a fill rule: a sample on an edge shared by two triangles belongs
+   to exactly one of them. The integers are held in float64, exact below 2^53, which the guard band ensures;
+4. triangles are cut into bands of a few sample rows; for each row the covered columns are solved exactly (one
+   floor division per edge), so each covered sample becomes one (triangle, sample) candidate, none in vain;
+5. the depth test is one ``scatter_reduce('amin')`` over int64 keys ``float32 depth bits << 32 | face index``:
+   the nearest fragment wins and ties go to the lower face index, i.e. the earlier-drawn face, as GL's strict
+   ``<`` test in draw order does;
+6. the winners' perspective-correct barycentrics come from per-face planes in 2D homogeneous coordinates.
+
+Python loops run only over chunks that bound memory, never over triangles. Tensors are laid out with their small
+dimensions first (coordinate, corner, then triangle): PyTorch reduces and gathers much faster that way on a CPU.
+"""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
+
+from iterview.geometry.cameras import perspective
+
+SUBPIXEL_BITS = 8
+_ONE = float(1 << SUBPIXEL_BITS)
+# Window coordinates stay within +-2^14 pixels: fixed-point values < 2^22, edge functions < 2^47, exact in float64.
+_GUARD_PIXELS = float(1 << 14)
+# Clip-space planes, inside where dot((x, y, z, w), plane) >= 0: the frustum's six, then the guard band's four
+# (their w coefficient depends on the image size). Triangles are clipped against near, far and the guard band.
+_PLANES = ((-1, 0, 0, 1), (1, 0, 0, 1), (0, -1, 0, 1), (0, 1, 0, 1), (0, 0, 1, 1), (0, 0, -1, 1))
+_PLANES += ((-1, 0, 0, 0), (1, 0, 0, 0), (0, -1, 0, 0), (0, 1, 0, 0))
+_CLIPPING = slice(4, 10)
+# Memory bounds: faces rasterised together, row bands and (triangle, sample) candidates held at once.
+_GROUP_FACES = 1 << 16
+_MAX_BANDS = 1 << 16
+_MAX_CANDIDATES = 1 << 20
+_EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
 @dataclass
@@ -20,6 +56,11 @@ class Fragments:
     zbuffer: torch.Tensor
     front: torch.Tensor
 
+    @property
+    def covered(self) -> torch.Tensor:
+        """(B, S, S) bool: a fragment was drawn."""
+        return self.face >= 0
+
 
 def rasterize(
     position: torch.Tensor,
@@ -30,17 +71,351 @@ def rasterize(
     near: float = 0.1,
     far: float = 200.0,
     face_mask: torch.Tensor | None = None,
+    discard_back: torch.Tensor | None = None,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
-    that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping."""
-    raise NotImplementedError
+    that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping.
+
+    One sample per pixel at its centre, projection ``perspective(fov, near, far)``, no culling (``front`` tells
+    the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
+    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera (a fragment
+    shader's ``discard`` on back faces: they write no depth).
+    """
+    _check_inputs(position, faces, modelview, size)
+    flags = [face_mask, discard_back]
+    for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
+        if flag is not None and flag.shape != faces.shape[:2]:
+            raise ValueError(f"{name} must be (B, F) = {tuple(faces.shape[:2])}, got {tuple(flag.shape)}")
+    face_mask, discard_back = (
+        torch.full(faces.shape[:2], default, device=faces.device) if flag is None else flag.to(faces.device, torch.bool)
+        for flag, default in zip(flags, (True, False), strict=True)
+    )
+    # A few meshes at a time keep the working set in cache, which matters more than batching on a CPU.
+    group = max(1, _GROUP_FACES // max(faces.shape[1], 1))
+    parts = [
+        _rasterize_group(
+            *(t[i : i + group] for t in (position, faces, modelview, face_mask, discard_back)),
+            size=size,
+            fov=fov,
+            near=near,
+            far=far,
+        )
+        for i in range(0, len(position), group)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return Fragments(*(torch.cat([getattr(p, name) for p in parts]) for name in ("face", "bary", "zbuffer", "front")))
+
+
+def clip_coordinates(
+    position: torch.Tensor, modelview: torch.Tensor, fov: float, near: float, far: float
+) -> torch.Tensor:
+    """Clip-space vertices P·(M·[p, 1]) in float32, as the official vertex shader computes them.
+    position: (B, V, 3), modelview: (B, 4, 4) -> (B, V, 4)."""
+    position = position.to(torch.float32)
+    modelview = modelview.to(position)
+    eye = position @ modelview[:, :3, :3].transpose(-1, -2) + modelview[:, None, :3, 3]
+    projection = perspective(fov, near, far).to(position.device)
+    return eye @ projection[:, :3].T + projection[:, 3]
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
-    raise NotImplementedError
+    batch, size = fragments.face.shape[0], fragments.face.shape[-1]
+    num_vertices, channels = attributes.shape[1:]
+    flat_face = (
+        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
+    )
+    corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
+    corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
+    values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
+    bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
+    out = torch.addcmul(values[0] * bary[0], values[1], bary[1]).addcmul_(values[2], bary[2])
+    return out.reshape(batch, size, size, channels)
 
 
 def sample_nearest(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """Nearest-texel, clamped lookup: texture (B, C, N, N), uv (B, S, S, 2) with v down -> (B, C, S, S)."""
-    raise NotImplementedError
+    """Nearest-texel, clamped lookup: texture (B, C, N, N), uv (B, S, S, 2) with v down -> (B, C, S, S).
+
+    Texel (floor(v·N), floor(u·N)), clamped to the texture as GL_NEAREST with GL_CLAMP_TO_EDGE does.
+    """
+    batch, channels, rows, cols = texture.shape
+    col = (uv[..., 0] * cols).floor_().clamp_(0, cols - 1)
+    row = (uv[..., 1] * rows).floor_().clamp_(0, rows - 1)
+    index = (row * cols + col).long().reshape(batch, 1, -1).expand(batch, channels, -1)
+    return texture.reshape(batch, channels, -1).gather(2, index).reshape(batch, channels, *uv.shape[1:3])
+
+
+def window_to_linear(zbuffer: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """GL window depth -> linear z in float32, as the official read-back computes it (no clipping: 0 -> near,
+    1 -> far up to float32 rounding, e.g. 199.9878 for (0.1, 200))."""
+    ndc = zbuffer.to(torch.float32) * 2 - 1
+    return (2 * near * far) / ((far + near) - ndc * (far - near))
+
+
+def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.Tensor, size: int) -> None:
+    if position.ndim != 3 or position.shape[-1] != 3:
+        raise ValueError(f"position must be (B, V, 3), got shape {tuple(position.shape)}")
+    batch = position.shape[0]
+    if faces.ndim != 3 or faces.shape[0] != batch or faces.shape[-1] != 3 or faces.is_floating_point():
+        raise ValueError(f"faces must be integer (B={batch}, F, 3), got {faces.dtype} {tuple(faces.shape)}")
+    if modelview.shape != (batch, 4, 4):
+        raise ValueError(f"modelview must be (B={batch}, 4, 4), got shape {tuple(modelview.shape)}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192:
+        raise ValueError(f"size must be an integer in [1, 8192], got {size!r}")
+    if faces.numel() and (faces.min() < 0 or faces.max() >= position.shape[1]):
+        raise ValueError(f"faces index vertices outside [0, {position.shape[1]})")
+    if not (torch.isfinite(position).all() and torch.isfinite(modelview).all()):
+        raise ValueError("position and modelview must be finite (found NaN or inf)")
+
+
+def _batch_offset(batch: int, repeat: int, stride: int, device: torch.device) -> torch.Tensor:
+    """(batch * repeat,) int64: b * stride for each of `repeat` consecutive items of batch element b."""
+    return torch.arange(batch, device=device).repeat_interleave(repeat) * stride
+
+
+def _rasterize_group(
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
+    size: int,
+    fov: float,
+    near: float,
+    far: float,
+) -> Fragments:
+    batch, num_faces = faces.shape[:2]
+    clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
+    vertex = faces + _batch_offset(batch, 1, position.shape[1], faces.device)[:, None, None]
+    corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
+    distance = (_planes(size, clip) @ corners.reshape(4, -1)).reshape(len(_PLANES), 3, -1)
+    drawn = (distance[:6].amax(1).amin(0) >= 0) & face_mask.reshape(-1)
+    owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
+    crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
+    triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
+    setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
+
+    best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
+    for start, stop in _chunks(setup.bands, _MAX_BANDS):
+        spans = _row_spans(setup, start, stop, size)
+        for first, last in _chunks(spans.count, _MAX_CANDIDATES):
+            pixel, key = _candidates(spans, first, last)
+            best.scatter_reduce_(0, pixel, key, "amin")
+    front = torch.zeros(batch * num_faces, dtype=torch.bool, device=position.device)
+    front[setup.owner] = setup.front
+    return _resolve(best, corners, front, batch, size)
+
+
+def _planes(size: int, like: torch.Tensor) -> torch.Tensor:
+    """The (10, 4) clip planes of _PLANES for this image size."""
+    planes = torch.tensor(_PLANES, dtype=like.dtype, device=like.device)
+    planes[6:, 3] = 2 * _GUARD_PIXELS / size  # in NDC units
+    return planes
+
+
+def _clip_triangles(
+    triangles: torch.Tensor, owner: torch.Tensor, crossing: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip the crossing (T,) triangles of (4, 3, T) against near, far and the guard band; owner (T,) follows."""
+    if not crossing.any():
+        return triangles, owner
+    polygons, count = _clip_polygons(triangles[..., crossing].permute(2, 1, 0), _planes(size, triangles)[_CLIPPING])
+    fan = torch.arange(polygons.shape[1] - 2, device=triangles.device)
+    corner = torch.stack([torch.zeros_like(fan), fan + 1, fan + 2], dim=-1)  # fan around vertex 0
+    pieces = polygons[:, corner]  # (T', K - 2, 3, 4)
+    real = fan < (count[:, None] - 2)
+    return (
+        torch.cat([triangles[..., ~crossing], pieces[real].permute(2, 1, 0)], dim=2),
+        torch.cat([owner[~crossing], owner[crossing][:, None].expand_as(real)[real]]),
+    )
+
+
+def _clip_polygons(triangles: torch.Tensor, planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sutherland-Hodgman, batched: triangles (T, 3, 4) against planes (P, 4) (inside: dot >= 0).
+    Returns polygons (T, 3 + P, 4), valid in their first count (T,) vertices."""
+    polygons = triangles
+    count = torch.full(triangles.shape[:1], 3, device=triangles.device)
+    for plane in planes:
+        slots = polygons.shape[1]
+        index = torch.arange(slots, device=triangles.device)
+        valid = index < count[:, None]
+        following = torch.where(index + 1 < count[:, None], index + 1, 0)
+        nxt = polygons.gather(1, following[..., None].expand(-1, -1, 4))
+        dist, dist_next = polygons @ plane, nxt @ plane
+        inside, inside_next = dist >= 0, dist_next >= 0
+        crossing = valid & (inside != inside_next)
+        # Interpolate from the inside vertex, so that two triangles sharing the edge get the same point.
+        a = torch.where(inside[..., None], polygons, nxt)
+        b = torch.where(inside[..., None], nxt, polygons)
+        da, db = torch.where(inside, dist, dist_next), torch.where(inside, dist_next, dist)
+        t = torch.where(crossing, da / torch.where(crossing, da - db, 1), 0)
+        cut = a + t[..., None] * (b - a)
+        emitted = torch.stack([polygons, cut], dim=2).reshape(len(polygons), 2 * slots, 4)
+        keep = torch.stack([valid & inside, crossing], dim=2).reshape(len(polygons), 2 * slots)
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, : slots + 1]
+        polygons = emitted.gather(1, order[..., None].expand(-1, -1, 4))
+        count = keep.sum(1)
+    return polygons, count
+
+
+@dataclass
+class _Setup:
+    """Drawn triangles in window space, cut into bands of up to `height` sample rows."""
+
+    owner: torch.Tensor  # (T,) flat face index b * F + f
+    front: torch.Tensor  # (T,) bool
+    height: int
+    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
+    # (N, 17) float64 per band: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row r
+    # being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
+    # row 0 (b S² + (S - 1) S) and the face index.
+    table: torch.Tensor
+
+
+def _setup_triangles(
+    triangles: torch.Tensor, owner: torch.Tensor, discard_back: torch.Tensor, num_faces: int, size: int
+) -> _Setup:
+    """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
+    depth planes and row bands. discard_back: (B F,) bool by flat face index."""
+    x, y, z, w = triangles
+    # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
+    scale = w.reciprocal()
+    shift = torch.tensor((size / 2 - 0.5) * _ONE)
+    xw = torch.addcmul(shift, x, scale, value=size / 2 * _ONE).double()
+    yw = torch.addcmul(shift, y, scale, value=size / 2 * _ONE).double()
+    zw = torch.addcmul(torch.tensor(0.5), z, scale, value=0.5).double()
+    xf, yf = xw.round(), yw.round()
+    area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
+    keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
+    if not keep.all():
+        xw, yw, zw, xf, yf, area, owner = (v[..., keep] for v in (xw, yw, zw, xf, yf, area, owner))
+    front = area > 0
+    # Swap two vertices of clockwise triangles: then "inside" means every edge function is >= 0.
+    swap = torch.stack([torch.zeros_like(front), ~front, ~front])
+    xf, yf = (torch.where(swap, v[[0, 2, 1]], v) for v in (xf, yf))
+
+    dx, dy = xf.roll(-1, 0) - xf, yf.roll(-1, 0) - yf  # edge k runs from vertex k to vertex k + 1
+    offset = dy * xf - dx * yf  # E_k(px, py) = dx_k py - dy_k px + offset_k; sample (c, r) is at (256 c, 256 r)
+    # Top-left rule in GL window space (y up): left edges (dy < 0) and top edges (dy = 0, dx < 0) own their
+    # samples. E_k >= 1 - owns_k solved for the column c:
+    #   left  (m = -256 dy > 0): c >= ceil((-offset - 256 dx r) / m) = floor((m - 1 - offset - 256 dx r) / m)
+    #   right (m = +256 dy > 0): c <= floor((offset - 1 + 256 dx r) / m)
+    left, right = dy < 0, dy > 0
+    m = (dy * _ONE).abs()
+    edge = torch.stack([torch.where(left, m - 1 - offset, offset - 1), torch.where(left, -dx, dx) * _ONE, m], dim=1)
+
+    # Two left and two right slots per triangle: the first and last edge of each side (a side with one edge
+    # repeats it). A flat edge only limits the rows.
+    def first(side: torch.Tensor) -> torch.Tensor:
+        return torch.where(side[0], edge[0], torch.where(side[1], edge[1], edge[2]))
+
+    def last(side: torch.Tensor) -> torch.Tensor:
+        return torch.where(side[2], edge[2], torch.where(side[1], edge[1], edge[0]))
+
+    slots = torch.stack([first(left), last(left), first(right), last(right)], dim=1)  # (A|D|m, slot, T)
+    # A flat bottom edge (dx > 0) does not own its samples, a flat top edge does.
+    flat_bottom = ((dy == 0) & (dx > 0)).any(0).double()
+    row_first = torch.ceil((yf.amin(0) + flat_bottom) / _ONE).clamp_(min=0)
+    row_last = torch.floor(yf.amax(0) / _ONE).clamp_(max=size - 1)
+    rows = (row_last - row_first + 1).clamp_(min=0).long()
+
+    # Depth is affine in window space; its plane comes from the unsnapped coordinates, as in llvmpipe (nearly
+    # edge-on triangles would otherwise tilt visibly).
+    e1x, e1y, e2x, e2y = xw[1] - xw[0], yw[1] - yw[0], xw[2] - xw[0], yw[2] - yw[0]
+    e1z, e2z = zw[1] - zw[0], zw[2] - zw[0]
+    det = e1x * e2y - e2x * e1y
+    dzdx = (e1z * e2y - e2z * e1y) / det
+    dzdy = (e2z * e1x - e1z * e2x) / det
+    z0 = zw[0] - dzdx * xw[0] - dzdy * yw[0]
+    batch = torch.div(owner, num_faces, rounding_mode="floor")
+    pixel_base = batch * (size * size) + (size - 1) * size
+    extra = torch.stack([z0, dzdx * _ONE, dzdy * _ONE, pixel_base.double(), (owner - batch * num_faces).double()])
+    table = torch.cat([slots.reshape(12, -1), extra]).T.contiguous()  # (T, 17)
+
+    # Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
+    # several, so that the row work stays dense.
+    height = int(min(max(rows.double().mean().ceil().item() if len(rows) else 1, 2), 16))
+    count = torch.div(rows + height - 1, height, rounding_mode="floor")
+    tri = torch.repeat_interleave(count)
+    band_index = torch.arange(len(tri), device=tri.device) - (torch.cumsum(count, 0) - count).index_select(0, tri)
+    band_row = row_first.index_select(0, tri) + band_index * height
+    bands = (rows.index_select(0, tri) - band_index * height).clamp_(max=height)
+    return _Setup(
+        owner=owner, front=front, height=height, bands=bands, band_row=band_row, table=table.index_select(0, tri)
+    )
+
+
+@dataclass
+class _Spans:
+    """Covered columns [first, first + count) of (triangle, sample row) pairs."""
+
+    count: torch.Tensor  # (P,) int64
+    index: torch.Tensor  # (2, P) int64: flat pixel index of the first covered sample, face index
+    depth: torch.Tensor  # (2, P) float32: depth at the first covered sample, depth step per column
+
+
+def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
+    """Exact covered column range of every row of bands [start, stop)."""
+    table = setup.table[start:stop, :, None]  # (N, 17, 1)
+    row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
+    bound = torch.addcmul(table[:, 0:4], table[:, 4:8], row[:, None]).div_(table[:, 8:12]).floor_()  # (N, 4, h)
+    lower = torch.maximum(bound[:, 0], bound[:, 1]).clamp_(min=0)
+    upper = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1)
+    real = torch.arange(setup.height, device=table.device) < setup.bands[start:stop, None]
+    count = (upper - lower + 1).clamp_(min=0).long().masked_fill_(~real, 0)
+    z0, dzdx, dzdy, pixel_base, face = table[:, 12:].unbind(1)
+    depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx.expand_as(lower)]).float()
+    index = torch.stack([torch.addcmul(pixel_base + lower, row, torch.tensor(-float(size))), face.expand_as(lower)])
+    return _Spans(count=count.reshape(-1), index=index.long().reshape(2, -1), depth=depth.reshape(2, -1))
+
+
+def _candidates(spans: _Spans, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expand pairs [first, last) into (flat pixel index, depth-test key) per covered sample."""
+    count = spans.count[first:last]
+    pair = torch.repeat_interleave(count) + first
+    first_sample = torch.cumsum(count, 0) - count
+    local = torch.arange(len(pair), device=count.device) - first_sample.index_select(0, pair - first)
+    index = spans.index.index_select(1, pair)
+    depth = spans.depth.index_select(1, pair)
+    z = torch.addcmul(depth[0], depth[1], local.float()).clamp_(0, 1)
+    key = (z.view(torch.int32).long() << 32) | index[1]
+    return index[0] + local, key
+
+
+def _chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]:
+    """Split consecutive items into runs whose summed size stays near limit (at least one item each)."""
+    if len(sizes) == 0:
+        return []
+    if sizes.sum() <= limit:
+        return [(0, len(sizes))]
+    group = torch.div(torch.cumsum(sizes, 0) - sizes, limit, rounding_mode="floor")
+    counts = torch.unique_consecutive(group, return_counts=True)[1]
+    return list(itertools.pairwise([0, *torch.cumsum(counts, 0).tolist()]))
+
+
+def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, batch: int, size: int) -> Fragments:
+    """Unpack the winning keys; perspective-correct barycentrics at the pixel centres. corners: (4, 3, B F)."""
+    num_faces = corners.shape[-1] // batch
+    covered = best != _EMPTY_KEY
+    face = torch.where(covered, best & 0xFFFFFFFF, -1)
+    zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
+    flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
+
+    # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
+    # Per face: the x, y and constant coefficients of the three planes and of their sum.
+    x, y, _, w = corners
+    x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
+    coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
+    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1)
+    plane = coefficients.reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
+    centres = (torch.arange(size, device=best.device, dtype=torch.float32) + 0.5) * (2 / size) - 1
+    ndc_y, ndc_x = torch.meshgrid(centres.flip(0), centres, indexing="ij")  # image row 0 is the top
+    value = torch.addcmul(plane[2], plane[0], ndc_x.reshape(-1).repeat(batch))
+    value.addcmul_(plane[1], ndc_y.reshape(-1).repeat(batch))  # (4, P)
+    bary = (value[:3] / value[3]).clamp_(min=0).masked_fill_(~covered, 0)  # the sign of value depends on facing
+    front = front.index_select(0, flat_face) & covered
+    shape = (batch, size, size)
+    bary = bary.reshape(3, *shape).permute(1, 2, 3, 0)  # stays corner-major underneath, for interpolate()
+    return Fragments(face=face.reshape(shape), bary=bary, zbuffer=zbuffer.reshape(shape), front=front.reshape(shape))
