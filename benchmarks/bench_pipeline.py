@@ -78,8 +78,16 @@ def main() -> None:
                 "device": args.device,
                 "image_size": args.size,
                 "batch": args.batch,
-                "official": {"sampler": "ddpm1000+ddim50", "s_per_instance": round(official_s, 3), "unet_calls": official_calls},
-                "fast": {"sampler": f"dpmpp{args.fast_steps}+dpmpp{args.fast_steps}", "s_per_instance": round(fast_s, 3), "unet_calls": fast_calls},
+                "official": {
+                    "sampler": "ddpm1000+ddim50",
+                    "s_per_instance": round(official_s, 3),
+                    "unet_calls": official_calls,
+                },
+                "fast": {
+                    "sampler": f"dpmpp{args.fast_steps}+dpmpp{args.fast_steps}",
+                    "s_per_instance": round(fast_s, 3),
+                    "unet_calls": fast_calls,
+                },
                 "speedup": round(official_s / fast_s, 2),
             }
         )
