@@ -2,6 +2,8 @@
 (DPM-Solver++(2M), 20 steps each), same tiny random models, same machine, one run. Prints one JSON line.
 
     python benchmarks/bench_pipeline.py [--size 16] [--batch 1] [--fast-steps 20] [--device cpu]
+
+On a shared CPU set OMP_NUM_THREADS=1: tiny convolutions on oversubscribed cores are many times slower.
 """
 
 from __future__ import annotations
