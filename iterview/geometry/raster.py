@@ -404,17 +404,20 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
 
     # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
-    # Per face: the x, y and constant coefficients of the three planes and of their sum.
-    x, y, _, w = corners
+    # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small
+    # triangle are nearly parallel vectors whose cross products cancel: float32 would lose ~(S/2)²·ε, so they are
+    # formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32, as GL's own setup.
+    x, y, _, w = corners.double()
     x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
     coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
-    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1)
+    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
     plane = coefficients.reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
     centres = (torch.arange(size, device=best.device, dtype=torch.float32) + 0.5) * (2 / size) - 1
     ndc_y, ndc_x = torch.meshgrid(centres.flip(0), centres, indexing="ij")  # image row 0 is the top
     value = torch.addcmul(plane[2], plane[0], ndc_x.reshape(-1).repeat(batch))
     value.addcmul_(plane[1], ndc_y.reshape(-1).repeat(batch))  # (4, P)
-    bary = (value[:3] / value[3]).clamp_(min=0).masked_fill_(~covered, 0)  # the sign of value depends on facing
+    bary = (value[:3] / value[3]).clamp_(min=0)  # the common sign of value depends on facing and w
+    bary = (bary / bary.sum(0)).masked_fill_(~covered, 0)
     front = front.index_select(0, flat_face) & covered
     shape = (batch, size, size)
     bary = bary.reshape(3, *shape).permute(1, 2, 3, 0)  # stays corner-major underneath, for interpolate()
