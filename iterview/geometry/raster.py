@@ -357,18 +357,21 @@ class _Spans:
 
 
 def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
-    """Exact covered column range of every row of bands [start, stop)."""
-    table = setup.table[start:stop, :, None]  # (N, 17, 1)
+    """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
+    table = setup.table[start:stop, :12, None]  # (N, 12, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
     bound = torch.addcmul(table[:, 0:4], table[:, 4:8], row[:, None]).div_(table[:, 8:12]).floor_()  # (N, 4, h)
     lower = torch.maximum(bound[:, 0], bound[:, 1]).clamp_(min=0)
-    upper = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1)
-    real = torch.arange(setup.height, device=table.device) < setup.bands[start:stop, None]
-    count = (upper - lower + 1).clamp_(min=0).long().masked_fill_(~real, 0)
-    z0, dzdx, dzdy, pixel_base, face = table[:, 12:].unbind(1)
-    depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx.expand_as(lower)]).float()
-    index = torch.stack([torch.addcmul(pixel_base + lower, row, torch.tensor(-float(size))), face.expand_as(lower)])
-    return _Spans(count=count.reshape(-1), index=index.long().reshape(2, -1), depth=depth.reshape(2, -1))
+    count = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1).sub_(lower).add_(1)
+    count.masked_fill_(torch.arange(setup.height, device=table.device) >= setup.bands[start:stop, None], 0)
+    # Slivers (skirts, stretched faces) cross many rows but cover a sample on few of them.
+    kept = (count > 0).reshape(-1).nonzero().squeeze(1)
+    band = torch.div(kept, setup.height, rounding_mode="floor") + start
+    row, lower = row.reshape(-1).index_select(0, kept), lower.reshape(-1).index_select(0, kept)
+    z0, dzdx, dzdy, pixel_base, face = setup.table[:, 12:].index_select(0, band).T
+    depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx]).float()
+    index = torch.stack([pixel_base + lower - row * size, face]).long()
+    return _Spans(count=count.reshape(-1).index_select(0, kept).long(), index=index, depth=depth)
 
 
 def _candidates(spans: _Spans, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
