@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
 
 app = typer.Typer(
@@ -11,6 +12,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our safetensors format.")(convert)
 
 
 @app.callback()
