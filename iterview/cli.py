@@ -6,6 +6,7 @@ import typer
 
 from iterview.data import commands as data_commands
 from iterview.models.commands import convert
+from iterview.pipeline import commands as pipeline_commands
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
@@ -23,6 +24,9 @@ def main() -> None:
 
 app.command("prepare")(data_commands.prepare)
 app.command("synth")(data_commands.synth)
+app.command("sample")(pipeline_commands.sample)
+app.command("render")(pipeline_commands.render)
+app.command("export")(pipeline_commands.export)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,100 @@
+"""Seconds per 3x9 instance: official sampler settings (G_u DDPM-1000, G_c DDIM-50) vs the fast settings
+(DPM-Solver++(2M), 20 steps each), same tiny random models, same machine, one run. Prints one JSON line.
+
+    python benchmarks/bench_pipeline.py [--size 16] [--batch 1] [--fast-steps 20] [--device cpu]
+
+On a shared CPU set OMP_NUM_THREADS=1: tiny convolutions on oversubscribed cores are many times slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from iterview.config import ADMConfig
+from iterview.models.checkpoint import build_model
+from iterview.pipeline.multiview import OFFICIAL_COND, OFFICIAL_UNCOND, MultiViewPipeline, SamplerChoice
+from iterview.pipeline.viewsets import grid_viewset_3x9
+
+
+def tiny_model(size: int, in_channels: int, device: str) -> torch.nn.Module:
+    config = ADMConfig(
+        image_size=size,
+        in_channels=in_channels,
+        model_channels=32,
+        out_channels=4,
+        num_res_blocks=1,
+        attention_resolutions=[size // 2],
+        channel_mult=[1, 2],
+        num_classes=10,
+        has_null_class=True,
+        num_groups=8,
+        num_head_channels=16,
+    )
+    return build_model(config).to(device)
+
+
+def time_instances(pipeline: MultiViewPipeline, batch: int, device: str) -> tuple[float, int]:
+    """Seconds per instance and network evaluations (U-Net forward passes) per batch."""
+    calls = 0
+
+    def count(*_: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    hooks = [m.register_forward_hook(count) for m in (pipeline.g_u, pipeline.g_c)]
+    modelviews = grid_viewset_3x9().modelviews.expand(batch, 27, 4, 4)
+    generators = [torch.Generator(device).manual_seed(seed) for seed in range(batch)]
+    start = time.perf_counter()
+    pipeline(modelviews, generators, torch.arange(batch, device=device) % 10)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / batch
+    for hook in hooks:
+        hook.remove()
+    return seconds, calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--fast-steps", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    g_u, g_c = tiny_model(args.size, 4, args.device), tiny_model(args.size, 10, args.device)
+    fast = SamplerChoice("dpmpp", args.fast_steps)
+    official_s, official_calls = time_instances(
+        MultiViewPipeline(g_u, g_c, sampler_uncond=OFFICIAL_UNCOND, sampler_cond=OFFICIAL_COND), args.batch, args.device
+    )
+    fast_s, fast_calls = time_instances(
+        MultiViewPipeline(g_u, g_c, sampler_uncond=fast, sampler_cond=fast), args.batch, args.device
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "pipeline_3x9",
+                "device": args.device,
+                "image_size": args.size,
+                "batch": args.batch,
+                "official": {
+                    "sampler": "ddpm1000+ddim50",
+                    "s_per_instance": round(official_s, 3),
+                    "unet_calls": official_calls,
+                },
+                "fast": {
+                    "sampler": f"dpmpp{args.fast_steps}+dpmpp{args.fast_steps}",
+                    "s_per_instance": round(fast_s, 3),
+                    "unet_calls": fast_calls,
+                },
+                "speedup": round(official_s / fast_s, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Atomic file writes and the image files of a sampling run (PNG grids, colourised depth)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); it replaces `path` only if the block succeeds,
+    so a killed job never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per process and thread; created by the writer itself, so it gets the usual permissions.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(C, H, W) or (H, W) in [0, 1] -> (H, W, C) or (H, W) uint8, clipped and truncated like the official
+    `clip(x·255).astype(uint8)`, so saved results match the official files bit for bit."""
+    array = (image.detach().float() * 255).clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return array.transpose(1, 2, 0) if array.ndim == 3 else array
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Atomically write an RGB (3, H, W) or grey (1, H, W) image in [0, 1] as PNG."""
+    array = to_uint8(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+    return Path(path)
+
+
+@cache
+def _inferno_lut() -> torch.Tensor:
+    from matplotlib import colormaps
+
+    return torch.from_numpy(colormaps["inferno"](np.linspace(0, 1, 256))[:, :3]).float()
+
+
+def colorize_depth(depth: torch.Tensor) -> torch.Tensor:
+    """Official depth visualisation: inverted inferno, near = bright. depth: (..., 1, H, W) z-buffer in
+    [0, 1] -> (..., 3, H, W) RGB in [0, 1]."""
+    index = ((1 - depth.clamp(0, 1)) * 255).round().long().squeeze(-3)
+    return _inferno_lut().to(depth.device)[index].movedim(-1, -3)
+
+
+def make_grid(images: torch.Tensor, layout: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Tile images (N, C, H, W) into rows of view indices (-1 = an empty, zero tile) -> (C, R·H, K·W)."""
+    blank = torch.zeros_like(images[0])
+    rows = [torch.cat([images[i] if i >= 0 else blank for i in row], dim=-1) for row in layout]
+    return torch.cat(rows, dim=-2)

@@ -1,0 +1,340 @@
+"""Iterative multi-view generation (the paper's algorithm, official `sample_all`).
+
+View 0 comes from G_u (class + classifier-free guidance). Every further camera is rendered from ALL previous
+views by the aggregation compositor; G_c inpaints it under replacement and free-space-hull guidance; the new
+view is meshed and joins the set.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
+from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
+from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.geometry.aggregate import Conditions, aggregate_conditions
+from iterview.geometry.mesh import Mesh
+from iterview.pipeline.scene import Scene, map_mesh, rgbd_to_mesh
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+_BLIND = "sees none of the source views"  # aggregate_conditions' error for a camera that sees no previous view
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
+
+    name: str = "ddim"
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        x_T: torch.Tensor,
+        schedule: DiffusionSchedule,
+        generator: torch.Generator | None = None,
+        x0_fn: X0Fn | None = None,
+    ) -> torch.Tensor:
+        if self.name == "ddpm":
+            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
+        if self.name == "ddim":
+            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
+        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
+
+
+OFFICIAL_UNCOND = SamplerChoice("ddpm", 1000)
+OFFICIAL_COND = SamplerChoice("ddim", 50)
+
+
+@dataclass(frozen=True)
+class InferenceGeometry:
+    """Official inference constants (§6.2, §3.8): depth channel = z-buffer of (near, far); meshing tolerances."""
+
+    fov: float = 45.0
+    near: float = 0.6
+    far: float = 5.0
+    atol: float = 0.03
+    rtol: float = 0.03
+    erode_rgb: int = 3
+    ssaa: int = 3
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free strength w (ε = (1+w)·ε_c − w·ε_∅) and the official replacement / hull weights."""
+
+    strength: float = 3.0
+    w_rgb: float = 0.1
+    w_depth: float = 0.2
+    w_hull: float = 0.5
+
+
+OFFICIAL_GEOMETRY = InferenceGeometry()
+OFFICIAL_GUIDANCE = Guidance()
+
+
+@dataclass
+class MultiViewResult:
+    """rgbd: (B, V, 4, H, W) in [-1, 1]; modelviews: (B, V, 4, 4); conditions[k - 1]: what view k was
+    conditioned on (batched over B); classes: (B,) or None."""
+
+    rgbd: torch.Tensor
+    modelviews: torch.Tensor
+    conditions: list[Conditions] = field(default_factory=list)
+    classes: torch.Tensor | None = None
+
+    def scene(self, index: int, geometry: InferenceGeometry = OFFICIAL_GEOMETRY, seed: int | None = None) -> Scene:
+        """Instance `index` as a Scene (known = the aggregation depth mask of each view; none for view 0)."""
+        rgbd = self.rgbd[index]
+        known = torch.zeros(rgbd.shape[0], 1, *rgbd.shape[2:], dtype=torch.bool, device=rgbd.device)
+        for k, cond in enumerate(self.conditions, start=1):
+            known[k] = cond.mask[index] > 0.5
+        label = None if self.classes is None else int(self.classes[index])
+        return Scene(rgbd, self.modelviews[index], geometry.fov, geometry.near, geometry.far, label, seed, known)
+
+
+def randn_per_instance(shape: Sequence[int], generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One (1, *shape) normal draw from each instance's generator, on its device -> (B, *shape)."""
+    return torch.cat([torch.randn(1, *shape, generator=g, device=g.device) for g in generators])
+
+
+def lockstep(run_one: Callable[[int, ModelFn], torch.Tensor], network: ModelFn, count: int) -> torch.Tensor:
+    """Run `run_one(i, model_fn_i)` for each instance i and concatenate the results, where every instance's
+    sampler makes its own random draws (from its own generator) but all their network calls are gathered into
+    one batched `network` call per step.
+
+    The samplers take one generator for the whole batch, so a batched call would tie an instance's noise to its
+    batch-mates. Running one sampler per instance in threads that meet at a barrier before each network call
+    keeps a seed's result independent of the batch it is in, while the network still sees the whole batch.
+    """
+    if count == 1:
+        return run_one(0, network)
+    state = _Rendezvous(network, count)
+    results: list[torch.Tensor | None] = [None] * count
+    grad_enabled = torch.is_grad_enabled()
+
+    def worker(index: int) -> None:
+        try:
+            with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
+                results[index] = run_one(index, lambda x, t: state.call(index, x, t))
+        except BaseException as error:
+            state.fail(error)
+        finally:
+            state.leave()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if state.error is not None:
+        raise state.error
+    return torch.cat(results)  # type: ignore[arg-type]
+
+
+_UNEQUAL_CALLS = "the instances' samplers made different numbers of network calls"
+
+
+class _Rendezvous:
+    """Gathers one network call from every instance, evaluates them as one batch and hands each its rows.
+
+    The network is built for the whole batch (e.g. CFG with every instance's class), so all instances must make
+    the same number of calls; a call after an instance finished, or an instance finishing while others wait,
+    is an error rather than a silently mismatched batch."""
+
+    def __init__(self, network: ModelFn, count: int) -> None:
+        self.network, self.count, self.active = network, count, count
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.round = 0
+        self.error: BaseException | None = None
+        self.condition = threading.Condition()
+
+    def call(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with self.condition:
+            if self.active < self.count:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
+                raise _Aborted
+            self.inputs[index] = (x, t)
+            current = self.round
+            if len(self.inputs) == self.active:
+                self._evaluate()
+            while self.round == current and self.error is None:
+                self.condition.wait()
+            if self.error is not None:
+                raise _Aborted
+            return self.outputs.pop(index)
+
+    def _evaluate(self) -> None:
+        order = sorted(self.inputs)
+        try:
+            x = torch.cat([self.inputs[i][0] for i in order])
+            t = torch.cat([self.inputs[i][1] for i in order])
+            rows = self.network(x, t).split([self.inputs[i][0].shape[0] for i in order])
+            self.outputs, self.inputs = dict(zip(order, rows, strict=True)), {}
+        except BaseException as error:
+            self.error = self.error or error
+        self.round += 1
+        self.condition.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.condition:
+            if self.error is None and not isinstance(error, _Aborted):
+                self.error = error
+            self.condition.notify_all()
+
+    def leave(self) -> None:
+        with self.condition:
+            self.active -= 1
+            if self.inputs:
+                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
+                self.condition.notify_all()
+
+
+class _Aborted(Exception):
+    """Raised in the other instances' threads once one of them has failed."""
+
+
+class MultiViewPipeline:
+    """Sample views on per-instance camera paths: G_u for view 0, then G_c conditioned on the aggregation of
+    every previous view. Each instance draws all its random numbers from its own generator, so a seed gives
+    the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
+
+    g_u: (B, 4, H, W) ε-model with optional classes; g_c: the 10-channel inpainting model (None for one view).
+    """
+
+    def __init__(
+        self,
+        g_u: nn.Module,
+        g_c: nn.Module | None = None,
+        schedule: DiffusionSchedule | None = None,
+        sampler_uncond: SamplerChoice = OFFICIAL_UNCOND,
+        sampler_cond: SamplerChoice = OFFICIAL_COND,
+        guidance: Guidance = OFFICIAL_GUIDANCE,
+        geometry: InferenceGeometry = OFFICIAL_GEOMETRY,
+        image_size: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.g_u, self.g_c = g_u.eval(), g_c.eval() if g_c is not None else None
+        self.schedule = schedule or DiffusionSchedule.linear(1000)
+        self.sampler_uncond, self.sampler_cond = sampler_uncond, sampler_cond
+        self.guidance, self.geometry = guidance, geometry
+        self.image_size = image_size or g_u.image_size
+        self.progress = progress
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        modelviews: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        classes: torch.Tensor | None = None,
+    ) -> MultiViewResult:
+        """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
+        the models' device; classes: (B,) long or None."""
+        batch, views = modelviews.shape[:2]
+        if len(generators) != batch:
+            raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
+        if views > 1 and self.g_c is None:
+            raise ValueError(f"{views} views need the conditional model g_c")
+        modelviews = modelviews.to(generators[0].device)
+        bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
+        x = self.first_view(generators, classes)
+        bar.update()
+        mesh, texture = self.mesh(x, modelviews[:, 0])
+        samples, meshes, textures, conditions = [x], [mesh], [texture], []
+        for k in range(1, views):
+            cond = self.aggregate(meshes, textures, modelviews[:, k])
+            x = self.next_view(cond, generators, classes)
+            bar.update()
+            mesh, texture = self.mesh(x, modelviews[:, k])
+            samples.append(x)
+            meshes.append(mesh)
+            textures.append(texture)
+            conditions.append(cond)
+        bar.close()
+        return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
+
+    def first_view(self, generators: Sequence[torch.Generator], classes: torch.Tensor | None) -> torch.Tensor:
+        """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
+        x_T = randn_per_instance((4, self.image_size, self.image_size), generators)
+        network = classifier_free(self.g_u, classes, self.guidance.strength)
+
+        def run_one(i: int, model_fn: ModelFn) -> torch.Tensor:
+            return self.sampler_uncond.sample(model_fn, x_T[i : i + 1], self.schedule, generators[i])
+
+        return lockstep(run_one, network, len(generators))
+
+    def aggregate(
+        self, meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor
+    ) -> Conditions:
+        """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4).
+
+        A camera that sees none of the previous views (e.g. the far side of a coarse 360° orbit) gets an empty
+        condition, as in the official code, where `aggregate_conditions` rejects it as bad input: such batch
+        elements are redone one by one and the blind ones left empty.
+        """
+        g = self.geometry
+        try:
+            return aggregate_conditions(
+                meshes, textures, modelview, self.image_size, g.ssaa, g.near, g.far, g.atol, g.rtol, g.erode_rgb
+            )
+        except ValueError as error:
+            if _BLIND not in str(error):
+                raise
+        if len(modelview) == 1:
+            # All masked and no hull: an empty pixel's z is the renderer near, which clips to z-buffer 0.
+            empty = torch.zeros(1, 1, self.image_size, self.image_size, device=modelview.device)
+            return Conditions(empty.expand(1, 3, -1, -1), empty, empty, empty, empty)
+        parts = [
+            self.aggregate(
+                [map_mesh(m, lambda v, i=i: v[i : i + 1]) for m in meshes],
+                [t[i : i + 1] for t in textures],
+                modelview[i : i + 1],
+            )
+            for i in range(len(modelview))
+        ]
+        return Conditions(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Conditions)))
+
+    def next_view(
+        self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
+    ) -> torch.Tensor:
+        """G_c inpainting of the aggregated condition with replacement / hull guidance -> (B, 4, H, W)."""
+        known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
+        hull = cond.depth_convex * 2 - 1
+        x_T = randn_per_instance((4, self.image_size, self.image_size), generators)
+        network = classifier_free(self.g_c, classes, self.guidance.strength)
+        w = self.guidance
+
+        def run_one(i: int, network_fn: ModelFn) -> torch.Tensor:
+            part = slice(i, i + 1)
+
+            def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                # Fresh hole noise at every call, as the official InpaintCFG, from this instance's generator.
+                return network_fn(
+                    inpaint_input(x_t, known[part], cond.mask[part], cond.mask_rgb[part], generators[i]), t
+                )
+
+            x0_fn = replacement_guidance(
+                known[part], cond.mask[part], cond.mask_rgb[part], hull[part], w.w_rgb, w.w_depth, w.w_hull
+            )
+            return self.sampler_cond.sample(model_fn, x_T[part], self.schedule, generators[i], x0_fn)
+
+        return lockstep(run_one, network, len(generators))
+
+    def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
+        """Official meshing of a sampled view (frustum skirt, normals)."""
+        g = self.geometry
+        return rgbd_to_mesh(x, modelview, g.near, g.far, g.fov, "frustum", g.atol, g.rtol, g.erode_rgb)
