@@ -6,6 +6,7 @@ import typer
 
 from iterview.data import commands as data_commands
 from iterview.eval import commands as eval_commands
+from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
 from iterview.training.commands import train_command
 
@@ -14,6 +15,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our safetensors format.")(convert)
 
 
 @app.callback()

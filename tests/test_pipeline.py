@@ -16,6 +16,7 @@ from iterview.diffusion.guidance import classifier_free
 from iterview.diffusion.samplers import ddpm_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import aggregate_conditions
+from iterview.geometry.cameras import linear_to_zbuffer
 from iterview.models.checkpoint import build_model, save_model
 from iterview.pipeline import sampling
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline, SamplerChoice
@@ -70,6 +71,26 @@ def model_dirs(tmp_path_factory):
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ExactDenoiser(torch.nn.Module):
+    """The exact ε of data concentrated on one smooth RGBD image (a plane at depth 1 with a colour ramp), shifted
+    by the class: its samples have sane geometry, so the conditions of later views are meaningful."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.image_size, self.num_classes = SIZE, 10
+        self.register_buffer("sqrt_ab", schedule.alphas_cumprod.float().sqrt())
+        self.register_buffer("sqrt_1mab", (1 - schedule.alphas_cumprod.float()).sqrt())
+        rgb = torch.linspace(-0.5, 0.5, SIZE).expand(3, SIZE, SIZE)
+        depth = torch.full((1, SIZE, SIZE), linear_to_zbuffer(torch.tensor(1.0), 0.6, 5.0).item() * 2 - 1)
+        self.register_buffer("mean", torch.cat([rgb, depth]))
+
+    def forward(self, x, t, classes=None):
+        shift = 0.0 if classes is None else 0.02 * classes.clamp(min=0).float()[:, None, None, None]
+        t = t.long()
+        mean = self.mean * torch.ones_like(shift) + shift
+        return (x[:, :4] - self.sqrt_ab[t, None, None, None] * mean) / self.sqrt_1mab[t, None, None, None]
 
 
 @pytest.fixture(scope="module")
@@ -178,28 +199,27 @@ def test_render_and_export_a_sampled_scene(run_3x9, tmp_path):
             assert (folder / name).is_file()
 
 
-def test_conditions_equal_a_direct_aggregation_of_the_saved_views(models, tmp_path):
-    g_u, g_c = models
-    pipeline = MultiViewPipeline(g_u, g_c, sampler_uncond=FAST, sampler_cond=FAST)
+def test_conditions_equal_a_direct_aggregation_of_the_saved_views(tmp_path):
+    g = ExactDenoiser(DiffusionSchedule.linear(1000))
+    pipeline = MultiViewPipeline(g, g, sampler_uncond=FAST, sampler_cond=FAST)
     cameras = grid_viewset_3x9().modelviews[:4]
-    result = pipeline(
-        cameras.expand(2, 4, 4, 4), [torch.Generator().manual_seed(s) for s in (0, 1)], torch.tensor([1, 2])
-    )
-    path = result.scene(1, seed=1).save(tmp_path / "scene")
-    scene = Scene.load(path)
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    result = pipeline(cameras.expand(2, 4, 4, 4), generators, torch.tensor([1, 2]))
+    scene = Scene.load(result.scene(1, seed=1).save(tmp_path / "scene"))
     meshes, textures = scene.meshes(padding="frustum")
     for k in (1, 3):
         direct = aggregate_conditions(meshes[:k], textures[:k], scene.modelviews[k : k + 1], SIZE)
         recorded = result.conditions[k - 1]
+        assert direct.mask.mean() > 0.3
         for name in ("color", "depth", "mask", "mask_rgb", "depth_convex"):
-            assert torch.allclose(getattr(recorded, name)[1:2], getattr(direct, name), atol=1e-5), name
+            assert torch.allclose(getattr(recorded, name)[1:2], getattr(direct, name), atol=1e-6), name
 
 
-def test_official_samplers_wire_g_u_with_cfg_and_g_c_with_replacement_guidance(models):
+def test_official_samplers_wire_g_u_with_cfg_and_g_c_with_replacement_guidance():
     """View 0 is exactly DDPM over G_u with CFG from the instance's generator; with full replacement weights the
     known depth of every later view is reproduced and unknown depth stays behind the hull."""
-    g_u, g_c = models
     schedule = DiffusionSchedule(torch.linspace(1e-3, 0.3, 20, dtype=torch.float64))  # a short chain: cheap DDPM
+    g_u = g_c = ExactDenoiser(schedule)
     pipeline = MultiViewPipeline(
         g_u,
         g_c,
@@ -208,18 +228,32 @@ def test_official_samplers_wire_g_u_with_cfg_and_g_c_with_replacement_guidance(m
         SamplerChoice("ddim", 4),
         Guidance(strength=2.0, w_depth=1.0, w_hull=1.0),
     )
-    cameras = orbit_viewset(3).modelviews[None]
-    result = pipeline(cameras, [torch.Generator().manual_seed(11)], torch.tensor([5]))
+    result = pipeline(
+        grid_viewset_3x9().modelviews[None, [0, 3, 5]], [torch.Generator().manual_seed(11)], torch.tensor([5])
+    )
     generator = torch.Generator().manual_seed(11)
     x_T = torch.randn(1, 4, SIZE, SIZE, generator=generator)
-    with torch.no_grad():
-        view0 = ddpm_sample(classifier_free(g_u, torch.tensor([5]), 2.0), x_T, schedule, generator)
+    view0 = ddpm_sample(classifier_free(g_u, torch.tensor([5]), 2.0), x_T, schedule, generator)
     assert torch.allclose(result.rgbd[:, 0], view0, atol=1e-6)
     for k, cond in enumerate(result.conditions, start=1):
         depth, mask = result.rgbd[0, k, 3], cond.mask[0, 0] > 0.5
-        assert mask.any() and (~mask).any()
+        assert mask.float().mean() > 0.3 and (~mask).any()
         assert torch.allclose(depth[mask], cond.depth[0, 0][mask] * 2 - 1, atol=1e-5)
         assert (depth[~mask] >= cond.depth_convex[0, 0][~mask] * 2 - 1 - 1e-5).all()
+
+
+def test_a_camera_that_sees_no_previous_view_gets_an_empty_condition(models):
+    """Official behaviour for e.g. the back of a coarse orbit: no known pixels, no hull; batch-mates unaffected."""
+    g_u, g_c = models
+    pipeline = MultiViewPipeline(g_u, g_c, sampler_uncond=FAST, sampler_cond=FAST)
+    front, side = orbit_viewset(2).modelviews[0], grid_viewset_3x9().modelviews[3]
+    cameras = torch.stack([torch.stack([front, side]), orbit_viewset(3).modelviews[:2]])
+    result = pipeline(cameras, [torch.Generator().manual_seed(s) for s in (0, 1)], torch.tensor([0, 1]))
+    cond = result.conditions[0]
+    assert cond.mask[0].any() and not cond.mask[1].any() and not cond.depth_convex[1].any()
+    meshes, textures = result.scene(0).meshes(padding="frustum")
+    direct = aggregate_conditions(meshes[:1], textures[:1], side[None], SIZE)
+    assert torch.allclose(cond.color[:1], direct.color, atol=1e-5) and torch.equal(cond.mask[:1], direct.mask)
 
 
 def test_a_killed_run_resumes_without_duplicates(models, tmp_path, monkeypatch):

@@ -174,3 +174,32 @@ def test_dpmpp_timesteps_and_guidance_hook():
     out = dpmpp_2m_sample(lambda x, t: 0.1 * x, torch.randn(2, 4, 4, 4), SCHEDULE, steps=8, x0_fn=pull_to_zero)
     assert torch.equal(out, torch.zeros_like(out))
     assert seen[-1][1] == -1 and [t for t, _ in seen] == dpmpp_timesteps(SCHEDULE, 8)
+
+
+def test_per_row_generators_make_each_row_independent_of_its_batch_mates():
+    from iterview.diffusion.schedule import randn
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = randn((3, 2, 4), gens(3, 1, 4))
+    for row, seed in enumerate((3, 1, 4)):
+        assert torch.equal(batch[row : row + 1], randn((1, 2, 4), gens(seed)))
+    with pytest.raises(ValueError, match="one generator per batch row"):
+        randn((2, 4), gens(0))
+
+
+def test_ddpm_with_per_row_generators_matches_each_instance_alone():
+    schedule = DiffusionSchedule.linear(100)
+
+    def toy(x, t):
+        return 0.1 * x + 0.01 * t.view(-1, 1, 1, 1)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    x_T = torch.randn(3, 2, 4, 4)
+    together = ddpm_sample(toy, x_T, schedule, gens(7, 8, 9))
+    for row, seed in enumerate((7, 8, 9)):
+        alone = ddpm_sample(toy, x_T[row : row + 1], schedule, gens(seed))
+        torch.testing.assert_close(together[row : row + 1], alone, atol=1e-6, rtol=0)

@@ -323,8 +323,8 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
             math.cos(photo_pitch) * math.cos(photo_yaw),
         ]
     )
-    front = look_at(torch.tensor([0.0, 0.0, 1.0]), torch.zeros(3))
-    scene_from_world = torch.linalg.inv(look_at(eye, target)) @ front
+    # World points seen by the front camera land where the photo camera sees them in the scene frame.
+    scene_from_world = torch.linalg.inv(look_at(eye, target)) @ front_camera()[0]
     return SynthScene(category, size, yaw, floor_y, wall_z, light, *materials, scene_from_world)
 
 

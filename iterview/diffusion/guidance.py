@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from iterview.diffusion.samplers import ModelFn, X0Fn
-from iterview.diffusion.schedule import randn_like
+from iterview.diffusion.schedule import Generators, randn_like
 
 # Any callable (x, t, classes) -> ε: an ADMUNet, or a toy model in tests.
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -35,7 +35,7 @@ def inpaint_input(
     y: torch.Tensor,
     mask: torch.Tensor,
     mask_rgb: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Official 10-channel G_c input: [x_t(4), mask_rgb, y_rgb·m_rgb + n·(1−m_rgb), y_d·m + n·(1−m), mask].
@@ -57,7 +57,7 @@ def inpaint_model(
     mask_rgb: torch.Tensor,
     classes: torch.Tensor | None = None,
     strength: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> ModelFn:
     """G_c as a ModelFn: fresh hole noise at each call, CFG over the class label only (both terms see the same
     image condition, as officially). y, mask, mask_rgb as in `inpaint_input`."""

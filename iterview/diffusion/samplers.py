@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from iterview.diffusion.schedule import DiffusionSchedule, ModelFn, randn_like
+from iterview.diffusion.schedule import DiffusionSchedule, Generators, ModelFn, randn_like
 
 __all__ = [
     "ModelFn",
@@ -116,7 +116,7 @@ def ddpm_sample(
     model_fn: ModelFn,
     x_T: torch.Tensor,
     schedule: DiffusionSchedule,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     x0_fn: X0Fn | None = None,
@@ -138,7 +138,7 @@ def ddim_sample(
     schedule: DiffusionSchedule,
     steps: int = 50,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     x0_fn: X0Fn | None = None,
     callback: Callback | None = None,
     progress: bool = False,
@@ -178,7 +178,7 @@ def dpmpp_2m_sample(
     x_T: torch.Tensor,
     schedule: DiffusionSchedule,
     steps: int = 20,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     x0_fn: X0Fn | None = None,
     callback: Callback | None = None,
     progress: bool = False,

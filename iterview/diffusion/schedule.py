@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,11 +11,28 @@ import torch
 import torch.nn.functional as F
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` (which must live on x's device)."""
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def randn(
+    shape: Sequence[int],
+    generator: Generators = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Standard normal noise of `shape` from one generator, or from one generator per batch row (dim 0), so that
+    a row's draws never depend on its batch-mates. Generators must live on `device`."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"expected one generator per batch row ({shape[0]}), got {len(generator)}")
+    row = (1, *shape[1:])
+    return torch.cat([torch.randn(row, generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def randn_like(x: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Standard normal noise shaped like x (see `randn` for per-row generators)."""
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,9 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    flat_face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)
+    flat_face = (
+        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
+    )
     corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
     corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
     values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
@@ -355,18 +357,21 @@ class _Spans:
 
 
 def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
-    """Exact covered column range of every row of bands [start, stop)."""
-    table = setup.table[start:stop, :, None]  # (N, 17, 1)
+    """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
+    table = setup.table[start:stop, :12, None]  # (N, 12, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
     bound = torch.addcmul(table[:, 0:4], table[:, 4:8], row[:, None]).div_(table[:, 8:12]).floor_()  # (N, 4, h)
     lower = torch.maximum(bound[:, 0], bound[:, 1]).clamp_(min=0)
-    upper = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1)
-    real = torch.arange(setup.height, device=table.device) < setup.bands[start:stop, None]
-    count = (upper - lower + 1).clamp_(min=0).long().masked_fill_(~real, 0)
-    z0, dzdx, dzdy, pixel_base, face = table[:, 12:].unbind(1)
-    depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx.expand_as(lower)]).float()
-    index = torch.stack([torch.addcmul(pixel_base + lower, row, torch.tensor(-float(size))), face.expand_as(lower)])
-    return _Spans(count=count.reshape(-1), index=index.long().reshape(2, -1), depth=depth.reshape(2, -1))
+    count = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1).sub_(lower).add_(1)
+    count.masked_fill_(torch.arange(setup.height, device=table.device) >= setup.bands[start:stop, None], 0)
+    # Slivers (skirts, stretched faces) cross many rows but cover a sample on few of them.
+    kept = (count > 0).reshape(-1).nonzero().squeeze(1)
+    band = torch.div(kept, setup.height, rounding_mode="floor") + start
+    row, lower = row.reshape(-1).index_select(0, kept), lower.reshape(-1).index_select(0, kept)
+    z0, dzdx, dzdy, pixel_base, face = setup.table[:, 12:].index_select(0, band).T
+    depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx]).float()
+    index = torch.stack([pixel_base + lower - row * size, face]).long()
+    return _Spans(count=count.reshape(-1).index_select(0, kept).long(), index=index, depth=depth)
 
 
 def _candidates(spans: _Spans, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -402,17 +407,20 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
 
     # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
-    # Per face: the x, y and constant coefficients of the three planes and of their sum.
-    x, y, _, w = corners
+    # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small
+    # triangle are nearly parallel vectors whose cross products cancel: float32 would lose ~(S/2)²·ε, so they are
+    # formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32, as GL's own setup.
+    x, y, _, w = corners.double()
     x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
     coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
-    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1)
+    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
     plane = coefficients.reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
     centres = (torch.arange(size, device=best.device, dtype=torch.float32) + 0.5) * (2 / size) - 1
     ndc_y, ndc_x = torch.meshgrid(centres.flip(0), centres, indexing="ij")  # image row 0 is the top
     value = torch.addcmul(plane[2], plane[0], ndc_x.reshape(-1).repeat(batch))
     value.addcmul_(plane[1], ndc_y.reshape(-1).repeat(batch))  # (4, P)
-    bary = (value[:3] / value[3]).clamp_(min=0).masked_fill_(~covered, 0)  # the sign of value depends on facing
+    bary = (value[:3] / value[3]).clamp_(min=0)  # the common sign of value depends on facing and w
+    bary = (bary / bary.sum(0)).masked_fill_(~covered, 0)
     front = front.index_select(0, flat_face) & covered
     shape = (batch, size, size)
     bary = bary.reshape(3, *shape).permute(1, 2, 3, 0)  # stays corner-major underneath, for interpolate()

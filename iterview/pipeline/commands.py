@@ -92,9 +92,9 @@ def sample(
     from iterview.pipeline.viewsets import make_viewset
 
     try:
-        seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+        seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
         choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
         views = len(make_viewset(viewset))
         if views > 1 and cond is None:

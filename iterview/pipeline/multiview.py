@@ -7,9 +7,8 @@ view is meshed and joins the set.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -17,12 +16,13 @@ from tqdm.auto import tqdm
 
 from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
 from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
-from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.mesh import Mesh
-from iterview.pipeline.scene import Scene, rgbd_to_mesh
+from iterview.pipeline.scene import Scene, map_mesh, rgbd_to_mesh
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
+_BLIND = "sees none of the source views"  # aggregate_conditions' error for a camera that sees no previous view
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class SamplerChoice:
         model_fn: ModelFn,
         x_T: torch.Tensor,
         schedule: DiffusionSchedule,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         x0_fn: X0Fn | None = None,
     ) -> torch.Tensor:
         if self.name == "ddpm":
@@ -102,109 +102,6 @@ class MultiViewResult:
             known[k] = cond.mask[index] > 0.5
         label = None if self.classes is None else int(self.classes[index])
         return Scene(rgbd, self.modelviews[index], geometry.fov, geometry.near, geometry.far, label, seed, known)
-
-
-def randn_per_instance(shape: Sequence[int], generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One (1, *shape) normal draw from each instance's generator, on its device -> (B, *shape)."""
-    return torch.cat([torch.randn(1, *shape, generator=g, device=g.device) for g in generators])
-
-
-def lockstep(run_one: Callable[[int, ModelFn], torch.Tensor], network: ModelFn, count: int) -> torch.Tensor:
-    """Run `run_one(i, model_fn_i)` for each instance i and concatenate the results, where every instance's
-    sampler makes its own random draws (from its own generator) but all their network calls are gathered into
-    one batched `network` call per step.
-
-    The samplers take one generator for the whole batch, so a batched call would tie an instance's noise to its
-    batch-mates. Running one sampler per instance in threads that meet at a barrier before each network call
-    keeps a seed's result independent of the batch it is in, while the network still sees the whole batch.
-    """
-    if count == 1:
-        return run_one(0, network)
-    state = _Rendezvous(network, count)
-    results: list[torch.Tensor | None] = [None] * count
-    grad_enabled = torch.is_grad_enabled()
-
-    def worker(index: int) -> None:
-        try:
-            with torch.set_grad_enabled(grad_enabled):  # grad mode is thread-local
-                results[index] = run_one(index, lambda x, t: state.call(index, x, t))
-        except BaseException as error:
-            state.fail(error)
-        finally:
-            state.leave()
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if state.error is not None:
-        raise state.error
-    return torch.cat(results)  # type: ignore[arg-type]
-
-
-_UNEQUAL_CALLS = "the instances' samplers made different numbers of network calls"
-
-
-class _Rendezvous:
-    """Gathers one network call from every instance, evaluates them as one batch and hands each its rows.
-
-    The network is built for the whole batch (e.g. CFG with every instance's class), so all instances must make
-    the same number of calls; a call after an instance finished, or an instance finishing while others wait,
-    is an error rather than a silently mismatched batch."""
-
-    def __init__(self, network: ModelFn, count: int) -> None:
-        self.network, self.count, self.active = network, count, count
-        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.round = 0
-        self.error: BaseException | None = None
-        self.condition = threading.Condition()
-
-    def call(self, index: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with self.condition:
-            if self.active < self.count:
-                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
-                self.condition.notify_all()
-                raise _Aborted
-            self.inputs[index] = (x, t)
-            current = self.round
-            if len(self.inputs) == self.active:
-                self._evaluate()
-            while self.round == current and self.error is None:
-                self.condition.wait()
-            if self.error is not None:
-                raise _Aborted
-            return self.outputs.pop(index)
-
-    def _evaluate(self) -> None:
-        order = sorted(self.inputs)
-        try:
-            x = torch.cat([self.inputs[i][0] for i in order])
-            t = torch.cat([self.inputs[i][1] for i in order])
-            rows = self.network(x, t).split([self.inputs[i][0].shape[0] for i in order])
-            self.outputs, self.inputs = dict(zip(order, rows, strict=True)), {}
-        except BaseException as error:
-            self.error = self.error or error
-        self.round += 1
-        self.condition.notify_all()
-
-    def fail(self, error: BaseException) -> None:
-        with self.condition:
-            if self.error is None and not isinstance(error, _Aborted):
-                self.error = error
-            self.condition.notify_all()
-
-    def leave(self) -> None:
-        with self.condition:
-            self.active -= 1
-            if self.inputs:
-                self.error = self.error or RuntimeError(_UNEQUAL_CALLS)
-                self.condition.notify_all()
-
-
-class _Aborted(Exception):
-    """Raised in the other instances' threads once one of them has failed."""
 
 
 class MultiViewPipeline:
@@ -268,22 +165,45 @@ class MultiViewPipeline:
 
     def first_view(self, generators: Sequence[torch.Generator], classes: torch.Tensor | None) -> torch.Tensor:
         """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
-        x_T = randn_per_instance((4, self.image_size, self.image_size), generators)
+        x_T = self.initial_noise(generators)
         network = classifier_free(self.g_u, classes, self.guidance.strength)
+        return self.sampler_uncond.sample(network, x_T, self.schedule, generators)
 
-        def run_one(i: int, model_fn: ModelFn) -> torch.Tensor:
-            return self.sampler_uncond.sample(model_fn, x_T[i : i + 1], self.schedule, generators[i])
-
-        return lockstep(run_one, network, len(generators))
+    def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """x_T: (B, 4, H, W), row i drawn from generators[i]."""
+        shape = (len(generators), 4, self.image_size, self.image_size)
+        return randn(shape, generators, generators[0].device)
 
     def aggregate(
         self, meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor
     ) -> Conditions:
-        """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4)."""
+        """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4).
+
+        A camera that sees none of the previous views (e.g. the far side of a coarse 360° orbit) gets an empty
+        condition, as in the official code, where `aggregate_conditions` rejects it as bad input: such batch
+        elements are redone one by one and the blind ones left empty.
+        """
         g = self.geometry
-        return aggregate_conditions(
-            meshes, textures, modelview, self.image_size, g.ssaa, g.near, g.far, g.atol, g.rtol, g.erode_rgb
-        )
+        try:
+            return aggregate_conditions(
+                meshes, textures, modelview, self.image_size, g.ssaa, g.near, g.far, g.atol, g.rtol, g.erode_rgb
+            )
+        except ValueError as error:
+            if _BLIND not in str(error):
+                raise
+        if len(modelview) == 1:
+            # All masked and no hull: an empty pixel's z is the renderer near, which clips to z-buffer 0.
+            empty = torch.zeros(1, 1, self.image_size, self.image_size, device=modelview.device)
+            return Conditions(empty.expand(1, 3, -1, -1), empty, empty, empty, empty)
+        parts = [
+            self.aggregate(
+                [map_mesh(m, lambda v, i=i: v[i : i + 1]) for m in meshes],
+                [t[i : i + 1] for t in textures],
+                modelview[i : i + 1],
+            )
+            for i in range(len(modelview))
+        ]
+        return Conditions(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Conditions)))
 
     def next_view(
         self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
@@ -291,25 +211,16 @@ class MultiViewPipeline:
         """G_c inpainting of the aggregated condition with replacement / hull guidance -> (B, 4, H, W)."""
         known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
         hull = cond.depth_convex * 2 - 1
-        x_T = randn_per_instance((4, self.image_size, self.image_size), generators)
+        x_T = self.initial_noise(generators)
         network = classifier_free(self.g_c, classes, self.guidance.strength)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
+            return network(inpaint_input(x_t, known, cond.mask, cond.mask_rgb, generators), t)
+
         w = self.guidance
-
-        def run_one(i: int, network_fn: ModelFn) -> torch.Tensor:
-            part = slice(i, i + 1)
-
-            def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                # Fresh hole noise at every call, as the official InpaintCFG, from this instance's generator.
-                return network_fn(
-                    inpaint_input(x_t, known[part], cond.mask[part], cond.mask_rgb[part], generators[i]), t
-                )
-
-            x0_fn = replacement_guidance(
-                known[part], cond.mask[part], cond.mask_rgb[part], hull[part], w.w_rgb, w.w_depth, w.w_hull
-            )
-            return self.sampler_cond.sample(model_fn, x_T[part], self.schedule, generators[i], x0_fn)
-
-        return lockstep(run_one, network, len(generators))
+        x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
+        return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn)
 
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""

@@ -11,9 +11,8 @@ import imageio.v2 as imageio
 import torch
 from tqdm.auto import tqdm
 
-from iterview.geometry.aggregate import aggregate_render
+from iterview.geometry.aggregate import fusion_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
-from iterview.geometry.imageops import lanczos_downsample
 from iterview.pipeline.io import atomic_path, colorize_depth, save_png, to_uint8
 from iterview.pipeline.scene import FUSION_PADDING, Scene, map_mesh
 from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
@@ -76,32 +75,33 @@ def render_fusion(
     chunk: int = 4,
     progress: bool = False,
 ) -> FusionFrames:
-    """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes with
-    numeric padding 32, aggregation at `ssaa`× the image size, LANCZOS down to the image size.
-
-    Two official bugs are fixed: colour is clipped to [0, 1] before the uint8 cast (the official cast wraps
-    around), and depth is expressed with the scene's (near, far) instead of the training (0.5, 100).
-    """
+    """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes rebuilt
+    with numeric padding 32, aggregation at `ssaa`× the image size, colour LANCZOS-downsampled (clipped first,
+    where the official 8-bit cast wraps around). Depth is expressed with the scene's (near, far), not the
+    official video's training (0.5, 100)."""
     size = scene.rgbd.shape[-1]
     meshes, textures = scene.meshes(FUSION_PADDING, atol, rtol, erode_rgb)
     modelviews = modelviews.to(scene.rgbd.device)
-    offset = ssaa // 2
-    colors, depths, masks = [], [], []
+    frames = []
     for start in tqdm(range(0, len(modelviews), chunk), desc="frames", disable=not progress, leave=False):
         cameras = modelviews[start : start + chunk]
         n = len(cameras)
-        raw = aggregate_render(
-            [map_mesh(m, lambda v, n=n: v.expand(n, *v.shape[1:])) for m in meshes],
-            [t.expand(n, *t.shape[1:]) for t in textures],
-            cameras,
-            size * ssaa,
-            FUSION_NEAR,
-            FUSION_FAR,
+        frames.append(
+            fusion_render(
+                [map_mesh(m, lambda v, n=n: v.expand(n, *v.shape[1:])) for m in meshes],
+                [t.expand(n, *t.shape[1:]) for t in textures],
+                cameras,
+                size,
+                ssaa,
+                FUSION_NEAR,
+                FUSION_FAR,
+            )
         )
-        colors.append(lanczos_downsample(raw.color.clamp(0, 1), size))
-        depths.append(linear_to_zbuffer(raw.depth[..., offset::ssaa, offset::ssaa], scene.near, scene.far))
-        masks.append(raw.mask_depth[..., offset::ssaa, offset::ssaa])
-    return FusionFrames(torch.cat(colors), torch.cat(depths), torch.cat(masks))
+    return FusionFrames(
+        torch.cat([f.color for f in frames]),
+        linear_to_zbuffer(torch.cat([f.depth for f in frames]), scene.near, scene.far),
+        torch.cat([f.mask for f in frames]),
+    )
 
 
 def write_video(frames: torch.Tensor, path: str | Path, fps: int = 30) -> Path:
