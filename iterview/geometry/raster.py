@@ -130,7 +130,7 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
     values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
     bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
-    out = torch.addcmul(values[0] * bary[0], values[1], bary[1]).addcmul_(values[2], bary[2])
+    out = values[0].mul_(bary[0]).addcmul_(values[1], bary[1]).addcmul_(values[2], bary[2])
     return out.reshape(batch, size, size, channels)
 
 
