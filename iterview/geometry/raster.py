@@ -130,7 +130,7 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
     values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
     bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
-    out = torch.addcmul(values[0] * bary[0], values[1], bary[1]).addcmul_(values[2], bary[2])
+    out = values[0].mul_(bary[0]).addcmul_(values[1], bary[1]).addcmul_(values[2], bary[2])
     return out.reshape(batch, size, size, channels)
 
 
@@ -197,7 +197,7 @@ def _rasterize_group(
     setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
-    for start, stop in _chunks(setup.bands, _MAX_BANDS):
+    for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
         spans = _row_spans(setup, start, stop, size)
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
@@ -261,17 +261,25 @@ def _clip_polygons(triangles: torch.Tensor, planes: torch.Tensor) -> tuple[torch
 
 @dataclass
 class _Setup:
-    """Drawn triangles in window space, cut into bands of up to `height` sample rows."""
+    """Drawn triangles in window space, cut into bands of up to `height` sample rows: band i < T is the first
+    band of triangle i, the bands after them continue the tall triangles."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
     front: torch.Tensor  # (T,) bool
     height: int
-    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
     band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
-    # (N, 17) float64 per band: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row r
-    # being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
+    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    # (17, T) float64 per triangle: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row
+    # r being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
     # row 0 (b S² + (S - 1) S) and the face index.
     table: torch.Tensor
+
+    def band_table(self, start: int, stop: int) -> torch.Tensor:
+        """(17, stop - start) table rows of bands [start, stop)."""
+        if stop <= self.table.shape[1]:
+            return self.table[:, start:stop]
+        return self.table.index_select(1, self.band_triangle[start:stop])
 
 
 def _setup_triangles(
@@ -332,18 +340,26 @@ def _setup_triangles(
     batch = torch.div(owner, num_faces, rounding_mode="floor")
     pixel_base = batch * (size * size) + (size - 1) * size
     extra = torch.stack([z0, dzdx * _ONE, dzdy * _ONE, pixel_base.double(), (owner - batch * num_faces).double()])
-    table = torch.cat([slots.reshape(12, -1), extra]).T.contiguous()  # (T, 17)
+    table = torch.cat([slots.reshape(12, -1), extra])
 
     # Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
     # several, so that the row work stays dense.
     height = int(min(max(rows.double().mean().ceil().item() if len(rows) else 1, 2), 16))
-    count = torch.div(rows + height - 1, height, rounding_mode="floor")
-    tri = torch.repeat_interleave(count)
-    band_index = torch.arange(len(tri), device=tri.device) - (torch.cumsum(count, 0) - count).index_select(0, tri)
-    band_row = row_first.index_select(0, tri) + band_index * height
-    bands = (rows.index_select(0, tri) - band_index * height).clamp_(max=height)
+    extra = torch.div(rows - 1, height, rounding_mode="floor").clamp_(min=0)
+    tall = torch.repeat_interleave(extra)
+    index = torch.arange(1, len(tall) + 1, device=tall.device) - (torch.cumsum(extra, 0) - extra).index_select(0, tall)
+    band_triangle = torch.cat([torch.arange(len(rows), device=rows.device), tall])
+    band_index = torch.cat([torch.zeros_like(rows), index])
+    band_row = row_first.index_select(0, band_triangle) + band_index * height
+    bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
     return _Setup(
-        owner=owner, front=front, height=height, bands=bands, band_row=band_row, table=table.index_select(0, tri)
+        owner=owner,
+        front=front,
+        height=height,
+        band_triangle=band_triangle,
+        band_row=band_row,
+        bands=bands,
+        table=table,
     )
 
 
@@ -358,17 +374,17 @@ class _Spans:
 
 def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
     """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
-    table = setup.table[start:stop, :12, None]  # (N, 12, 1)
+    table = setup.band_table(start, stop)[..., None]  # (17, N, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
-    bound = torch.addcmul(table[:, 0:4], table[:, 4:8], row[:, None]).div_(table[:, 8:12]).floor_()  # (N, 4, h)
-    lower = torch.maximum(bound[:, 0], bound[:, 1]).clamp_(min=0)
-    count = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1).sub_(lower).add_(1)
+    bound = torch.addcmul(table[0:4], table[4:8], row).div_(table[8:12]).floor_()  # (4, N, h)
+    lower = torch.maximum(bound[0], bound[1]).clamp_(min=0)
+    count = torch.minimum(bound[2], bound[3]).clamp_(max=size - 1).sub_(lower).add_(1)
     count.masked_fill_(torch.arange(setup.height, device=table.device) >= setup.bands[start:stop, None], 0)
     # Slivers (skirts, stretched faces) cross many rows but cover a sample on few of them.
     kept = (count > 0).reshape(-1).nonzero().squeeze(1)
-    band = torch.div(kept, setup.height, rounding_mode="floor") + start
+    band = torch.div(kept, setup.height, rounding_mode="floor")
     row, lower = row.reshape(-1).index_select(0, kept), lower.reshape(-1).index_select(0, kept)
-    z0, dzdx, dzdy, pixel_base, face = setup.table[:, 12:].index_select(0, band).T
+    z0, dzdx, dzdy, pixel_base, face = table[12:, :, 0].index_select(1, band)
     depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx]).float()
     index = torch.stack([pixel_base + lower - row * size, face]).long()
     return _Spans(count=count.reshape(-1).index_select(0, kept).long(), index=index, depth=depth)
@@ -387,8 +403,11 @@ def _candidates(spans: _Spans, first: int, last: int) -> tuple[torch.Tensor, tor
     return index[0] + local, key
 
 
-def _chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]:
-    """Split consecutive items into runs whose summed size stays near limit (at least one item each)."""
+def _chunks(sizes: torch.Tensor, limit: int, split: int | None = None) -> list[tuple[int, int]]:
+    """Split consecutive items into runs whose summed size stays near limit (at least one item each); no run
+    crosses index `split`."""
+    if split is not None and 0 < split < len(sizes):
+        return _chunks(sizes[:split], limit) + [(a + split, b + split) for a, b in _chunks(sizes[split:], limit)]
     if len(sizes) == 0:
         return []
     if sizes.sum() <= limit:
