@@ -50,7 +50,7 @@ def losses(run: Path) -> list[float]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def one_thread():
     """Tiny models gain nothing from threads, and on a shared machine oversubscribed threads are slow."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
