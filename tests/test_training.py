@@ -50,7 +50,7 @@ def losses(run: Path) -> list[float]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
+def one_thread():
     """Tiny models gain nothing from threads, and on a shared machine oversubscribed threads are slow."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -76,9 +76,10 @@ def test_tiny_model_learns_on_synth_data(synth, tmp_path):
     assert eps.shape == (2, 4, 16, 16) and eps.abs().sum() > 0  # trained: the zero-initialised head moved
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_path, monkeypatch):
-    # batch 2 × 2 micro-batches: 4 steps per epoch, so the resumed part crosses into epoch 1
-    config = small_config(synth, max_steps=7, save_every=3, keep_last=None, batch_size=2, grad_accum=2)
+@pytest.mark.parametrize("preset", ["tiny", "tiny_cond"])
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_path, monkeypatch, preset):
+    # batch 2 × 2 micro-batches: 4 steps per epoch, so the resumed part crosses into epoch 1 (new warp pairs)
+    config = small_config(synth, preset, max_steps=7, save_every=3, keep_last=None, batch_size=2, grad_accum=2)
     trainer.train(config, tmp_path / "straight", progress=False)
 
     real_update, calls = trainer.update_ema, []

@@ -94,3 +94,9 @@ def test_bad_files_and_presets(tmp_path):
 def test_config_dataclass_accepts_a_model_mapping():
     config = TrainConfig(model=PRESETS["tiny"].model.to_dict())
     assert isinstance(config.model, ADMConfig)
+
+
+def test_the_command_help_names_every_preset():
+    from iterview.training.commands import PRESET_NAMES
+
+    assert PRESET_NAMES.split(", ") == list(PRESETS)

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from iterview.config import ADMConfig
 from iterview.models.checkpoint import build_model, load_model
 from iterview.training.ema import ema_copy, update_ema
 from iterview.training.state import (
@@ -14,29 +13,9 @@ from iterview.training.state import (
     save_checkpoint,
     weights_dir,
 )
+from tests.test_training import one_thread, small_config  # noqa: F401 (one_thread: autouse fixture)
 
-CONFIG = ADMConfig(
-    image_size=16,
-    in_channels=4,
-    model_channels=16,
-    out_channels=4,
-    num_res_blocks=1,
-    attention_resolutions=[8],
-    channel_mult=[1, 2],
-    num_classes=3,
-    has_null_class=True,
-    num_groups=4,
-    num_head_channels=8,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine oversubscribed threads are slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+CONFIG = small_config("unused").model
 
 
 @pytest.fixture(scope="module")
