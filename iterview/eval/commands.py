@@ -81,10 +81,10 @@ def demo(
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Run the whole method on a fresh machine, no download: synthetic data, tiny G_u and G_c trained from
-    scratch, 3x9 viewsets, a swing video, FID / KID and 3D consistency, and an HTML report.
+    """Run the whole method on a fresh machine with no download, and write an HTML report.
 
-    The full run takes about 15 minutes on two CPU cores; re-running the same command resumes it.
+    Synthetic data, tiny G_u and G_c trained from scratch, 3x9 viewsets, a swing video, FID / KID and 3D
+    consistency. The full run takes under 15 minutes on two CPU cores; re-running the same command resumes it.
     """
     from iterview.demo import FULL, QUICK, run_demo
 
