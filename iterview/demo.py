@@ -47,7 +47,7 @@ class GivenFirstView(MultiViewPipeline):
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run; the defaults fit in about 15 minutes on two CPU cores."""
+    """Sizes of one demo run; the defaults take under 15 minutes on two CPU cores."""
 
     images: int = 512  # synthetic training images
     image_size: int = 32
@@ -151,8 +151,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
     with _stage("novel views of a true scene", timings):
         truth_metrics, truth_grids = _true_scene_views(out / "truth", g_u, g_c, sampler, config, device, progress)
     with _stage("render swing video", timings):
-        first = Scene.load(scenes[0])
-        videos = render_scene_video(first, run, scenes[0].stem, "swing", config.frames, progress=progress)
+        name = scenes[0].stem
+        videos = [run / "videos" / f"{name}.mp4", run / "videos" / f"{name}_depth.mp4"]
+        if not all(v.is_file() for v in videos):
+            videos = render_scene_video(Scene.load(scenes[0]), run, name, "swing", config.frames, progress=progress)
     with _stage("evaluate", timings):
         metrics = _evaluate(out, data, [Scene.load(p) for p in scenes], config, device, progress)
         metrics["ground_truth"] = truth_metrics

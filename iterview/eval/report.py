@@ -22,10 +22,15 @@ _LABELS = {
     "is_std": "IS std",
     "num_fake": "generated images",
     "num_real": "real images",
-    "psnr": "reprojection PSNR (dB) ↑",
-    "depth_absrel": "reprojection depth AbsRel ↓",
+    "psnr": "colour PSNR (dB) ↑",
+    "depth_absrel": "depth AbsRel ↓",
     "coverage": "coverage by neighbours",
     "scenes": "scenes",
+}
+_SECTIONS = {
+    "images": "image metrics",
+    "consistency": "3D consistency: views against their warped neighbours",
+    "ground_truth": "novel views against the ground truth",
 }
 
 
@@ -77,7 +82,7 @@ def print_metrics(metrics: dict[str, dict]) -> None:
 
     console = Console()
     for section, values in metrics.items():
-        table = Table(title=section, show_header=False)
+        table = Table(title=_SECTIONS.get(section, section), show_header=False)
         for key, value in values.items():
             table.add_row(_LABELS.get(key, key), _format(value))
         console.print(table)
@@ -127,7 +132,7 @@ class Report:
             video = '<video controls loop autoplay muted src="{}"></video>'
             parts += [video.format(_data_uri(p, "video/mp4")) for p in section.videos]
         for name, values in self.metrics.items():
-            parts.append(f"<h2>Metrics: {html.escape(name)}</h2>{_table(values)}")
+            parts.append(f"<h2>Metrics: {html.escape(_SECTIONS.get(name, name))}</h2>{_table(values)}")
         if self.timings:
             parts.append(f"<h2>Time (s)</h2>{_table(self.timings)}")
         style = (
