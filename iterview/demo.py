@@ -57,7 +57,14 @@ class DemoConfig:
     learning_rate: float = 2e-3  # 20x the official rate: minutes of training, not days
     scenes: int = 2  # 3x9 viewsets sampled
     sampler_steps: int = 20  # DPM-Solver++(2M) steps per view
-    guidance: float = 1.0
+    guidance: float = 1.0  # classifier-free strength
+    # Replacement guidance: the official 0.1 (RGB) and 0.2 (depth) rely on a trained G_c reproducing its
+    # condition; a minutes-trained G_c barely reads it, so the demo replaces the known pixels outright.
+    w_rgb: float = 1.0
+    w_depth: float = 1.0
+    # Meshing tolerances scale with the pixel size: the official 0.03 and 3-pixel erosion are for 128 px.
+    discontinuity: float = 0.12
+    erode_rgb: int = 1
     frames: int = 60  # swing video frames
     eval_images: int = 64  # real and generated images for FID / KID
     seed: int = 0
@@ -84,6 +91,19 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     start = time.perf_counter()
     yield
     timings[name] = round(time.perf_counter() - start, 2)
+
+
+def _guidance(config: DemoConfig):
+    from iterview.pipeline.multiview import Guidance
+
+    return Guidance(strength=config.guidance, w_rgb=config.w_rgb, w_depth=config.w_depth)
+
+
+def _geometry(config: DemoConfig):
+    from iterview.pipeline.multiview import InferenceGeometry
+
+    tolerance = config.discontinuity
+    return InferenceGeometry(atol=tolerance, rtol=tolerance, erode_rgb=config.erode_rgb)
 
 
 def _train_config(preset: str, data: Path, num_classes: int, steps: int, config: DemoConfig):
@@ -113,7 +133,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
     from iterview.data.synth import CATEGORIES, write_synth_dataset
     from iterview.eval.report import Report, ReportSection
     from iterview.models.checkpoint import load_model
-    from iterview.pipeline.multiview import Guidance
     from iterview.pipeline.sampling import sample_viewset
     from iterview.pipeline.scene import Scene
     from iterview.render.video import render_scene_video
@@ -144,7 +163,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
             batch_size=config.scenes,
             sampler_uncond=sampler,
             sampler_cond=sampler,
-            guidance=Guidance(strength=config.guidance),
+            guidance=_guidance(config),
+            geometry=_geometry(config),
             progress=progress,
         )
         scenes = sorted((run / "scenes").glob("scene_*.npz"))  # also those of an earlier, resumed run
@@ -221,7 +241,6 @@ def _true_scene_views(
     from iterview.eval.consistency import ground_truth_error
     from iterview.geometry.cameras import linear_to_zbuffer
     from iterview.pipeline.io import colorize_depth, make_grid, save_png
-    from iterview.pipeline.multiview import Guidance, InferenceGeometry
     from iterview.pipeline.scene import Scene
     from iterview.pipeline.viewsets import grid_viewset_3x9
 
@@ -230,13 +249,13 @@ def _true_scene_views(
     rgb, depth = truth.render(viewset.modelviews, config.image_size)
     # The depth channel keeps its training meaning (z-buffer of near 0.5, far 100) so that generated depth
     # compares with the truth; the official inference reinterprets it with (0.6, 5).
-    geometry = InferenceGeometry(near=0.5, far=100.0)
+    geometry = replace(_geometry(config), near=0.5, far=100.0)
     path = out / "scene_generated"
     if path.with_suffix(".json").is_file():
         scene = Scene.load(path)
     else:
         first = torch.cat([rgb[:1], linear_to_zbuffer(depth[:1], geometry.near, geometry.far)], 1) * 2 - 1
-        guidance = Guidance(strength=config.guidance)
+        guidance = _guidance(config)
         pipeline = GivenFirstView(
             first.to(device),
             g_u,
