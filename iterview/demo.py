@@ -52,7 +52,7 @@ class DemoConfig:
     images: int = 512  # synthetic training images
     image_size: int = 32
     steps_uncond: int = 1200  # G_u training steps
-    steps_cond: int = 800  # G_c training steps (fine-tuned from G_u)
+    steps_cond: int = 600  # G_c training steps (fine-tuned from G_u)
     batch_size: int = 8
     learning_rate: float = 2e-3  # 20x the official rate: minutes of training, not days
     scenes: int = 2  # 3x9 viewsets sampled
