@@ -137,7 +137,8 @@ class Report:
             parts.append(f"<h2>Time (s)</h2>{_table(self.timings)}")
         style = (
             "body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
-            "img,video{max-width:100%;image-rendering:pixelated;margin:4px 0;display:block}"
+            "img,video{image-rendering:pixelated;margin:4px 0;display:block}img{width:100%}"
+            "video{width:256px;display:inline-block;margin-right:8px}"
             "td{padding:2px 12px}td:last-child{text-align:right;font-family:monospace}"
         )
         return (
