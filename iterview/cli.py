@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from iterview.data import commands as data_commands
+from iterview.models.commands import convert
 from iterview.training.commands import train_command
 
 app = typer.Typer(
@@ -12,6 +13,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our safetensors format.")(convert)
 
 
 @app.callback()

@@ -7,6 +7,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 OFFICIAL_BACKBONE = "AdmUnet2d"
+CONFIG_VERSION = 1
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ADMConfig:
             self.num_heads = 1
         if self.num_classes == "auto":
             raise ValueError('num_classes "auto" needs the dataset: replace it by the number of classes')
+        if self.model_channels % 2:
+            raise ValueError(f"model_channels must be even (sin/cos time features), found {self.model_channels}")
         if self.num_head_channels == -1 and self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1 when num_head_channels is -1, found {self.num_heads}")
         widths = [self.model_channels * m for m in self.channel_mult]
@@ -65,6 +68,8 @@ class ADMConfig:
                 raise ValueError(f'expected backbone "{OFFICIAL_BACKBONE}" in the official config, found "{name}"')
             data = backbone.get("args", {})
         elif "model" in data:
+            if data.get("version", 1) > CONFIG_VERSION:
+                raise ValueError(f"config version {data['version']} is newer than the supported {CONFIG_VERSION}")
             data = data["model"]
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)

@@ -133,3 +133,14 @@ def test_options_without_updown_or_scale_shift():
     perturb(model, torch.Generator().manual_seed(2))
     out = model(torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), None)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+@torch.no_grad()
+def test_first_level_multiplier_widens_the_stem():
+    # The official stem and head use channel_mult[0]·model_channels channels, not model_channels.
+    model = perturb(tiny_model(channel_mult=[2, 3]), torch.Generator().manual_seed(3))
+    keys = model.state_dict()
+    assert keys["input_blocks.0.0.weight"].shape == (32, 4, 3, 3)
+    assert keys["out.2.weight"].shape == (4, 32, 3, 3)
+    out = model(torch.randn(1, 4, 16, 16), torch.tensor([7]), torch.tensor([3]))
+    assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()

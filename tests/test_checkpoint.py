@@ -56,6 +56,10 @@ def test_config_rejects_bad_input(reference, tmp_path):
         ADMConfig.from_dict({k: v for k, v in args.items() if k != "model_channels"})
     with pytest.raises(ValueError, match="num_groups"):
         ADMConfig.from_dict({**args, "num_groups": 7})
+    with pytest.raises(ValueError, match="newer"):
+        ADMConfig.from_dict({"format": "iterview.adm", "version": 2, "model": args})
+    with pytest.raises(ValueError, match="even"):
+        ADMConfig.from_dict({**args, "model_channels": 33})
     with pytest.raises(ValueError, match="auto"):
         ADMConfig.from_dict({**args, "num_classes": "auto"})
     with pytest.raises(FileNotFoundError, match=r"nowhere\.json"):
@@ -163,3 +167,21 @@ def test_expand_input_channels_is_the_official_zero_padding(reference):
     narrow = build_model(ADMConfig.from_dict(narrow_args))
     with pytest.raises(ValueError, match="time_embed"):
         expand_input_channels(uncond.state_dict(), narrow)
+
+
+def test_convert_command_writes_our_format(reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from iterview.cli import app
+
+    folder = reference / "adm_small_uncond"
+    experiment = tmp_path / "experiment.json"
+    experiment.write_text(json.dumps({"backbone": {"name": "AdmUnet2d", "args": official_args(reference)}}))
+    args = ["convert", str(folder / "checkpoint.pt"), "--config", str(experiment), "--output", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--fp16"])
+    assert result.exit_code == 0, result.output
+    assert "use_fp16=True" in result.output
+    model, config = load_model(tmp_path / "out")
+    assert config.use_fp16 and model.state_dict()["input_blocks.0.0.weight"].dtype == torch.float16
+    bad = CliRunner().invoke(app, ["convert", str(reference / "adm_small_cond" / "checkpoint.pt"), *args[2:]])
+    assert bad.exit_code == 2 and "input_blocks.0.0.weight" in bad.output

@@ -26,15 +26,13 @@ class TimestepEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.dim = dim
         half = dim // 2
         # A persistent buffer: the official checkpoints carry it as `time_embed.0.freqs`.
         self.register_buffer("freqs", torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         args = t.float()[:, None] * self.freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return F.pad(emb, (0, self.dim % 2))
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class TimestepBlock(nn.Module):
@@ -206,7 +204,7 @@ class ADMUNet(nn.Module):
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
 
-        ch = model_channels
+        ch = model_channels * channel_mult[0]
         size = image_size
         self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
         skip_chans = [ch]

@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from iterview.config import ADMConfig
+from iterview.config import CONFIG_VERSION, ADMConfig
 from iterview.models.adm import ADMUNet
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT = "iterview.adm"
-FORMAT_VERSION = 1
 
 StateDict = dict[str, torch.Tensor]
 
@@ -46,9 +45,9 @@ def save_model(model: ADMUNet, config: ADMConfig, directory: str | Path) -> Path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "version": str(FORMAT_VERSION)}
+    meta = {"format": FORMAT, "version": str(CONFIG_VERSION)}
     _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "model": config.to_dict()}, indent=2)
+    text = json.dumps({"format": FORMAT, "version": CONFIG_VERSION, "model": config.to_dict()}, indent=2)
     _write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
     return directory
 
