@@ -207,6 +207,8 @@ def test_user_depth_in_every_format(tmp_path):
     assert load_depth(out / "depths/b.npz").shape == (32, 40)
     with pytest.raises(FileNotFoundError, match="depth-from"):
         prepare_dataset(images, out, depth_from=tmp_path / "absent")
+    with pytest.raises(ValueError, match="must not lie inside"):
+        prepare_dataset(images, images / "out", depth_from=depths)
 
 
 def test_synth_through_prepare_gives_the_same_dataset(tmp_path):

@@ -280,6 +280,8 @@ def prepare_dataset(
     from accelerate.utils import gather_object
 
     images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if out_dir.resolve().is_relative_to(images_dir.resolve()):
+        raise ValueError(f"the output folder {out_dir} must not lie inside the image folder {images_dir}")
     if depth_from is not None:
         depth_from = Path(depth_from)
         if not depth_from.is_dir():

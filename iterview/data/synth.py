@@ -283,8 +283,10 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
     """Draw one scene (and its category when None).
 
     Sizes keep the object within 0.35 of its centre and the photo camera 0.92–1.15 from it, with the floor
-    at least 0.3 below: nothing is closer than 0.5 to the front camera, so the official preprocessing of the
-    stored disparity (rescaling only maps nearer than 0.5) returns the true z-buffer.
+    0.5–0.8 below: nothing is closer than 0.5 to the front camera, so the official preprocessing of the stored
+    disparity (rescaling only maps nearer than 0.5) returns the true z-buffer. The floor is that low because the
+    official discontinuity tests (|Δz| and |Δ(1/z)| > 0.02 between neighbours) cut a floor seen from a height h
+    whenever h · focal_px < 50 or so: about h < 0.65 at 64 px, h < 0.32 at 128 px.
     """
     if category is None:
         category = int(torch.randint(len(CATEGORIES), (), generator=generator))
@@ -299,7 +301,7 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
         size = torch.stack([_uniform(generator, 0.12, 0.22), _uniform(generator, 0.14, 0.25), torch.tensor(0.0)])
     half_height = float(size[1])
     extent = float(size.norm()) if name == "box" else float(max(size[0], size[1]))
-    floor_y = -max(half_height + float(_uniform(generator, 0.0, 0.2)), 0.3)
+    floor_y = -max(half_height + 0.1, float(_uniform(generator, 0.5, 0.8)))
     wall_z = -(extent + float(_uniform(generator, 0.15, 1.0)))
     light = F.normalize(
         torch.stack([_uniform(generator, -1, 1), _uniform(generator, 0.5, 1.5), _uniform(generator, 0.3, 1.2)]), dim=0
@@ -321,8 +323,8 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
             math.cos(photo_pitch) * math.cos(photo_yaw),
         ]
     )
-    front = look_at(torch.tensor([0.0, 0.0, 1.0]), torch.zeros(3))
-    scene_from_world = torch.linalg.inv(look_at(eye, target)) @ front
+    # World points seen by the front camera land where the photo camera sees them in the scene frame.
+    scene_from_world = torch.linalg.inv(look_at(eye, target)) @ front_camera()[0]
     return SynthScene(category, size, yaw, floor_y, wall_z, light, *materials, scene_from_world)
 
 

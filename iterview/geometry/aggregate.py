@@ -59,6 +59,16 @@ class FusionFrame:
     mask: torch.Tensor
 
 
+@dataclass
+class ViewSamples:
+    """One source view's pass into the target cameras: color (B, 3, S, S), weight (B, 1, S, S) (0 where empty
+    or back-facing), zbuffer (B, 1, S, S) GL window depth of the renderer's (near, far)."""
+
+    color: torch.Tensor
+    weight: torch.Tensor
+    zbuffer: torch.Tensor
+
+
 def aggregate_render(
     meshes: Sequence[Mesh],
     textures: Sequence[torch.Tensor],
@@ -69,17 +79,16 @@ def aggregate_render(
 ) -> AggregateRender:
     """Blend every source view's mesh (each textures[i]: (B, 3, N, N)) into the target cameras (B, 4, 4).
 
-    Meshes need normals (``depth_to_mesh(..., compute_normals=True)``). Per view and pixel the nearest fragment
-    of that view gets weight w = max(exp(max(-20·angle, -50)), 1e-4), ×1e-8 if eroded, 1e-16 if edge or
-    padding, 0 on back faces (back-facing padding is discarded). Colour is the w-weighted mean; depth the mean of
-    GL window depths over strong samples (w > 1e-14), or the farthest weak sample where only weak ones exist.
+    Meshes need normals (``depth_to_mesh(..., compute_normals=True)``). Each view is shaded alone
+    (``shade_view``) and composited in list order (``Compositor``): colour is the weighted mean; depth the mean
+    of GL window depths over strong samples, or the farthest weak sample where only weak ones exist.
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    state = _Accumulator.empty(batch, size, modelview.device)
+    compositor = Compositor(batch, size, modelview.device)
     for mesh, texture in zip(meshes, textures, strict=True):
-        state.add(*_shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
-    return state.result(batch, size, near, far)
+        compositor.add(shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
+    return compositor.result(near, far)
 
 
 def aggregate_conditions(
@@ -106,11 +115,10 @@ def aggregate_conditions(
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    seen = render.mask_depth.flatten(1).any(1)
-    if not seen.all():
-        raise ValueError(
-            f"the target camera sees none of the source views for batch element(s) {seen.logical_not().nonzero().flatten().tolist()}"
-        )
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
@@ -142,88 +150,89 @@ def fusion_render(
     )
 
 
-def _shade_view(
-    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float, far: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One view's pass of the official aggregation shader: per pixel (B, S²) colour (3, B, S²), weight w and
-    window depth. Empty pixels and back faces have w = 0."""
+def shade_view(
+    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float = 0.01, far: float = 200.0
+) -> ViewSamples:
+    """One view's pass of the official aggregation shader into target cameras modelview (B, 4, 4).
+
+    mesh needs normals; texture: (B, 3, N, N). The nearest fragment of this mesh alone (back-facing padding is
+    discarded) gets weight w = max(exp(max(-20·angle, -50)), 1e-4), the angle being between the interpolated
+    normal and the direction to the mesh's camera centre; ×1e-8 if eroded (interpolated flag >= 0.999); 1e-16
+    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude.
+    """
     padding = (mesh.flag & FLAG_PADDING) > 0
     discard = padding.gather(1, mesh.faces.reshape(len(padding), -1)).reshape(mesh.faces.shape).any(-1)
     fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, discard_back=discard)
     bits = torch.stack([mesh.flag & FLAG_EDGE, mesh.flag & FLAG_PADDING, mesh.flag & FLAG_ERODED], -1) > 0
     attributes = torch.cat([mesh.uv, bits, mesh.normal, mesh.position], dim=-1).to(torch.float32)
-    uv, (edge, pad, eroded), normal, position = _split(interpolate(fragments, mesh.faces, attributes))
+    values = interpolate(fragments, mesh.faces, attributes).permute(0, 3, 1, 2)  # (B, 11, S, S)
+    uv, edge, pad, eroded, normal, position = values.split([2, 1, 1, 1, 3, 3], dim=1)
 
-    color = sample_nearest(texture, uv.permute(1, 2, 3, 0)).transpose(0, 1).flatten(2)  # (3, B, S²)
-    to_camera = camera_center(mesh.modelview).to(position).T[:, :, None, None] - position
-    cosine = (to_camera * normal).sum(0) / (to_camera.norm(dim=0) * normal.norm(dim=0)).clamp_(min=1e-30)
+    color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
+    to_camera = camera_center(mesh.modelview).to(position)[:, :, None, None] - position
+    cosine = (to_camera * normal).sum(1, keepdim=True)
+    cosine /= (to_camera.norm(dim=1, keepdim=True) * normal.norm(dim=1, keepdim=True)).clamp_(min=1e-30)
     weight = torch.exp(torch.acos(cosine.clamp_(0, 1)).mul_(-ANGLE_FALLOFF).clamp_(min=-50)).clamp_(min=MIN_WEIGHT)
     weight = torch.where(eroded >= 0.999, weight * ERODED_FACTOR, weight)
     weight = torch.where((pad > 0.001) | (edge > 0.999), WEAK_WEIGHT, weight).clamp_(min=WEAK_WEIGHT)
-    weight = torch.where(fragments.front, weight, 0)  # empty pixels are not front
-    return color, weight.flatten(1), fragments.zbuffer.flatten(1)
+    weight = torch.where(fragments.front[:, None], weight, 0)  # empty pixels are not front either
+    return ViewSamples(color=color, weight=weight, zbuffer=fragments.zbuffer[:, None])
 
 
-def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, S, S, 11) interpolated attributes -> channel-first uv (2, ...), flags (3, ...), normal, position."""
-    channels = values.permute(3, 0, 1, 2)
-    return channels[0:2], channels[2:5], channels[5:8], channels[8:11]
+class Compositor:
+    """The official accumulation (the compute pass after each view), in the views' order.
 
+    Per pixel: Σ rgb·w, Σ w, Σ d·w_d, Σ w_d with w_d = 1 for strong samples (w > 1e-14) and 1e-8 for weak ones,
+    a colour counter (w > 1e-6) and a depth counter (strong). While only weak samples have been seen, only the
+    farthest of them is kept: the free-space hull.
+    """
 
-@dataclass
-class _Accumulator:
-    """The official accumulation images, flat per pixel (B, S²): Σ rgb·w, Σ w, Σ d·w_d, Σ w_d, two counters."""
+    def __init__(self, batch: int, size: int, device: torch.device | str = "cpu") -> None:
+        zeros = torch.zeros(batch, 4, size, size, device=device)
+        self.color, self.weight = zeros[:, :3], zeros[:, 3:]
+        self.depth, self.depth_weight = torch.zeros_like(self.weight), torch.zeros_like(self.weight)
+        self.count_color = torch.zeros(batch, 1, size, size, dtype=torch.int32, device=device)
+        self.count_depth = torch.zeros_like(self.count_color)
 
-    color: torch.Tensor  # (3, B, S²)
-    weight: torch.Tensor
-    depth: torch.Tensor
-    depth_weight: torch.Tensor
-    count_color: torch.Tensor
-    count_depth: torch.Tensor
-
-    @classmethod
-    def empty(cls, batch: int, size: int, device: torch.device) -> _Accumulator:
-        zeros = torch.zeros(4, batch, size * size, device=device)
-        counts = torch.zeros(2, batch, size * size, dtype=torch.int32, device=device)
-        return cls(zeros[:3], zeros[3], zeros[3].clone(), zeros[3].clone(), counts[0], counts[1])
-
-    def add(self, color: torch.Tensor, weight: torch.Tensor, zbuffer: torch.Tensor) -> None:
-        """Composite one view's fragments (the official compute pass)."""
+    def add(self, view: ViewSamples) -> None:
+        """Composite one view's samples."""
+        weight, zbuffer = view.weight, view.zbuffer
         strong = weight > STRONG_DEPTH
         weak = (weight > 0) & ~strong
         self.count_color += weight > STRONG_COLOR
         self.count_depth += strong
-        # While only weak samples have been seen, keep just the farthest one (a hull of free space).
-        only_weak = (self.depth_weight > 0) & (self.depth_weight < 2 * WEAK_DEPTH_WEIGHT) & weak
         weak_depth = zbuffer * WEAK_DEPTH_WEIGHT
-        replace = only_weak & (weak_depth > self.depth)
-        add = ~only_weak
+        hull = weak & (self.depth_weight > 0) & (self.depth_weight < 2 * WEAK_DEPTH_WEIGHT)
+        replace = hull & (weak_depth > self.depth)
+        keep = hull & ~replace
         depth_weight = torch.where(strong, 1.0, torch.where(weak, WEAK_DEPTH_WEIGHT, 0.0))
-        self.depth = torch.where(replace, weak_depth, torch.where(add, self.depth + zbuffer * depth_weight, self.depth))
-        self.depth_weight = torch.where(
-            replace, WEAK_DEPTH_WEIGHT, torch.where(add, self.depth_weight + depth_weight, self.depth_weight)
+        self.depth = torch.where(
+            replace, weak_depth, torch.where(keep, self.depth, self.depth + zbuffer * depth_weight)
         )
-        self.color = torch.where(replace, color * weight, torch.where(add, self.color + color * weight, self.color))
-        self.weight = torch.where(replace, weight, torch.where(add, self.weight + weight, self.weight))
+        self.depth_weight = torch.where(
+            replace, WEAK_DEPTH_WEIGHT, torch.where(keep, self.depth_weight, self.depth_weight + depth_weight)
+        )
+        weighted = view.color * weight
+        self.color = torch.where(replace, weighted, torch.where(keep, self.color, self.color + weighted))
+        self.weight = torch.where(replace, weight, torch.where(keep, self.weight, self.weight + weight))
 
-    def result(self, batch: int, size: int, near: float, far: float) -> AggregateRender:
-        color = torch.where(self.weight > 0, self.color / self.weight, 0.0)
+    def result(self, near: float = 0.01, far: float = 200.0) -> AggregateRender:
+        """Normalised colour (0 where Σ w = 0), depth linearised with the renderer's (near, far) (near where
+        empty) and the two masks (counter > 0)."""
         zbuffer = torch.where(self.depth_weight > 0, self.depth / self.depth_weight, 0.0)
-        shape = (batch, 1, size, size)
         return AggregateRender(
-            color=color.transpose(0, 1).reshape(batch, 3, size, size),
-            depth=window_to_linear(zbuffer, near, far).reshape(shape),
-            mask_color=(self.count_color > 0).reshape(shape),
-            mask_depth=(self.count_depth > 0).reshape(shape),
+            color=torch.where(self.weight > 0, self.color / self.weight, 0.0),
+            depth=window_to_linear(zbuffer, near, far),
+            mask_color=self.count_color > 0,
+            mask_depth=self.count_depth > 0,
         )
 
 
 def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:
     """Validate the source views and target cameras; returns the batch size."""
     if len(meshes) == 0 or len(meshes) != len(textures):
-        raise ValueError(
-            f"expected one texture per mesh and at least one view, got {len(meshes)} meshes and {len(textures)} textures"
-        )
+        counts = f"{len(meshes)} meshes and {len(textures)} textures"
+        raise ValueError(f"expected at least one view and one texture per mesh, got {counts}")
     batch = meshes[0].position.shape[0]
     for i, (mesh, texture) in enumerate(zip(meshes, textures, strict=True)):
         if mesh.normal is None:
