@@ -219,3 +219,5 @@ def test_bad_input_raises_clear_errors(warping):
     behind = orbit_camera(torch.tensor([math.pi]), torch.tensor([0.0]), radius=3.0)
     with pytest.raises(ValueError, match="sees none of the source views"):
         aggregate_conditions(meshes[:1], textures[:1], behind, 32)
+    with pytest.raises(ValueError, match="sees none of the source views"):
+        fusion_render(meshes[:1], textures[:1], behind, 16)

@@ -115,10 +115,7 @@ def aggregate_conditions(
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    blind = ~render.mask_depth.flatten(1).any(1)
-    if blind.any():
-        elements = blind.nonzero().flatten().tolist()
-        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
+    _check_seen(render)
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
@@ -143,6 +140,7 @@ def fusion_render(
     instead of wrapping around.
     """
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+    _check_seen(render)
     return FusionFrame(
         color=lanczos_downsample(render.color, image_size),
         depth=subsample_center(render.depth, ssaa),
@@ -223,6 +221,13 @@ class Compositor:
             mask_color=self.count_color > 0,
             mask_depth=self.count_depth > 0,
         )
+
+
+def _check_seen(render: AggregateRender) -> None:
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
 
 
 def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:

@@ -74,12 +74,12 @@ def rasterize(
     discard_back: torch.Tensor | None = None,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
-    that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping.
+    that may be drawn. Strict '<' depth test, near-plane clipping.
 
     One sample per pixel at its centre, projection ``perspective(fov, near, far)``, no culling (``front`` tells
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
-    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera (a fragment
-    shader's ``discard`` on back faces: they write no depth).
+    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
+    shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
     """
     _check_inputs(position, faces, modelview, size)
     flags = [face_mask, discard_back]
@@ -120,7 +120,10 @@ def clip_coordinates(
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
+    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
+    become float32); 0 where empty."""
+    if not attributes.is_floating_point():
+        attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
     flat_face = (
@@ -290,10 +293,10 @@ def _setup_triangles(
     x, y, z, w = triangles
     # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
     scale = w.reciprocal()
-    shift = torch.tensor((size / 2 - 0.5) * _ONE)
-    xw = torch.addcmul(shift, x, scale, value=size / 2 * _ONE).double()
-    yw = torch.addcmul(shift, y, scale, value=size / 2 * _ONE).double()
-    zw = torch.addcmul(torch.tensor(0.5), z, scale, value=0.5).double()
+    shift = (size / 2 - 0.5) * _ONE
+    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    zw = (z * scale).mul_(0.5).add_(0.5).double()
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
     keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
