@@ -25,6 +25,7 @@ WEAK_WEIGHT = 1e-16  # edge and padding fragments
 STRONG_DEPTH = 1e-14  # w above this counts for depth and the depth mask
 STRONG_COLOR = 1e-6  # w above this counts for the colour mask
 WEAK_DEPTH_WEIGHT = 1e-8
+_MAX_PIXELS = 1 << 20  # target pixels aggregated at once
 
 
 @dataclass
@@ -85,10 +86,19 @@ def aggregate_render(
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    compositor = Compositor(batch, size, modelview.device)
-    for mesh, texture in zip(meshes, textures, strict=True):
-        compositor.add(shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
-    return compositor.result(near, far)
+    # Targets are aggregated a few at a time, which bounds memory whatever the batch (views come one by one).
+    group = max(1, _MAX_PIXELS // (size * size))
+    parts = []
+    for start in range(0, batch, group):
+        select = slice(start, start + group)
+        compositor = Compositor(len(modelview[select]), size, modelview.device)
+        for mesh, texture in zip(meshes, textures, strict=True):
+            view = Mesh(**{k: v[select] if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
+            compositor.add(shade_view(view, texture[select].to(torch.float32), modelview[select], size, near, far))
+        parts.append(compositor.result(near, far))
+    if len(parts) == 1:
+        return parts[0]
+    return AggregateRender(*(torch.cat([getattr(p, name) for p in parts]) for name in vars(parts[0])))
 
 
 def aggregate_conditions(
