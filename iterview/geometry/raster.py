@@ -121,20 +121,22 @@ def clip_coordinates(
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
-    become float32); 0 where empty."""
+    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free."""
     if not attributes.is_floating_point():
         attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    flat_face = (
+    # One long gather per corner and per channel beats gathering short rows per pixel.
+    vertex = faces + _batch_offset(batch, 1, num_vertices, faces.device)[:, None, None]
+    face = (
         fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
     )
-    corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
-    corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
-    values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
-    bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
-    out = values[0].mul_(bary[0]).addcmul_(values[1], bary[1]).addcmul_(values[2], bary[2])
-    return out.reshape(batch, size, size, channels)
+    corner_vertex = vertex.reshape(-1, 3).T.contiguous().index_select(1, face.reshape(-1))  # (3, B S²)
+    table = attributes.reshape(-1, channels).T.contiguous()
+    values = table.index_select(1, corner_vertex.reshape(-1)).reshape(channels, 3, -1)
+    bary = fragments.bary.movedim(-1, 0).reshape(3, -1).to(values.dtype)  # 0 where empty
+    out = values[:, 0].mul_(bary[0]).addcmul_(values[:, 1], bary[1]).addcmul_(values[:, 2], bary[2])
+    return out.reshape(channels, batch, size, size).permute(1, 2, 3, 0)
 
 
 def sample_nearest(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
