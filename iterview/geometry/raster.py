@@ -127,10 +127,8 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
     # One long gather per corner and per channel beats gathering short rows per pixel.
-    vertex = faces + _batch_offset(batch, 1, num_vertices, faces.device)[:, None, None]
-    face = (
-        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
-    )
+    vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
+    face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, faces.shape[1], faces.device)
     corner_vertex = vertex.reshape(-1, 3).T.contiguous().index_select(1, face.reshape(-1))  # (3, B S²)
     table = attributes.reshape(-1, channels).T.contiguous()
     values = table.index_select(1, corner_vertex.reshape(-1)).reshape(channels, 3, -1)
@@ -174,9 +172,9 @@ def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.
         raise ValueError("position and modelview must be finite (found NaN or inf)")
 
 
-def _batch_offset(batch: int, repeat: int, stride: int, device: torch.device) -> torch.Tensor:
-    """(batch * repeat,) int64: b * stride for each of `repeat` consecutive items of batch element b."""
-    return torch.arange(batch, device=device).repeat_interleave(repeat) * stride
+def _batch_offset(batch: int, stride: int, device: torch.device) -> torch.Tensor:
+    """(B, 1) int64: b * stride, to make per-element indices (B, N) flat."""
+    return torch.arange(batch, device=device)[:, None] * stride
 
 
 def _rasterize_group(
@@ -192,7 +190,7 @@ def _rasterize_group(
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
-    vertex = faces + _batch_offset(batch, 1, position.shape[1], faces.device)[:, None, None]
+    vertex = faces + _batch_offset(batch, position.shape[1], faces.device)[..., None]
     corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
     distance = (_planes(size, clip) @ corners.reshape(4, -1)).reshape(len(_PLANES), 3, -1)
     drawn = (distance[:6].amax(1).amin(0) >= 0) & face_mask.reshape(-1)
@@ -428,7 +426,7 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     covered = best != _EMPTY_KEY
     face = torch.where(covered, best & 0xFFFFFFFF, -1)
     zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
-    flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
+    flat_face = (face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, num_faces, best.device)).reshape(-1)
 
     # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
     # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small
