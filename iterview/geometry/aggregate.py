@@ -179,7 +179,8 @@ def shade_view(
     color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
     to_camera = camera_center(mesh.modelview).to(position)[:, :, None, None] - position
     # Correctly rounded lengths: acos() near 1 turns a one-ulp error into a weight error of 0.7 %.
-    lengths = to_camera.norm(dim=1, keepdim=True).mul_(normal.norm(dim=1, keepdim=True)).clamp_(min=1e-30)
+    lengths = to_camera.square().sum(1, keepdim=True).sqrt_().mul_(normal.square().sum(1, keepdim=True).sqrt_())
+    lengths.clamp_(min=1e-30)
     cosine = (to_camera * normal).sum(1, keepdim=True).div_(lengths)
     # The shader's max(-20·angle, -50) before exp() cannot matter after the 1e-4 floor.
     weight = cosine.clamp_(0, 1).acos_().mul_(-ANGLE_FALLOFF).exp_().clamp_(min=MIN_WEIGHT)

@@ -40,6 +40,7 @@ _CLIPPING = slice(4, 10)
 _GROUP_FACES = 1 << 16
 _MAX_BANDS = 1 << 16
 _MAX_CANDIDATES = 1 << 20
+_MAX_GATHERED = 1 << 20  # attribute values gathered at once by interpolate()
 _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
@@ -126,14 +127,20 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Ten
         attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    # One long gather per corner and per channel beats gathering short rows per pixel.
+    # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
+    # the gathered values in cache.
     vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
     face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, faces.shape[1], faces.device)
     corner_vertex = vertex.reshape(-1, 3).T.contiguous().index_select(1, face.reshape(-1))  # (3, B S²)
     table = attributes.reshape(-1, channels).T.contiguous()
-    values = table.index_select(1, corner_vertex.reshape(-1)).reshape(channels, 3, -1)
-    bary = fragments.bary.movedim(-1, 0).reshape(3, -1).to(values.dtype)  # 0 where empty
-    out = values[:, 0].mul_(bary[0]).addcmul_(values[:, 1], bary[1]).addcmul_(values[:, 2], bary[2])
+    bary = fragments.bary.movedim(-1, 0).reshape(3, -1).to(table.dtype)  # 0 where empty
+    out = torch.empty(channels, batch * size * size, dtype=table.dtype, device=table.device)
+    block = max(1, _MAX_GATHERED // (3 * channels))
+    for start in range(0, out.shape[1], block):
+        pixels = slice(start, start + block)
+        values = table.index_select(1, corner_vertex[:, pixels].reshape(-1)).reshape(channels, 3, -1)
+        b = bary[:, pixels]
+        torch.mul(values[:, 0], b[0], out=out[:, pixels]).addcmul_(values[:, 1], b[1]).addcmul_(values[:, 2], b[2])
     return out.reshape(channels, batch, size, size).permute(1, 2, 3, 0)
 
 
