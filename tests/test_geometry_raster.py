@@ -26,13 +26,27 @@ def ray_cast(vertices, faces, size, fov, near, far):
     """Float64 oracle: the nearest hit of each pixel-centre ray from a camera at the origin looking down -z.
 
     vertices: (V, 3) camera space; faces: (F, 3). Returns face (S, S) (-1 where empty), bary (S, S, 3),
-    window depth (S, S), front (S, S), and `clear` (S, S): False where the answer is ambiguous at float
-    precision (a sample within a hair of an edge, the near or far plane, or a depth tie).
+    window depth (S, S), front (S, S), and `clear` (S, S): False where the answer is ambiguous at the
+    rasteriser's precision (moving the sample by 1/128 pixel changes the winner: GL snaps vertices to 1/256
+    pixel) or the nearest two hits are within 1e-6 in depth.
     """
+    results = [_cast(vertices, faces, size, fov, near, far, dx, dy) for dx, dy in _JITTER]
+    face, bary, depth, front, second = results[0]
+    clear = (second - depth > 1e-6) | (face < 0)
+    for other in results[1:]:
+        clear &= other[0] == face
+    return face, bary, torch.where(face >= 0, depth, 1.0), front, clear
+
+
+_JITTER = [(0.0, 0.0), (1 / 128, 0.0), (-1 / 128, 0.0), (0.0, 1 / 128), (0.0, -1 / 128)]
+
+
+def _cast(vertices, faces, size, fov, near, far, dx, dy):
+    """The ray caster at pixel centres shifted by (dx, dy) pixels: face, bary, depth, front, second depth."""
     v = vertices.double()[faces]  # (F, 3, 3)
     half = math.tan(math.radians(fov) / 2)
     centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
-    ndc_y, ndc_x = torch.meshgrid(-centres, centres, indexing="ij")
+    ndc_y, ndc_x = torch.meshgrid(-centres - dy * 2 / size, centres + dx * 2 / size, indexing="ij")
     ray = torch.stack([ndc_x * half, ndc_y * half, -torch.ones_like(ndc_x)], -1).reshape(-1, 1, 3)
     e1, e2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
     p = torch.linalg.cross(ray.expand(-1, len(v), 3), e2.expand(len(ray), -1, 3), dim=-1)
@@ -44,14 +58,10 @@ def ray_cast(vertices, faces, size, fov, near, far):
     t = (e2 * q).sum(-1) / det  # ray z is -1, so t is the eye depth
     bary = torch.stack([1 - u - w, u, w], -1)
     hit = (bary >= 0).all(-1) & (t >= near) & (t <= far)
-    margin = 1e-4
-    ambiguous = ((bary > -margin).all(-1) & ~hit) | (hit & (bary < margin).any(-1))
-    ambiguous |= ((t - near).abs() < 1e-6) | ((t - far).abs() < 1e-6)
     window = ((far + near) / (far - near) - 2 * far * near / ((far - near) * t) + 1) / 2
     window = torch.where(hit, window, math.inf)
     best, face = window.min(1)
     second = window.topk(2, dim=1, largest=False).values[:, 1] if len(v) > 1 else torch.full_like(best, math.inf)
-    clear = ~ambiguous.any(1) & ((second - best) > 1e-6)
     face = torch.where(best.isfinite(), face, -1)
     normal = torch.linalg.cross(e1, e2, dim=-1)
     front = (normal * -v[:, 0]).sum(-1) > 0
@@ -60,9 +70,9 @@ def ray_cast(vertices, faces, size, fov, near, far):
     return (
         face.reshape(shape),
         bary[torch.arange(len(ray)), chosen].reshape(*shape, 3),
-        torch.where(face >= 0, best, 1.0).reshape(shape),
+        best.reshape(shape),
         (front[chosen] & (face >= 0)).reshape(shape),
-        clear.reshape(shape),
+        second.reshape(shape),
     )
 
 
@@ -172,16 +182,18 @@ def test_face_mask_and_discard_back():
 
 
 def test_interpolate_reproduces_linear_attributes():
-    vertices = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -3.0], [0.0, 1.0, -1.5]])
-    faces = torch.tensor([[[0, 1, 2]]])
-    fragments = rasterize(vertices[None], faces, torch.eye(4)[None], 16)
-    # Camera-space position is linear on the triangle: its interpolation must lie on the pixel rays.
-    position = interpolate(fragments, faces, vertices[None])[0]
-    covered = fragments.covered[0]
+    vertices = torch.tensor([[-1.0, -1.0, -2.0], [1.5, -1.0, -3.0], [0.0, 1.0, -1.5], [0.0, 0.0, -9.0]])
+    vertices = torch.stack([vertices, vertices.flip(0) * torch.tensor([1.0, -1.0, 1.0])])  # two different meshes
+    faces = torch.tensor([[[0, 1, 2]], [[1, 2, 3]]])
+    fragments = rasterize(vertices, faces, torch.eye(4).expand(2, 4, 4), 16)
+    # Camera-space position is linear on a triangle: its interpolation must lie on the pixel rays.
+    position = interpolate(fragments, faces, vertices)
+    covered = fragments.covered
+    assert covered[0].any() and covered[1].any() and not torch.equal(covered[0], covered[1])
     ray = position[covered][:, :2] / -position[covered][:, 2:]
     centres = (torch.arange(16) + 0.5) / 16 * 2 - 1
     ndc_y, ndc_x = torch.meshgrid(-centres, centres, indexing="ij")
-    expected = torch.stack([ndc_x, ndc_y], -1)[covered] * math.tan(math.radians(22.5))
+    expected = torch.stack([ndc_x, ndc_y], -1).expand(2, 16, 16, 2)[covered] * math.tan(math.radians(22.5))
     torch.testing.assert_close(ray, expected, atol=1e-5, rtol=0)
     assert (position[~covered] == 0).all()
 

@@ -1,0 +1,35 @@
+"""The issue-2 acceptance test for renders compared with the official reference data."""
+
+from __future__ import annotations
+
+import torch
+
+AGREEMENT = 0.99
+COLOR_TOLERANCE = 2 / 255
+DEPTH_TOLERANCE = 1e-3
+
+
+def to_image(array: torch.Tensor) -> torch.Tensor:
+    """A reference array (H, W, C) -> (1, C, H, W)."""
+    return array.permute(2, 0, 1)[None]
+
+
+def assert_agrees(mask, ref_mask, color=None, ref_color=None, depth=None, ref_depth=None) -> None:
+    """Masks agree on >= 99 % of pixels; on pixels both call valid, colour is within 2/255 and depth (z-buffer
+    units) within 1e-3 on >= 99 % of them. All arguments are (B, C, H, W) tensors."""
+    mask, ref_mask = mask.cpu().bool(), ref_mask.bool()
+    agree = (mask == ref_mask).float().mean().item()
+    assert agree >= AGREEMENT, f"masks agree on {agree:.4f} of the pixels"
+    both = (mask & ref_mask)[:, 0]
+    assert both.any(), "no pixel is valid in both"
+    for name, ours, ref, tolerance in (
+        ("colour", color, ref_color, COLOR_TOLERANCE),
+        ("depth", depth, ref_depth, DEPTH_TOLERANCE),
+    ):
+        if ours is None:
+            continue
+        error = (ours.cpu().float() - ref.float()).abs().amax(1)[both]
+        good = (error <= tolerance).float().mean().item()
+        assert good >= AGREEMENT, (
+            f"{name} within {tolerance:.2g} on {good:.4f} of the valid pixels (max error {error.max():.3g})"
+        )

@@ -1,0 +1,256 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference_checks import assert_agrees, to_image
+from safetensors.torch import load_file
+
+from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
+from iterview.geometry.imageops import depth_edge, erode, gaussian_blur3, lanczos_downsample, subsample_center
+from iterview.geometry.mesh import Mesh, depth_to_mesh
+from iterview.geometry.warp import (
+    forward_backward_warp,
+    make_training_pair,
+    render_simple,
+    sample_training_cameras,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These renders are small: one thread is faster and keeps the suite quick on shared CPUs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def warping(reference):
+    return load_file(reference / "warping" / "warping.safetensors")
+
+
+def reference_mesh(warping, name):
+    prefix = f"simple_mesh_{name}"
+    return Mesh(
+        position=warping[f"{prefix}_position"][None],
+        uv=warping[f"{prefix}_uv"][None],
+        flag=warping[f"{prefix}_flag"][None, :, 0].long(),
+        faces=warping[f"{prefix}_faces"][None],
+        modelview=warping["source0_modelview"][None],
+        fov=45.0,
+    )
+
+
+def window(depth_linear, near=0.1, far=200.0):
+    return linear_to_zbuffer(depth_linear, near, far)
+
+
+def smooth_scene(size, seed, edge=True):
+    """A random RGBD image in [0, 1] (z-buffer 0.5 / 100): a bumpy backdrop, optionally a box in front."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    a = torch.rand(6, generator=g)
+    depth = 1.2 + 0.05 * torch.sin(2 * x * a[0] + 3 * y * a[1] + a[2] * 6)  # gentle: no face is an edge
+    if edge:
+        box = ((x - a[3] + 0.5).abs() < 0.3) & ((y - a[4] + 0.5).abs() < 0.25)
+        depth = torch.where(box, 0.8 + 0.1 * a[5], depth)
+    phase = torch.rand(3, 1, 1, generator=g) * 6
+    color = 0.5 + 0.35 * torch.sin(1.5 * x + phase) * torch.cos(1.2 * y - phase)
+    return torch.cat([color, linear_to_zbuffer(depth, 0.5, 100)[None]])[None]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flags", ["noflags", "flags"])
+@pytest.mark.parametrize(("ssaa", "size"), [("ssaa1", 64), ("ssaa3", 192)])
+@pytest.mark.parametrize("camera", [0, 1, 2])
+def test_simple_warps_match_official(warping, device, flags, ssaa, size, camera):
+    mesh = reference_mesh(warping, flags)
+    mesh = Mesh(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
+    texture = to_image(warping["train_rgbd"][..., :3]).to(device)
+    render = render_simple(mesh, texture, warping[f"warp{camera}_modelview"][None].to(device), size)
+    key = f"simple_{ssaa}_{flags}_cam{camera}"
+    ref_depth = to_image(warping[f"{key}_depth_linear"])
+    assert_agrees(
+        render.mask,
+        to_image(warping[f"{key}_mask"]),
+        render.color,
+        to_image(warping[f"{key}_color"]),
+        window(render.depth),
+        window(ref_depth),
+    )
+    covered, ref_covered = window(render.depth) < 1 - 1e-6, window(ref_depth) < 1 - 1e-6
+    assert (covered.cpu() == ref_covered).float().mean() >= 0.99  # back and edge faces still write depth
+    if flags == "flags":
+        assert (covered & ~render.mask).any()
+
+
+@pytest.mark.parametrize("camera", [0, 1])
+def test_forward_backward_warp_matches_official(warping, camera):
+    rgbd = to_image(warping["train_rgbd"])
+    modelview = warping[f"warp{camera}_modelview"][None]
+    key = f"fbw_cam{camera}"
+    result = forward_backward_warp(rgbd, modelview)
+    assert_agrees(
+        result.mask,
+        to_image(warping[f"{key}_mask"]),
+        result.color,
+        to_image(warping[f"{key}_color"]),
+        result.depth,
+        to_image(warping[f"{key}_depth"]),
+    )
+    assert ((result.mask == 0) | (result.mask == 1)).all()
+    assert (result.color[(result.mask == 0).expand_as(result.color)] == 0).all()
+
+    # The two passes, from the official intermediate renders.
+    front = warping["source0_modelview"][None]
+    mesh0 = depth_to_mesh(zbuffer_to_linear(rgbd[:, 3], 0.5, 100), front, padding=64)
+    pass0 = render_simple(mesh0, rgbd[:, :3], modelview, 192)
+    ref0 = {name: to_image(warping[f"{key}_pass0_{name}"]) for name in ("color", "mask", "depth_linear")}
+    assert_agrees(
+        pass0.mask, ref0["mask"], pass0.color, ref0["color"], window(pass0.depth), window(ref0["depth_linear"])
+    )
+    mesh1 = depth_to_mesh(subsample_center(ref0["depth_linear"][:, 0], 3), modelview, atol=0.02, rtol=0.02)
+    pass1 = render_simple(mesh1, lanczos_downsample(ref0["color"], 64), front, 192)
+    ref1 = {name: to_image(warping[f"{key}_pass1_{name}"]) for name in ("color", "mask", "depth_linear")}
+    assert_agrees(
+        pass1.mask, ref1["mask"], pass1.color, ref1["color"], window(pass1.depth), window(ref1["depth_linear"])
+    )
+
+
+@settings(max_examples=10, deadline=None)
+@given(size=st.integers(5, 24), seed=st.integers(0, 2**16), padding=st.integers(1, 4))
+def test_identity_render_reproduces_the_input_with_a_full_mask(size, seed, padding):
+    g = torch.Generator().manual_seed(seed)
+    depth = 0.5 + 2 * torch.rand(1, size, size, generator=g)
+    color = torch.rand(1, 3, size, size, generator=g)
+    camera = orbit_camera(torch.zeros(1), torch.zeros(1))
+    render = render_simple(depth_to_mesh(depth, camera, padding=padding), color, camera, size)
+    assert render.mask.all()
+    assert torch.equal(render.color, color)
+    torch.testing.assert_close(render.depth[:, 0], depth, rtol=2e-5, atol=0)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_identity_forward_backward_warp_keeps_all_but_edges_and_the_outer_ring(seed):
+    size = 32
+    rgbd = smooth_scene(size, seed)
+    result = forward_backward_warp(rgbd, orbit_camera(torch.zeros(1), torch.zeros(1)))
+    near_edge = ~erode(depth_edge(rgbd[:, 3:], 0.02, 0.02), 5)
+    # Mesh 1 has no ring, so border pixels cover at most 6 of 9 samples. The centre samples of the last row and
+    # column lie exactly on its bottom and right border edges, which the top-left rule does not own: they read
+    # the far depth, and depth_edge drops their inner neighbours as well.
+    ring = torch.ones_like(near_edge)
+    ring[..., 1:-1, 1:-1] = False
+    kept = torch.zeros_like(near_edge)
+    kept[..., 1:-2, 1:-2] = True
+    assert result.mask.bool()[kept & ~near_edge].all()
+    assert not result.mask.bool()[ring].any()
+    assert not result.mask.bool()[..., -2, :].any() and not result.mask.bool()[..., -2].any()
+    valid = result.mask.bool()
+    assert (result.depth - rgbd[:, 3:]).abs()[valid].max() < 1e-4
+    assert (result.color - rgbd[:, :3]).abs()[valid.expand(-1, 3, -1, -1)].mean() < 0.01
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), yaw=st.floats(-0.2, 0.2), pitch=st.floats(-0.15, 0.15))
+def test_warp_to_a_camera_and_back_returns_the_input_where_kept(seed, yaw, pitch):
+    size = 32
+    rgbd = smooth_scene(size, seed, edge=False)
+    result = forward_backward_warp(rgbd, orbit_camera(torch.tensor([yaw]), torch.tensor([pitch])))
+    valid = result.mask.bool()
+    assert valid[..., 2:-2, 2:-2].float().mean() > 0.8
+    depth_error = (result.depth - rgbd[:, 3:]).abs()[valid]
+    assert (depth_error < 1e-3).float().mean() > 0.99
+    color_error = (result.color - rgbd[:, :3]).abs()[valid.expand(-1, 3, -1, -1)]
+    assert color_error.mean() < 0.02 and (color_error < 0.1).float().mean() > 0.99
+
+
+def test_training_cameras_follow_the_official_distribution():
+    modelview, pose = sample_training_cameras(20000, torch.Generator().manual_seed(0))
+    assert modelview.shape == (20000, 4, 4) and pose.shape == (20000, 2)
+    assert pose.std(0).sub(0.15).abs().max() < 0.005 and pose.mean(0).abs().max() < 0.005
+    eye = camera_center(modelview)
+    radius = eye.norm(dim=1)
+    assert abs(radius.mean().item() - 1) < 0.005 and abs(radius.std().item() - 0.1) < 0.005
+    torch.testing.assert_close(torch.atan2(eye[:, 0], eye[:, 2]), pose[:, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.asin(eye[:, 1] / radius), pose[:, 1], atol=1e-4, rtol=0)
+    rotation = modelview[:, :3, :3]
+    torch.testing.assert_close(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(20000, 3, 3), atol=1e-5, rtol=0)
+    # The look-at target is jittered with std 0.05 per axis: across the optical axis that moves the origin off
+    # the axis by a 2D Gaussian offset, mean square 2 · 0.05².
+    axis = modelview[:, 2, :3]  # unit, pointing backwards
+    offset = -eye - (-eye * axis).sum(1, keepdim=True) * axis
+    assert abs(offset.square().sum(1).mean().item() - 2 * 0.05**2) < 2e-4
+    again, _ = sample_training_cameras(20000, torch.Generator().manual_seed(0))
+    assert torch.equal(modelview, again)
+
+
+def test_training_pair_without_augments_is_the_forward_backward_warp():
+    rgbd = torch.cat([smooth_scene(24, 1), smooth_scene(24, 2)]) * 2 - 1
+    pair = make_training_pair(rgbd, torch.Generator().manual_seed(5), augments=())
+    modelview, pose = sample_training_cameras(2, torch.Generator().manual_seed(5))
+    warp = forward_backward_warp(rgbd * 0.5 + 0.5, modelview)
+    torch.testing.assert_close(pair["y"], torch.cat([warp.color, warp.depth], 1) * 2 - 1)
+    assert torch.equal(pair["mask"], warp.mask) and torch.equal(pair["mask_rgb"], warp.mask)
+    assert torch.equal(pair["pose"], pose)
+
+
+def test_training_pair_augments_are_seeded_and_official():
+    rgbd = torch.cat([smooth_scene(24, s) for s in range(8)])
+    rgbd[:, :3] = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))  # detail tells blur apart
+    rgbd = rgbd * 2 - 1
+    pair = make_training_pair(rgbd, torch.Generator().manual_seed(3))
+    again = make_training_pair(rgbd, torch.Generator().manual_seed(3))
+    other = make_training_pair(rgbd, torch.Generator().manual_seed(4))
+    assert all(torch.equal(pair[k], again[k]) for k in pair)
+    assert not torch.equal(pair["y"], other["y"])
+    assert set(pair) == {"y", "mask", "mask_rgb", "pose"}
+    assert pair["y"].shape == (8, 4, 24, 24) and pair["mask"].shape == pair["mask_rgb"].shape == (8, 1, 24, 24)
+
+    mask, mask_rgb, y = pair["mask"].bool(), pair["mask_rgb"].bool(), pair["y"]
+    assert (y[~mask.expand_as(y)] == -1).all()
+    assert (y[:, :3][~mask_rgb.expand(-1, 3, -1, -1)] == -1).all()
+    for b in range(8):  # mask_rgb is the mask eroded by one of the official kernels
+        assert any(torch.equal(mask_rgb[b : b + 1], erode(mask[b : b + 1], k)) for k in (1, 3, 5, 7, 9))
+
+    # Blur: the RGB is either the noisy double warp or the clean image blurred with some sigma in [1e-3, 1.001).
+    rgb = (y[:, :3] + 1) / 2
+    blurred = [gaussian_blur3(rgbd[:, :3] * 0.5 + 0.5, torch.full((8,), s)) for s in torch.linspace(1e-3, 1.001, 201)]
+    close = torch.stack([((b - rgb).abs() * mask_rgb).amax((1, 2, 3)) for b in blurred]).amin(0)
+    assert (close < 0.01).sum() >= 4  # with p = 0.8 and this seed most samples are blurred
+    assert (close > 0.1).any()  # ... but not all
+
+
+def test_bad_input_raises_clear_errors(warping):
+    rgbd = to_image(warping["train_rgbd"])
+    side = orbit_camera(torch.tensor([0.1]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="square"):
+        forward_backward_warp(rgbd[..., :60], side)
+    with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
+        forward_backward_warp(rgbd[:, :3], side)
+    for bad in (math.nan, math.inf):
+        broken = rgbd.clone()
+        broken[0, 3, 5, 5] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            forward_backward_warp(broken, side)
+    with pytest.raises(ValueError, match="modelview"):
+        forward_backward_warp(rgbd, torch.eye(3))
+    with pytest.raises(ValueError, match="rigid"):
+        forward_backward_warp(rgbd, torch.ones(1, 4, 4))
+    away = orbit_camera(torch.tensor([math.pi]), torch.tensor([0.0]), radius=3.0)  # behind the scene, backwards
+    looking_away = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))[None] @ orbit_camera(0.0, 0.0, radius=1.5)
+    for camera in (away, looking_away):
+        with pytest.raises(ValueError, match="sees nothing"):
+            forward_backward_warp(rgbd, camera)
+    with pytest.raises(ValueError, match=r"z-buffer in \[-1, 1\]"):
+        make_training_pair(rgbd * 3)
+    with pytest.raises(ValueError, match="unknown augments"):
+        make_training_pair(rgbd * 2 - 1, augments=("flip",))
+    with pytest.raises(ValueError, match="texture"):
+        render_simple(reference_mesh(warping, "flags"), rgbd[:, :3, :32], side, 64)
