@@ -7,6 +7,7 @@ import typer
 from iterview.data import commands as data_commands
 from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
+from iterview.training.commands import train_command
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
@@ -27,6 +28,7 @@ app.command("synth")(data_commands.synth)
 app.command("sample")(pipeline_commands.sample)
 app.command("render")(pipeline_commands.render)
 app.command("export")(pipeline_commands.export)
+app.command("train")(train_command)
 
 if __name__ == "__main__":
     app()

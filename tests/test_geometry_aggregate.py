@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from reference_checks import assert_agrees, to_image
 from safetensors.torch import load_file
 
+from iterview.geometry import aggregate
 from iterview.geometry.aggregate import (
     Compositor,
     ViewSamples,
@@ -175,7 +176,7 @@ def test_identity_conditions_return_the_view():
     torch.testing.assert_close(conditions.depth_convex, zbuffer(zbuffer_to_linear(conditions.depth_convex, 0.6, 5)))
 
 
-def test_batch_elements_aggregate_independently(warping):
+def test_batch_elements_aggregate_independently(warping, monkeypatch):
     meshes, textures = source_views(warping)
     # Batch 2: the official views, and the same views with their order reversed.
     batched_meshes = []
@@ -189,8 +190,11 @@ def test_batch_elements_aggregate_independently(warping):
     cameras = torch.cat([warping["agg_target2_modelview"][None], warping["fusion_modelview"][None]])
     batch = aggregate_render(batched_meshes, batched_textures, cameras, 96)
     single = aggregate_render(meshes[::-1], textures[::-1], cameras[1:], 96)
+    monkeypatch.setattr(aggregate, "_MAX_PIXELS", 96 * 96)  # one target at a time
+    grouped = aggregate_render(batched_meshes, batched_textures, cameras, 96)
     for name in ("color", "depth", "mask_color", "mask_depth"):
         assert torch.equal(getattr(batch, name)[1:], getattr(single, name)), name
+        assert torch.equal(getattr(batch, name), getattr(grouped, name)), name
 
 
 def test_out_of_range_colour_saturates_in_fusion_frames(warping):
@@ -219,3 +223,5 @@ def test_bad_input_raises_clear_errors(warping):
     behind = orbit_camera(torch.tensor([math.pi]), torch.tensor([0.0]), radius=3.0)
     with pytest.raises(ValueError, match="sees none of the source views"):
         aggregate_conditions(meshes[:1], textures[:1], behind, 32)
+    with pytest.raises(ValueError, match="sees none of the source views"):
+        fusion_render(meshes[:1], textures[:1], behind, 16)

@@ -25,6 +25,7 @@ WEAK_WEIGHT = 1e-16  # edge and padding fragments
 STRONG_DEPTH = 1e-14  # w above this counts for depth and the depth mask
 STRONG_COLOR = 1e-6  # w above this counts for the colour mask
 WEAK_DEPTH_WEIGHT = 1e-8
+_MAX_PIXELS = 1 << 20  # target pixels aggregated at once
 
 
 @dataclass
@@ -85,10 +86,19 @@ def aggregate_render(
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    compositor = Compositor(batch, size, modelview.device)
-    for mesh, texture in zip(meshes, textures, strict=True):
-        compositor.add(shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
-    return compositor.result(near, far)
+    # Targets are aggregated a few at a time, which bounds memory whatever the batch (views come one by one).
+    group = max(1, _MAX_PIXELS // (size * size))
+    parts = []
+    for start in range(0, batch, group):
+        select = slice(start, start + group)
+        compositor = Compositor(len(modelview[select]), size, modelview.device)
+        for mesh, texture in zip(meshes, textures, strict=True):
+            view = Mesh(**{k: v[select] if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
+            compositor.add(shade_view(view, texture[select].to(torch.float32), modelview[select], size, near, far))
+        parts.append(compositor.result(near, far))
+    if len(parts) == 1:
+        return parts[0]
+    return AggregateRender(*(torch.cat([getattr(p, name) for p in parts]) for name in vars(parts[0])))
 
 
 def aggregate_conditions(
@@ -115,10 +125,7 @@ def aggregate_conditions(
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    blind = ~render.mask_depth.flatten(1).any(1)
-    if blind.any():
-        elements = blind.nonzero().flatten().tolist()
-        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
+    _check_seen(render)
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
@@ -143,6 +150,7 @@ def fusion_render(
     instead of wrapping around.
     """
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+    _check_seen(render)
     return FusionFrame(
         color=lanczos_downsample(render.color, image_size),
         depth=subsample_center(render.depth, ssaa),
@@ -170,9 +178,12 @@ def shade_view(
 
     color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
     to_camera = camera_center(mesh.modelview).to(position)[:, :, None, None] - position
-    cosine = (to_camera * normal).sum(1, keepdim=True)
-    cosine /= (to_camera.norm(dim=1, keepdim=True) * normal.norm(dim=1, keepdim=True)).clamp_(min=1e-30)
-    weight = torch.exp(torch.acos(cosine.clamp_(0, 1)).mul_(-ANGLE_FALLOFF).clamp_(min=-50)).clamp_(min=MIN_WEIGHT)
+    # Correctly rounded lengths: acos() near 1 turns a one-ulp error into a weight error of 0.7 %.
+    lengths = to_camera.square().sum(1, keepdim=True).sqrt_().mul_(normal.square().sum(1, keepdim=True).sqrt_())
+    lengths.clamp_(min=1e-30)
+    cosine = (to_camera * normal).sum(1, keepdim=True).div_(lengths)
+    # The shader's max(-20·angle, -50) before exp() cannot matter after the 1e-4 floor.
+    weight = cosine.clamp_(0, 1).acos_().mul_(-ANGLE_FALLOFF).exp_().clamp_(min=MIN_WEIGHT)
     weight = torch.where(eroded >= 0.999, weight * ERODED_FACTOR, weight)
     weight = torch.where((pad > 0.001) | (edge > 0.999), WEAK_WEIGHT, weight).clamp_(min=WEAK_WEIGHT)
     weight = torch.where(fragments.front[:, None], weight, 0)  # empty pixels are not front either
@@ -188,9 +199,8 @@ class Compositor:
     """
 
     def __init__(self, batch: int, size: int, device: torch.device | str = "cpu") -> None:
-        zeros = torch.zeros(batch, 4, size, size, device=device)
-        self.color, self.weight = zeros[:, :3], zeros[:, 3:]
-        self.depth, self.depth_weight = torch.zeros_like(self.weight), torch.zeros_like(self.weight)
+        self.color = torch.zeros(batch, 4, size, size, device=device)  # Σ rgb·w, Σ w
+        self.depth = torch.zeros(batch, 2, size, size, device=device)  # Σ d·w_d, Σ w_d
         self.count_color = torch.zeros(batch, 1, size, size, dtype=torch.int32, device=device)
         self.count_depth = torch.zeros_like(self.count_color)
 
@@ -201,31 +211,34 @@ class Compositor:
         weak = (weight > 0) & ~strong
         self.count_color += weight > STRONG_COLOR
         self.count_depth += strong
-        weak_depth = zbuffer * WEAK_DEPTH_WEIGHT
-        hull = weak & (self.depth_weight > 0) & (self.depth_weight < 2 * WEAK_DEPTH_WEIGHT)
-        replace = hull & (weak_depth > self.depth)
-        keep = hull & ~replace
         depth_weight = torch.where(strong, 1.0, torch.where(weak, WEAK_DEPTH_WEIGHT, 0.0))
-        self.depth = torch.where(
-            replace, weak_depth, torch.where(keep, self.depth, self.depth + zbuffer * depth_weight)
-        )
-        self.depth_weight = torch.where(
-            replace, WEAK_DEPTH_WEIGHT, torch.where(keep, self.depth_weight, self.depth_weight + depth_weight)
-        )
-        weighted = view.color * weight
-        self.color = torch.where(replace, weighted, torch.where(keep, self.color, self.color + weighted))
-        self.weight = torch.where(replace, weight, torch.where(keep, self.weight, self.weight + weight))
+        color = torch.cat([view.color * weight, weight], dim=1)
+        depth = torch.cat([zbuffer * depth_weight, depth_weight], dim=1)
+        stored_weight = self.depth[:, 1:]
+        hull = weak & (stored_weight > 0) & (stored_weight < 2 * WEAK_DEPTH_WEIGHT)
+        replace = hull & (depth[:, :1] > self.depth[:, :1])
+        keep = hull & ~replace
+        self.color = torch.where(keep, self.color, torch.where(replace, color, self.color + color))
+        self.depth = torch.where(keep, self.depth, torch.where(replace, depth, self.depth + depth))
 
     def result(self, near: float = 0.01, far: float = 200.0) -> AggregateRender:
         """Normalised colour (0 where Σ w = 0), depth linearised with the renderer's (near, far) (near where
         empty) and the two masks (counter > 0)."""
-        zbuffer = torch.where(self.depth_weight > 0, self.depth / self.depth_weight, 0.0)
+        weight, depth_weight = self.color[:, 3:], self.depth[:, 1:]
+        zbuffer = torch.where(depth_weight > 0, self.depth[:, :1] / depth_weight, 0.0)
         return AggregateRender(
-            color=torch.where(self.weight > 0, self.color / self.weight, 0.0),
+            color=torch.where(weight > 0, self.color[:, :3] / weight, 0.0),
             depth=window_to_linear(zbuffer, near, far),
             mask_color=self.count_color > 0,
             mask_depth=self.count_depth > 0,
         )
+
+
+def _check_seen(render: AggregateRender) -> None:
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
 
 
 def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:

@@ -40,6 +40,7 @@ _CLIPPING = slice(4, 10)
 _GROUP_FACES = 1 << 16
 _MAX_BANDS = 1 << 16
 _MAX_CANDIDATES = 1 << 20
+_MAX_GATHERED = 1 << 20  # attribute values gathered at once by interpolate()
 _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
@@ -74,12 +75,12 @@ def rasterize(
     discard_back: torch.Tensor | None = None,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
-    that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping.
+    that may be drawn. Strict '<' depth test, near-plane clipping.
 
     One sample per pixel at its centre, projection ``perspective(fov, near, far)``, no culling (``front`` tells
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
-    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera (a fragment
-    shader's ``discard`` on back faces: they write no depth).
+    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
+    shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
     """
     _check_inputs(position, faces, modelview, size)
     flags = [face_mask, discard_back]
@@ -120,18 +121,27 @@ def clip_coordinates(
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
+    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
+    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free."""
+    if not attributes.is_floating_point():
+        attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    flat_face = (
-        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
-    )
-    corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
-    corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
-    values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
-    bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
-    out = torch.addcmul(values[0] * bary[0], values[1], bary[1]).addcmul_(values[2], bary[2])
-    return out.reshape(batch, size, size, channels)
+    # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
+    # the gathered values in cache.
+    vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
+    face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, faces.shape[1], faces.device)
+    corner_vertex = vertex.reshape(-1, 3).T.contiguous().index_select(1, face.reshape(-1))  # (3, B S²)
+    table = attributes.reshape(-1, channels).T.contiguous()
+    bary = fragments.bary.movedim(-1, 0).reshape(3, -1).to(table.dtype)  # 0 where empty
+    out = torch.empty(channels, batch * size * size, dtype=table.dtype, device=table.device)
+    block = max(1, _MAX_GATHERED // (3 * channels))
+    for start in range(0, out.shape[1], block):
+        pixels = slice(start, start + block)
+        values = table.index_select(1, corner_vertex[:, pixels].reshape(-1)).reshape(channels, 3, -1)
+        b = bary[:, pixels]
+        torch.mul(values[:, 0], b[0], out=out[:, pixels]).addcmul_(values[:, 1], b[1]).addcmul_(values[:, 2], b[2])
+    return out.reshape(channels, batch, size, size).permute(1, 2, 3, 0)
 
 
 def sample_nearest(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -169,9 +179,9 @@ def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.
         raise ValueError("position and modelview must be finite (found NaN or inf)")
 
 
-def _batch_offset(batch: int, repeat: int, stride: int, device: torch.device) -> torch.Tensor:
-    """(batch * repeat,) int64: b * stride for each of `repeat` consecutive items of batch element b."""
-    return torch.arange(batch, device=device).repeat_interleave(repeat) * stride
+def _batch_offset(batch: int, stride: int, device: torch.device) -> torch.Tensor:
+    """(B, 1) int64: b * stride, to make per-element indices (B, N) flat."""
+    return torch.arange(batch, device=device)[:, None] * stride
 
 
 def _rasterize_group(
@@ -187,7 +197,7 @@ def _rasterize_group(
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
-    vertex = faces + _batch_offset(batch, 1, position.shape[1], faces.device)[:, None, None]
+    vertex = faces + _batch_offset(batch, position.shape[1], faces.device)[..., None]
     corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
     distance = (_planes(size, clip) @ corners.reshape(4, -1)).reshape(len(_PLANES), 3, -1)
     drawn = (distance[:6].amax(1).amin(0) >= 0) & face_mask.reshape(-1)
@@ -197,7 +207,7 @@ def _rasterize_group(
     setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
-    for start, stop in _chunks(setup.bands, _MAX_BANDS):
+    for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
         spans = _row_spans(setup, start, stop, size)
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
@@ -261,17 +271,25 @@ def _clip_polygons(triangles: torch.Tensor, planes: torch.Tensor) -> tuple[torch
 
 @dataclass
 class _Setup:
-    """Drawn triangles in window space, cut into bands of up to `height` sample rows."""
+    """Drawn triangles in window space, cut into bands of up to `height` sample rows: band i < T is the first
+    band of triangle i, the bands after them continue the tall triangles."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
     front: torch.Tensor  # (T,) bool
     height: int
-    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
     band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
-    # (N, 17) float64 per band: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row r
-    # being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
+    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    # (17, T) float64 per triangle: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row
+    # r being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
     # row 0 (b S² + (S - 1) S) and the face index.
     table: torch.Tensor
+
+    def band_table(self, start: int, stop: int) -> torch.Tensor:
+        """(17, stop - start) table rows of bands [start, stop)."""
+        if stop <= self.table.shape[1]:
+            return self.table[:, start:stop]
+        return self.table.index_select(1, self.band_triangle[start:stop])
 
 
 def _setup_triangles(
@@ -282,10 +300,10 @@ def _setup_triangles(
     x, y, z, w = triangles
     # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
     scale = w.reciprocal()
-    shift = torch.tensor((size / 2 - 0.5) * _ONE)
-    xw = torch.addcmul(shift, x, scale, value=size / 2 * _ONE).double()
-    yw = torch.addcmul(shift, y, scale, value=size / 2 * _ONE).double()
-    zw = torch.addcmul(torch.tensor(0.5), z, scale, value=0.5).double()
+    shift = (size / 2 - 0.5) * _ONE
+    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    zw = (z * scale).mul_(0.5).add_(0.5).double()
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
     keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
@@ -332,18 +350,26 @@ def _setup_triangles(
     batch = torch.div(owner, num_faces, rounding_mode="floor")
     pixel_base = batch * (size * size) + (size - 1) * size
     extra = torch.stack([z0, dzdx * _ONE, dzdy * _ONE, pixel_base.double(), (owner - batch * num_faces).double()])
-    table = torch.cat([slots.reshape(12, -1), extra]).T.contiguous()  # (T, 17)
+    table = torch.cat([slots.reshape(12, -1), extra])
 
     # Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
     # several, so that the row work stays dense.
     height = int(min(max(rows.double().mean().ceil().item() if len(rows) else 1, 2), 16))
-    count = torch.div(rows + height - 1, height, rounding_mode="floor")
-    tri = torch.repeat_interleave(count)
-    band_index = torch.arange(len(tri), device=tri.device) - (torch.cumsum(count, 0) - count).index_select(0, tri)
-    band_row = row_first.index_select(0, tri) + band_index * height
-    bands = (rows.index_select(0, tri) - band_index * height).clamp_(max=height)
+    extra = torch.div(rows - 1, height, rounding_mode="floor").clamp_(min=0)
+    tall = torch.repeat_interleave(extra)
+    index = torch.arange(1, len(tall) + 1, device=tall.device) - (torch.cumsum(extra, 0) - extra).index_select(0, tall)
+    band_triangle = torch.cat([torch.arange(len(rows), device=rows.device), tall])
+    band_index = torch.cat([torch.zeros_like(rows), index])
+    band_row = row_first.index_select(0, band_triangle) + band_index * height
+    bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
     return _Setup(
-        owner=owner, front=front, height=height, bands=bands, band_row=band_row, table=table.index_select(0, tri)
+        owner=owner,
+        front=front,
+        height=height,
+        band_triangle=band_triangle,
+        band_row=band_row,
+        bands=bands,
+        table=table,
     )
 
 
@@ -358,17 +384,17 @@ class _Spans:
 
 def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
     """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
-    table = setup.table[start:stop, :12, None]  # (N, 12, 1)
+    table = setup.band_table(start, stop)[..., None]  # (17, N, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
-    bound = torch.addcmul(table[:, 0:4], table[:, 4:8], row[:, None]).div_(table[:, 8:12]).floor_()  # (N, 4, h)
-    lower = torch.maximum(bound[:, 0], bound[:, 1]).clamp_(min=0)
-    count = torch.minimum(bound[:, 2], bound[:, 3]).clamp_(max=size - 1).sub_(lower).add_(1)
+    bound = torch.addcmul(table[0:4], table[4:8], row).div_(table[8:12]).floor_()  # (4, N, h)
+    lower = torch.maximum(bound[0], bound[1]).clamp_(min=0)
+    count = torch.minimum(bound[2], bound[3]).clamp_(max=size - 1).sub_(lower).add_(1)
     count.masked_fill_(torch.arange(setup.height, device=table.device) >= setup.bands[start:stop, None], 0)
     # Slivers (skirts, stretched faces) cross many rows but cover a sample on few of them.
     kept = (count > 0).reshape(-1).nonzero().squeeze(1)
-    band = torch.div(kept, setup.height, rounding_mode="floor") + start
+    band = torch.div(kept, setup.height, rounding_mode="floor")
     row, lower = row.reshape(-1).index_select(0, kept), lower.reshape(-1).index_select(0, kept)
-    z0, dzdx, dzdy, pixel_base, face = setup.table[:, 12:].index_select(0, band).T
+    z0, dzdx, dzdy, pixel_base, face = table[12:, :, 0].index_select(1, band)
     depth = torch.stack([torch.addcmul(z0, dzdx, lower).addcmul_(dzdy, row), dzdx]).float()
     index = torch.stack([pixel_base + lower - row * size, face]).long()
     return _Spans(count=count.reshape(-1).index_select(0, kept).long(), index=index, depth=depth)
@@ -387,8 +413,11 @@ def _candidates(spans: _Spans, first: int, last: int) -> tuple[torch.Tensor, tor
     return index[0] + local, key
 
 
-def _chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]:
-    """Split consecutive items into runs whose summed size stays near limit (at least one item each)."""
+def _chunks(sizes: torch.Tensor, limit: int, split: int | None = None) -> list[tuple[int, int]]:
+    """Split consecutive items into runs whose summed size stays near limit (at least one item each); no run
+    crosses index `split`."""
+    if split is not None and 0 < split < len(sizes):
+        return _chunks(sizes[:split], limit) + [(a + split, b + split) for a, b in _chunks(sizes[split:], limit)]
     if len(sizes) == 0:
         return []
     if sizes.sum() <= limit:
@@ -404,7 +433,7 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     covered = best != _EMPTY_KEY
     face = torch.where(covered, best & 0xFFFFFFFF, -1)
     zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
-    flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
+    flat_face = (face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, num_faces, best.device)).reshape(-1)
 
     # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
     # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small

@@ -1,0 +1,382 @@
+"""Training G_u and G_c: one loop on accelerate (devices, DDP, gradient accumulation, mixed precision).
+
+Fixes of the official trainer: resume works and restores everything (EMA included); the EMA starts from the
+fine-tune weights; every epoch reshuffles (set_epoch); micro-batch losses are averaged, not summed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration, is_tensorboard_available
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from tqdm.auto import tqdm
+
+from iterview.data.datasets import RGBDDataset, WarpPairDataset
+from iterview.diffusion.guidance import inpaint_input
+from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.models.checkpoint import build_model, expand_input_channels, load_weights, read_state_dict
+from iterview.training.config import TrainConfig
+from iterview.training.ema import ema_copy, update_ema
+from iterview.training.samples import sample_grid, save_png
+from iterview.training.state import (
+    TrainState,
+    checkpoint_dirs,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    weights_dir,
+)
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "log.jsonl"
+
+
+def train(
+    config: TrainConfig,
+    output_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    cpu: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Train until config.max_steps; returns the EMA weights folder of the last checkpoint (for `load_model`).
+
+    resume: continue from the newest checkpoint in output_dir (a fresh start if there is none).
+    init_from: weights to start a new run from (our model folder, checkpoint or run folder: its EMA; or an
+    official `.pt`); input channels they lack (G_u -> G_c) start at zero. Launch with `accelerate launch` for
+    several processes or machines.
+    """
+    output_dir = Path(output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+        cpu=cpu,
+        log_with="tensorboard" if is_tensorboard_available() else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
+        dynamo_backend="inductor" if config.compile else "no",
+    )
+    try:
+        return _run(accelerator, config, output_dir, resume, init_from, progress)
+    finally:
+        accelerator.end_training()
+        AcceleratorState._reset_state()  # so a later train() in this process may pick another precision
+
+
+def _run(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    output_dir: Path,
+    resume: bool,
+    init_from: str | Path | None,
+    progress: bool,
+) -> Path:
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if not resume and checkpoint_dirs(output_dir):
+        raise ValueError(f"{output_dir} already holds checkpoints: pass resume (--resume) or another output folder")
+
+    dataset = make_dataset(config)
+    if len(dataset) // world < config.batch_size:
+        raise ValueError(
+            f"{config.data_dir} has {len(dataset)} items, too few for batch_size {config.batch_size} on each of "
+            f"{world} processes"
+        )
+    with torch.random.fork_rng(devices=[]):  # reproducible init, same on every device, global RNG untouched
+        torch.manual_seed(config.seed)
+        net = build_model(config.model).to(device)
+    if checkpoint is None and init_from is not None:
+        init_weights(net, init_from)
+    elif init_from is not None:
+        accelerator.print(f"resuming from {checkpoint.name}: init_from {init_from} is not used")
+    ema = ema_copy(net)
+    optimizer = make_optimizer(net, config)
+    generator = torch.Generator(device)
+    state = TrainState(world_size=world)
+    if checkpoint is not None:
+        state, rng = load_checkpoint(checkpoint, net, ema, optimizer)
+        _restore_rng(rng, state, generator, rank, world, device, config.seed)
+    else:
+        generator.manual_seed(_seed(config.seed, rank, 0))
+    model, optimizer = accelerator.prepare(net, optimizer)
+    if accelerator.scaler is not None and state.scaler is not None:
+        accelerator.scaler.load_state_dict(state.scaler)
+    if state.world_size != world:
+        accelerator.print(f"resuming a {state.world_size}-process run on {world}: data order and noise will differ")
+        state.batch = state.batch * state.world_size // world
+        state.world_size = world
+
+    log_path = output_dir / LOG_FILE
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save(output_dir / CONFIG_FILE)
+        _truncate_log(log_path, state.step)
+    accelerator.init_trackers("iterview")
+    schedule = DiffusionSchedule.linear(config.timesteps)
+    sample_batch = _sample_batch(dataset, config, device) if accelerator.is_main_process else None
+    batches = _batches(dataset, config, rank, world, state.epoch, state.batch, device)
+    images_per_step = config.batch_size * config.grad_accum * world
+    accelerator.print(
+        f"training {sum(p.numel() for p in net.parameters()):,} parameters on {world} × {device}, "
+        f"{images_per_step} images per step, from step {state.step}"
+    )
+
+    bar = tqdm(
+        total=config.max_steps, initial=state.step, unit="step", disable=not (progress and accelerator.is_main_process)
+    )
+    window_loss, window_steps, window_time, start = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
+    while state.step < config.max_steps:
+        tick = time.perf_counter()
+        micro_batches = []
+        for _ in range(config.grad_accum):
+            batch, state.epoch, state.batch = next(batches)
+            micro_batches.append(batch)
+        window_loss += train_step(accelerator, model, net, ema, optimizer, schedule, micro_batches, config, generator)
+        state.step += 1
+        window_steps += 1
+        window_time += time.perf_counter() - tick
+        bar.update()
+
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            record = {
+                "step": state.step,
+                "epoch": state.epoch,
+                "loss": accelerator.reduce(window_loss, "mean").item() / window_steps,
+                "images_per_s": images_per_step * window_steps / window_time,
+                "elapsed_s": time.perf_counter() - start,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            if accelerator.scaler is not None:
+                record["loss_scale"] = accelerator.scaler.get_scale()
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            window_loss.zero_()
+            window_steps, window_time = 0, 0.0
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            grid = sample_grid(
+                net, schedule, sample_batch, config.sample_steps, config.guidance, _sample_generator(config, device)
+            )
+            save_png(grid, output_dir / "samples" / f"step_{state.step:07d}.png")
+        if state.step % config.save_every == 0 or state.step == config.max_steps:
+            _save(accelerator, output_dir, state, net, ema, config, optimizer, generator)
+    bar.close()
+    return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
+
+
+def train_step(
+    accelerator: Accelerator,
+    model: nn.Module,
+    net: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: DiffusionSchedule,
+    micro_batches: list[dict[str, torch.Tensor]],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One optimiser step over grad_accum micro-batches, then the EMA update; returns the mean loss (on device,
+    so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one."""
+    model.train()
+    total = torch.zeros((), device=accelerator.device)
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator)
+            accelerator.backward(loss)
+            if config.grad_clip is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
+        update_ema(ema, net, config.ema_rate)
+    return total / len(micro_batches)
+
+
+def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (official lr 1e-4, wd 0, default betas), fused into one kernel per step on the GPU."""
+    fused = next(net.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    batch: dict[str, torch.Tensor],
+    p_uncond: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Official ε-MSE with label dropout to the null class (-1). G_u batch: "x_0" (B, 4, S, S) in [-1, 1],
+    optional "classes" (B,); G_c adds "y" (B, 4, S, S), "mask" and "mask_rgb" (B, 1, S, S)."""
+    classes = batch.get("classes")
+    if classes is not None and p_uncond > 0:
+        drop = torch.rand(classes.shape, generator=generator, device=classes.device) < p_uncond
+        classes = classes.masked_fill(drop, -1)
+    if "y" in batch:
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model(inpaint_input(x_t, batch["y"], batch["mask"], batch["mask_rgb"], generator), t, classes)
+    else:
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model(x_t, t, classes)
+
+    return schedule.training_loss(model_fn, batch["x_0"], generator)
+
+
+def make_dataset(config: TrainConfig) -> RGBDDataset:
+    """RGBD images for G_u, forward-backward warp pairs for G_c, checked against the model's classes."""
+    if not config.data_dir:
+        raise ValueError("the training config has no data_dir: set it (--data) to a prepared dataset folder")
+    size = config.model.image_size
+    if config.inpaint:
+        dataset = WarpPairDataset(
+            config.data_dir, size, augments=tuple(config.augments), std=config.camera_std, seed=config.seed
+        )
+    else:
+        dataset = RGBDDataset(config.data_dir, size)
+    wanted, found = config.model.num_classes, dataset.num_classes
+    if wanted is not None and (found is None or found > wanted):
+        raise ValueError(
+            f"the model has {wanted} classes but {config.data_dir} has {found or 'no'} labels: set "
+            "model.num_classes to the dataset's class count, or null for an unconditional model"
+        )
+    return dataset
+
+
+def init_weights(model: nn.Module, path: str | Path) -> None:
+    """Load fine-tune weights into model; tensors narrower along the input channels are zero-padded."""
+    state_dict = read_state_dict(weights_dir(path))
+    load_weights(model, expand_input_channels(state_dict, model))
+
+
+def _batches(
+    dataset: Dataset, config: TrainConfig, rank: int, world: int, epoch: int, start: int, device: torch.device
+) -> Iterator[tuple[dict[str, torch.Tensor], int, int]]:
+    """Endless batches of this process's shard; yields (batch, epoch, next batch index), so any position can be
+    resumed. The order depends only on (seed, epoch); warp pairs depend on (seed, epoch, index)."""
+    keep_classes = config.model.num_classes is not None
+    size = config.batch_size
+    while True:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        count = len(indices) // size
+        if isinstance(dataset, WarpPairDataset):
+            dataset.set_epoch(epoch)
+        loader = DataLoader(
+            dataset,
+            batch_size=size,
+            sampler=indices[start * size : count * size],
+            num_workers=config.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(_seed(config.seed, rank, epoch)),  # else it draws global RNG
+        )
+        for index, batch in enumerate(loader, start + 1):
+            yield (
+                {k: v.to(device, non_blocking=True) for k, v in batch.items() if keep_classes or k != "classes"},
+                epoch,
+                index,
+            )
+        epoch, start = epoch + 1, 0
+
+
+def _sample_batch(dataset: RGBDDataset, config: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """The fixed inputs of every sample grid: the first items (G_c conditions) and one class per column."""
+    count = min(config.num_samples, len(dataset))
+    batch = default_collate([dataset[i] for i in range(count)])
+    batch.pop("pose", None)
+    if config.model.num_classes is not None:
+        batch["classes"] = torch.arange(count) % config.model.num_classes
+    else:
+        batch.pop("classes", None)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _sample_generator(config: TrainConfig, device: torch.device) -> torch.Generator:
+    """The same noise at every grid, so grids from different steps compare."""
+    return torch.Generator(device).manual_seed(config.seed)
+
+
+def _seed(seed: int, rank: int, step: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _rng_states(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's RNG states: our generator (noise, timesteps, label dropout) and torch's global ones
+    (dropout layers)."""
+    states = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _restore_rng(
+    rng: dict[str, torch.Tensor],
+    state: TrainState,
+    generator: torch.Generator,
+    rank: int,
+    world: int,
+    device: torch.device,
+    seed: int,
+) -> None:
+    if state.world_size != world:
+        generator.manual_seed(_seed(seed, rank, state.step))
+        return
+    generator.set_state(rng["generator"][rank].cpu())
+    torch.set_rng_state(rng["torch"][rank].cpu())
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"][rank].cpu(), device)
+
+
+def _fingerprint(module: nn.Module) -> torch.Tensor:
+    """(P, 2) float64: sum and sum of squares of every parameter, to compare replicas across processes."""
+    return torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()])
+
+
+def _save(
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: TrainState,
+    net: nn.Module,
+    ema: nn.Module,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Every process contributes its RNG states and replica fingerprints; the main process writes."""
+    device = accelerator.device
+    rng = {k: accelerator.gather(v.to(device)[None]) for k, v in _rng_states(generator, device).items()}
+    for name, module in (("model", net), ("ema", ema)):
+        prints = accelerator.gather(_fingerprint(module).detach()[None])
+        state.consistency[name] = (prints - prints[0]).abs().max().item()
+    if accelerator.is_main_process:
+        if any(state.consistency.values()):
+            accelerator.print(f"warning: the processes' weights differ at step {state.step}: {state.consistency}")
+        state.scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        save_checkpoint(
+            output_dir, state, net, ema, config.model, optimizer, rng, config.to_dict(), keep_last=config.keep_last
+        )
+    accelerator.wait_for_everyone()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past the checkpoint a run resumes from, so the log reads as one uninterrupted run."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
