@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
+from geometry_support import assert_agrees, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reference_checks import assert_agrees, to_image
-from safetensors.torch import load_file
 
 from iterview.geometry import aggregate
 from iterview.geometry.aggregate import (
@@ -20,22 +19,9 @@ from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_t
 from iterview.geometry.imageops import depth_edge, erode
 from iterview.geometry.mesh import depth_to_mesh
 
+pytest_plugins = ("geometry_support",)  # the one_thread and warping fixtures
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are small: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def warping(reference):
-    return load_file(reference / "warping" / "warping.safetensors")
 
 
 def source_views(warping, padding="frustum", device="cpu"):

@@ -10,16 +10,8 @@ from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
 
+pytest_plugins = ("geometry_support",)  # the one_thread and warping fixtures
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are tiny: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def ray_cast(vertices, faces, size, fov, near, far):
