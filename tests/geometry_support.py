@@ -3,7 +3,6 @@ against the official reference data."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,17 +11,16 @@ COLOR_TOLERANCE = 2 / 255
 DEPTH_TOLERANCE = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These renders are small: one thread is faster and keeps the suite quick on shared CPUs."""
+def single_thread():
+    """Generator for an autouse fixture: these renders are small, one thread is faster and keeps the suite quick
+    on shared CPUs."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def warping(reference):
+def load_warping(reference):
     """The official warping reference arrays."""
     return load_file(reference / "warping" / "warping.safetensors")
 

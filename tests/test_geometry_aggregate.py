@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, to_image
+from geometry_support import assert_agrees, load_warping, single_thread, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +19,18 @@ from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_t
 from iterview.geometry.imageops import depth_edge, erode
 from iterview.geometry.mesh import depth_to_mesh
 
-pytest_plugins = ("geometry_support",)  # the one_thread and warping fixtures
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def warping(reference):
+    return load_warping(reference)
 
 
 def source_views(warping, padding="frustum", device="cpu"):

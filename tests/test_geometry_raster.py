@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from geometry_support import load_warping, single_thread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,8 +11,17 @@ from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
 
-pytest_plugins = ("geometry_support",)  # the one_thread and warping fixtures
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def warping(reference):
+    return load_warping(reference)
 
 
 def ray_cast(vertices, faces, size, fov, near, far):

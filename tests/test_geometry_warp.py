@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, to_image
+from geometry_support import assert_agrees, load_warping, single_thread, to_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +16,17 @@ from iterview.geometry.warp import (
     sample_training_cameras,
 )
 
-pytest_plugins = ("geometry_support",)  # the one_thread and warping fixtures
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def warping(reference):
+    return load_warping(reference)
 
 
 def reference_mesh(warping, name):
