@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
+from geometry_support import assert_agrees, load_warping, single_thread, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reference_checks import assert_agrees, to_image
-from safetensors.torch import load_file
 
 from iterview.geometry import aggregate
 from iterview.geometry.aggregate import (
@@ -25,17 +24,13 @@ INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, comp
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are small: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")
 def warping(reference):
-    return load_file(reference / "warping" / "warping.safetensors")
+    return load_warping(reference)
 
 
 def source_views(warping, padding="frustum", device="cpu"):

@@ -204,7 +204,8 @@ def _rasterize_group(
     owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
-    setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
+    front = _front_facing(corners)
+    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
     for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
@@ -212,9 +213,17 @@ def _rasterize_group(
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
             best.scatter_reduce_(0, pixel, key, "amin")
-    front = torch.zeros(batch * num_faces, dtype=torch.bool, device=position.device)
-    front[setup.owner] = setup.front
     return _resolve(best, corners, front, batch, size)
+
+
+def _front_facing(corners: torch.Tensor) -> torch.Tensor:
+    """(4, 3, T) clip-space triangles -> (T,) bool: counter-clockwise in window space. The sign of det[(X, Y, W)_k]
+    is the orientation of the visible part even for triangles that cross the near plane, and it is one answer
+    for all the pieces clipping makes of a face."""
+    x, y, _, w = corners.double()
+    return (
+        x[0] * (y[1] * w[2] - w[1] * y[2]) - y[0] * (x[1] * w[2] - w[1] * x[2]) + w[0] * (x[1] * y[2] - y[1] * x[2])
+    ) > 0
 
 
 def _planes(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -275,7 +284,6 @@ class _Setup:
     band of triangle i, the bands after them continue the tall triangles."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
-    front: torch.Tensor  # (T,) bool
     height: int
     band_triangle: torch.Tensor  # (N,) int64 triangle of each band
     band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
@@ -293,10 +301,10 @@ class _Setup:
 
 
 def _setup_triangles(
-    triangles: torch.Tensor, owner: torch.Tensor, discard_back: torch.Tensor, num_faces: int, size: int
+    triangles: torch.Tensor, owner: torch.Tensor, drawn_back: torch.Tensor, num_faces: int, size: int
 ) -> _Setup:
     """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
-    depth planes and row bands. discard_back: (B F,) bool by flat face index."""
+    depth planes and row bands. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
     x, y, z, w = triangles
     # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
     scale = w.reciprocal()
@@ -306,12 +314,12 @@ def _setup_triangles(
     zw = (z * scale).mul_(0.5).add_(0.5).double()
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
-    keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
+    keep = (area != 0) & drawn_back.index_select(0, owner)  # GL draws no zero-area triangle
     if not keep.all():
         xw, yw, zw, xf, yf, area, owner = (v[..., keep] for v in (xw, yw, zw, xf, yf, area, owner))
-    front = area > 0
     # Swap two vertices of clockwise triangles: then "inside" means every edge function is >= 0.
-    swap = torch.stack([torch.zeros_like(front), ~front, ~front])
+    clockwise = area < 0
+    swap = torch.stack([torch.zeros_like(clockwise), clockwise, clockwise])
     xf, yf = (torch.where(swap, v[[0, 2, 1]], v) for v in (xf, yf))
 
     dx, dy = xf.roll(-1, 0) - xf, yf.roll(-1, 0) - yf  # edge k runs from vertex k to vertex k + 1
@@ -364,7 +372,6 @@ def _setup_triangles(
     bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
     return _Setup(
         owner=owner,
-        front=front,
         height=height,
         band_triangle=band_triangle,
         band_row=band_row,
