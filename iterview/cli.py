@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from iterview.data import commands as data_commands
+from iterview.eval import commands as eval_commands
 from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
 from iterview.training.commands import train_command
@@ -25,10 +26,12 @@ def main() -> None:
 
 app.command("prepare")(data_commands.prepare)
 app.command("synth")(data_commands.synth)
+app.command("train")(train_command)
 app.command("sample")(pipeline_commands.sample)
 app.command("render")(pipeline_commands.render)
 app.command("export")(pipeline_commands.export)
-app.command("train")(train_command)
+app.command("eval")(eval_commands.evaluate)
+app.command("demo")(eval_commands.demo)
 
 if __name__ == "__main__":
     app()
