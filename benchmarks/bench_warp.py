@@ -3,7 +3,8 @@
 Prints one JSON line with, per available device: forward-backward warps per second at 128² with 3× SSAA (batch 1
 and 16), aggregations per second (aggregate_conditions over 26 source views at 128², 3× SSAA) and seconds per
 fusion frame (26 views at 640², 5× SSAA), next to the official figures of `warping/official_cpu_timing.json`
-(moderngl on Mesa llvmpipe, 2 CPU cores) and the speed-up ratios (official time / our time).
+(moderngl on Mesa llvmpipe, 2 CPU cores) and the speed-up ratios (official time / our wall time). Process CPU
+time per item is printed too: on a busy machine it shows what the work costs when the wall clock does not.
 Run: python benchmarks/bench_warp.py [--repeats 5] [--threads N]
 """
 
@@ -60,17 +61,20 @@ def viewset(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return views.depth[:, 0].clamp(0.6, 5.0), views.color, sources, cameras[-1:]
 
 
-def median_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    def timed() -> float:
-        start = time.perf_counter()
+def median_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median wall-clock seconds and median process CPU seconds of run() (CPU time tells a busy machine apart:
+    with one thread it is the wall time an idle machine would show)."""
+
+    def timed() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
         run()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     timed()  # warm-up
-    times = sorted(timed() for _ in range(repeats))
-    return times[len(times) // 2]
+    walls, cpus = zip(*(timed() for _ in range(repeats)), strict=True)
+    return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
 
 
 def bench_device(device: torch.device, repeats: int, official: dict[str, float]) -> dict[str, float]:
@@ -78,9 +82,10 @@ def bench_device(device: torch.device, repeats: int, official: dict[str, float])
     for batch in (1, 16):
         rgbd = scene(batch, device)
         side = orbit_camera(torch.full((batch,), 0.15), torch.full((batch,), 0.05)).to(device)
-        seconds = median_seconds(lambda rgbd=rgbd, side=side: forward_backward_warp(rgbd, side), device, repeats)
+        seconds, cpu = median_seconds(lambda rgbd=rgbd, side=side: forward_backward_warp(rgbd, side), device, repeats)
         per_warp = seconds / batch
         result[f"{device.type}_warps_per_s_b{batch}"] = round(1 / per_warp, 2)
+        result[f"{device.type}_process_cpu_ms_per_warp_b{batch}"] = round(cpu / batch * 1e3, 1)
         result[f"{device.type}_speedup_warp_b{batch}"] = round(
             official["forward_backward_warp_128_ssaa3_s"] / per_warp, 2
         )
@@ -89,8 +94,9 @@ def bench_device(device: torch.device, repeats: int, official: dict[str, float])
     colors = list(colors.split(1))
     inference = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
     meshes = [depth_to_mesh(depth[k : k + 1], sources[k : k + 1], **inference) for k in range(len(sources))]
-    seconds = median_seconds(lambda: aggregate_conditions(meshes, colors, target, SIZE), device, repeats)
+    seconds, cpu = median_seconds(lambda: aggregate_conditions(meshes, colors, target, SIZE), device, repeats)
     result[f"{device.type}_aggregations_per_s_26_views"] = round(1 / seconds, 3)
+    result[f"{device.type}_process_cpu_s_per_aggregation"] = round(cpu, 3)
     result[f"{device.type}_speedup_aggregation"] = round(
         official["aggregate_conditions_26_views_128_ssaa3_s"] / seconds, 2
     )
@@ -98,8 +104,9 @@ def bench_device(device: torch.device, repeats: int, official: dict[str, float])
     fusion = dict(padding=32, atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
     meshes = [depth_to_mesh(depth[k : k + 1], sources[k : k + 1], **fusion) for k in range(len(sources))]
     camera = orbit_camera(torch.tensor([0.3]), torch.tensor([0.05])).to(device)
-    seconds = median_seconds(lambda: fusion_render(meshes, colors, camera, SIZE), device, max(1, repeats // 2))
+    seconds, cpu = median_seconds(lambda: fusion_render(meshes, colors, camera, SIZE), device, max(1, repeats // 2))
     result[f"{device.type}_fusion_s_per_frame_26_views"] = round(seconds, 3)
+    result[f"{device.type}_process_cpu_s_per_fusion_frame"] = round(cpu, 3)
     result[f"{device.type}_speedup_fusion"] = round(
         official["fusion_render_26_views_128_ssaa5_one_frame_s"] / seconds, 2
     )

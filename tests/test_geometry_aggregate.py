@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from geometry_support import assert_agrees, load_warping, single_thread, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reference_checks import assert_agrees, to_image
-from safetensors.torch import load_file
 
+from iterview.geometry import aggregate
 from iterview.geometry.aggregate import (
     Compositor,
     ViewSamples,
@@ -24,17 +24,13 @@ INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, comp
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are small: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")
 def warping(reference):
-    return load_file(reference / "warping" / "warping.safetensors")
+    return load_warping(reference)
 
 
 def source_views(warping, padding="frustum", device="cpu"):
@@ -175,7 +171,7 @@ def test_identity_conditions_return_the_view():
     torch.testing.assert_close(conditions.depth_convex, zbuffer(zbuffer_to_linear(conditions.depth_convex, 0.6, 5)))
 
 
-def test_batch_elements_aggregate_independently(warping):
+def test_batch_elements_aggregate_independently(warping, monkeypatch):
     meshes, textures = source_views(warping)
     # Batch 2: the official views, and the same views with their order reversed.
     batched_meshes = []
@@ -189,8 +185,11 @@ def test_batch_elements_aggregate_independently(warping):
     cameras = torch.cat([warping["agg_target2_modelview"][None], warping["fusion_modelview"][None]])
     batch = aggregate_render(batched_meshes, batched_textures, cameras, 96)
     single = aggregate_render(meshes[::-1], textures[::-1], cameras[1:], 96)
+    monkeypatch.setattr(aggregate, "_MAX_PIXELS", 96 * 96)  # one target at a time
+    grouped = aggregate_render(batched_meshes, batched_textures, cameras, 96)
     for name in ("color", "depth", "mask_color", "mask_depth"):
         assert torch.equal(getattr(batch, name)[1:], getattr(single, name)), name
+        assert torch.equal(getattr(batch, name), getattr(grouped, name)), name
 
 
 def test_out_of_range_colour_saturates_in_fusion_frames(warping):
@@ -219,3 +218,5 @@ def test_bad_input_raises_clear_errors(warping):
     behind = orbit_camera(torch.tensor([math.pi]), torch.tensor([0.0]), radius=3.0)
     with pytest.raises(ValueError, match="sees none of the source views"):
         aggregate_conditions(meshes[:1], textures[:1], behind, 32)
+    with pytest.raises(ValueError, match="sees none of the source views"):
+        fusion_render(meshes[:1], textures[:1], behind, 16)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from geometry_support import load_warping, single_thread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,12 +15,13 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are tiny: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def warping(reference):
+    return load_warping(reference)
 
 
 def ray_cast(vertices, faces, size, fov, near, far):
@@ -27,26 +29,14 @@ def ray_cast(vertices, faces, size, fov, near, far):
 
     vertices: (V, 3) camera space; faces: (F, 3). Returns face (S, S) (-1 where empty), bary (S, S, 3),
     window depth (S, S), front (S, S), and `clear` (S, S): False where the answer is ambiguous at the
-    rasteriser's precision (moving the sample by 1/128 pixel changes the winner: GL snaps vertices to 1/256
-    pixel) or the nearest two hits are within 1e-6 in depth.
+    rasteriser's precision, i.e. the sample lies within 1/128 pixel of an edge of a triangle clipped to
+    [near, far] (GL snaps vertices to 1/256 pixel; a sample on an edge is a tie for the fill rule), or the
+    nearest two hits are within 1e-6 in depth.
     """
-    results = [_cast(vertices, faces, size, fov, near, far, dx, dy) for dx, dy in _JITTER]
-    face, bary, depth, front, second = results[0]
-    clear = (second - depth > 1e-6) | (face < 0)
-    for other in results[1:]:
-        clear &= other[0] == face
-    return face, bary, torch.where(face >= 0, depth, 1.0), front, clear
-
-
-_JITTER = [(0.0, 0.0), (1 / 128, 0.0), (-1 / 128, 0.0), (0.0, 1 / 128), (0.0, -1 / 128)]
-
-
-def _cast(vertices, faces, size, fov, near, far, dx, dy):
-    """The ray caster at pixel centres shifted by (dx, dy) pixels: face, bary, depth, front, second depth."""
     v = vertices.double()[faces]  # (F, 3, 3)
     half = math.tan(math.radians(fov) / 2)
     centres = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
-    ndc_y, ndc_x = torch.meshgrid(-centres - dy * 2 / size, centres + dx * 2 / size, indexing="ij")
+    ndc_y, ndc_x = torch.meshgrid(-centres, centres, indexing="ij")
     ray = torch.stack([ndc_x * half, ndc_y * half, -torch.ones_like(ndc_x)], -1).reshape(-1, 1, 3)
     e1, e2 = v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]
     p = torch.linalg.cross(ray.expand(-1, len(v), 3), e2.expand(len(ray), -1, 3), dim=-1)
@@ -62,18 +52,49 @@ def _cast(vertices, faces, size, fov, near, far, dx, dy):
     window = torch.where(hit, window, math.inf)
     best, face = window.min(1)
     second = window.topk(2, dim=1, largest=False).values[:, 1] if len(v) > 1 else torch.full_like(best, math.inf)
+    clear = ((second - best > 1e-6) | ~best.isfinite()) & (_edge_distance(v, size, half, near, far) > 1 / 128)
     face = torch.where(best.isfinite(), face, -1)
-    normal = torch.linalg.cross(e1, e2, dim=-1)
-    front = (normal * -v[:, 0]).sum(-1) > 0
+    front = (torch.linalg.cross(e1, e2, dim=-1) * -v[:, 0]).sum(-1) > 0
     chosen = face.clamp(min=0)
     shape = (size, size)
     return (
         face.reshape(shape),
         bary[torch.arange(len(ray)), chosen].reshape(*shape, 3),
-        best.reshape(shape),
+        torch.where(face >= 0, best, 1.0).reshape(shape),
         (front[chosen] & (face >= 0)).reshape(shape),
-        second.reshape(shape),
+        clear.reshape(shape),
     )
+
+
+def _edge_distance(triangles, size, half, near, far):
+    """(S²,) distance in pixels from each sample to the nearest edge of the triangles (F, 3, 3) clipped to the
+    depth range [near, far] and projected."""
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    row, column = (c.reshape(-1) for c in torch.meshgrid(centres, centres, indexing="ij"))
+    distance = torch.full((size * size,), math.inf, dtype=torch.float64)
+    for triangle in triangles:
+        polygon = list(triangle)
+        for plane, sign in ((near, 1), (far, -1)):  # Sutherland-Hodgman on depth: -z >= near, -z <= far
+            clipped = []
+            for a, b in zip(polygon, polygon[1:] + polygon[:1], strict=True):
+                a_in, b_in = sign * (-a[2] - plane) >= 0, sign * (-b[2] - plane) >= 0
+                if a_in:
+                    clipped.append(a)
+                if a_in != b_in:
+                    clipped.append(a + (b - a) * (-plane - a[2]) / (b[2] - a[2]))
+            polygon = clipped
+        if len(polygon) < 3:
+            continue
+        points = torch.stack(polygon)
+        x = (points[:, 0] / -points[:, 2] / half + 1) / 2 * size
+        y = (1 - points[:, 1] / -points[:, 2] / half) / 2 * size
+        for k in range(len(points)):
+            ax, ay, bx, by = x[k], y[k], x[(k + 1) % len(points)], y[(k + 1) % len(points)]
+            length = ((bx - ax) ** 2 + (by - ay) ** 2).clamp(min=1e-30)
+            along = (((column - ax) * (bx - ax) + (row - ay) * (by - ay)) / length).clamp(0, 1)
+            gap = torch.hypot(column - ax - along * (bx - ax), row - ay - along * (by - ay))
+            distance = torch.minimum(distance, gap)
+    return distance
 
 
 def assert_matches_ray_cast(vertices, faces, size, fov=45.0, near=0.1, far=10.0):
@@ -83,7 +104,7 @@ def assert_matches_ray_cast(vertices, faces, size, fov=45.0, near=0.1, far=10.0)
     hit = clear & (face >= 0)
     assert torch.equal(fragments.front[0][hit], front[hit])
     torch.testing.assert_close(fragments.bary[0][hit].double(), bary[hit], atol=2e-4, rtol=0)
-    torch.testing.assert_close(fragments.zbuffer[0][hit].double(), depth[hit], atol=1e-5, rtol=0)
+    torch.testing.assert_close(fragments.zbuffer[0][hit].double(), depth[hit], atol=1e-4, rtol=0)
     assert (fragments.zbuffer[0][~fragments.covered[0]] == 1).all()
     return fragments
 

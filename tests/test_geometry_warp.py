@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
+from geometry_support import assert_agrees, load_warping, single_thread, to_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_checks import assert_agrees, to_image
-from safetensors.torch import load_file
 
 from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
 from iterview.geometry.imageops import depth_edge, erode, gaussian_blur3, lanczos_downsample, subsample_center
@@ -21,17 +20,13 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # These renders are small: one thread is faster and keeps the suite quick on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread():
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")
 def warping(reference):
-    return load_file(reference / "warping" / "warping.safetensors")
+    return load_warping(reference)
 
 
 def reference_mesh(warping, name):

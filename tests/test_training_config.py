@@ -69,6 +69,8 @@ def test_round_trip_through_a_saved_file(tmp_path):
         (["ema_rate=1.0"], "ema_rate must be in"),
         (["keep_last=0"], "keep_last must be >= 1"),
         (["max_steps"], "key=value"),
+        (["batch_size=2.5"], "batch_size must be an integer"),
+        (["learning_rate=fast"], "learning_rate must be a number"),
     ],
 )
 def test_bad_values_raise_clear_errors(overrides, message):

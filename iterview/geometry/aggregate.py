@@ -25,6 +25,7 @@ WEAK_WEIGHT = 1e-16  # edge and padding fragments
 STRONG_DEPTH = 1e-14  # w above this counts for depth and the depth mask
 STRONG_COLOR = 1e-6  # w above this counts for the colour mask
 WEAK_DEPTH_WEIGHT = 1e-8
+_MAX_PIXELS = 1 << 20  # target pixels aggregated at once
 
 
 @dataclass
@@ -85,10 +86,19 @@ def aggregate_render(
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    compositor = Compositor(batch, size, modelview.device)
-    for mesh, texture in zip(meshes, textures, strict=True):
-        compositor.add(shade_view(mesh, texture.to(torch.float32), modelview, size, near, far))
-    return compositor.result(near, far)
+    # Targets are aggregated a few at a time, which bounds memory whatever the batch (views come one by one).
+    group = max(1, _MAX_PIXELS // (size * size))
+    parts = []
+    for start in range(0, batch, group):
+        select = slice(start, start + group)
+        compositor = Compositor(len(modelview[select]), size, modelview.device)
+        for mesh, texture in zip(meshes, textures, strict=True):
+            view = Mesh(**{k: v[select] if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
+            compositor.add(shade_view(view, texture[select].to(torch.float32), modelview[select], size, near, far))
+        parts.append(compositor.result(near, far))
+    if len(parts) == 1:
+        return parts[0]
+    return AggregateRender(*(torch.cat([getattr(p, name) for p in parts]) for name in vars(parts[0])))
 
 
 def aggregate_conditions(
@@ -115,10 +125,7 @@ def aggregate_conditions(
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    blind = ~render.mask_depth.flatten(1).any(1)
-    if blind.any():
-        elements = blind.nonzero().flatten().tolist()
-        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
+    _check_seen(render)
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
@@ -143,6 +150,7 @@ def fusion_render(
     instead of wrapping around.
     """
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+    _check_seen(render)
     return FusionFrame(
         color=lanczos_downsample(render.color, image_size),
         depth=subsample_center(render.depth, ssaa),
@@ -171,7 +179,8 @@ def shade_view(
     color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
     to_camera = camera_center(mesh.modelview).to(position)[:, :, None, None] - position
     # Correctly rounded lengths: acos() near 1 turns a one-ulp error into a weight error of 0.7 %.
-    lengths = to_camera.norm(dim=1, keepdim=True).mul_(normal.norm(dim=1, keepdim=True)).clamp_(min=1e-30)
+    lengths = to_camera.square().sum(1, keepdim=True).sqrt_().mul_(normal.square().sum(1, keepdim=True).sqrt_())
+    lengths.clamp_(min=1e-30)
     cosine = (to_camera * normal).sum(1, keepdim=True).div_(lengths)
     # The shader's max(-20·angle, -50) before exp() cannot matter after the 1e-4 floor.
     weight = cosine.clamp_(0, 1).acos_().mul_(-ANGLE_FALLOFF).exp_().clamp_(min=MIN_WEIGHT)
@@ -223,6 +232,13 @@ class Compositor:
             mask_color=self.count_color > 0,
             mask_depth=self.count_depth > 0,
         )
+
+
+def _check_seen(render: AggregateRender) -> None:
+    blind = ~render.mask_depth.flatten(1).any(1)
+    if blind.any():
+        elements = blind.nonzero().flatten().tolist()
+        raise ValueError(f"the target camera sees none of the source views for batch element(s) {elements}")
 
 
 def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor) -> int:

@@ -40,6 +40,7 @@ _CLIPPING = slice(4, 10)
 _GROUP_FACES = 1 << 16
 _MAX_BANDS = 1 << 16
 _MAX_CANDIDATES = 1 << 20
+_MAX_GATHERED = 1 << 20  # attribute values gathered at once by interpolate()
 _EMPTY_KEY = torch.iinfo(torch.int64).max
 
 
@@ -74,12 +75,12 @@ def rasterize(
     discard_back: torch.Tensor | None = None,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
-    that may be drawn (e.g. to discard back-facing padding). Strict '<' depth test, near-plane clipping.
+    that may be drawn. Strict '<' depth test, near-plane clipping.
 
     One sample per pixel at its centre, projection ``perspective(fov, near, far)``, no culling (``front`` tells
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
-    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera (a fragment
-    shader's ``discard`` on back faces: they write no depth).
+    discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
+    shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
     """
     _check_inputs(position, faces, modelview, size)
     flags = [face_mask, discard_back]
@@ -120,18 +121,27 @@ def clip_coordinates(
 
 
 def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
-    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C); 0 where empty."""
+    """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
+    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free."""
+    if not attributes.is_floating_point():
+        attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
-    flat_face = (
-        fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, 1, faces.shape[1], faces.device)[:, None]
-    )
-    corner_vertex = faces.reshape(-1, 3).index_select(0, flat_face.reshape(-1))  # (B S², 3)
-    corner_vertex += _batch_offset(batch, size * size, num_vertices, faces.device).reshape(-1, 1)
-    values = attributes.reshape(-1, channels).index_select(0, corner_vertex.T.reshape(-1)).reshape(3, -1, channels)
-    bary = fragments.bary.movedim(-1, 0).reshape(3, -1, 1).to(values.dtype)  # 0 where empty
-    out = values[0].mul_(bary[0]).addcmul_(values[1], bary[1]).addcmul_(values[2], bary[2])
-    return out.reshape(batch, size, size, channels)
+    # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
+    # the gathered values in cache.
+    vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
+    face = fragments.face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, faces.shape[1], faces.device)
+    corner_vertex = vertex.reshape(-1, 3).T.contiguous().index_select(1, face.reshape(-1))  # (3, B S²)
+    table = attributes.reshape(-1, channels).T.contiguous()
+    bary = fragments.bary.movedim(-1, 0).reshape(3, -1).to(table.dtype)  # 0 where empty
+    out = torch.empty(channels, batch * size * size, dtype=table.dtype, device=table.device)
+    block = max(1, _MAX_GATHERED // (3 * channels))
+    for start in range(0, out.shape[1], block):
+        pixels = slice(start, start + block)
+        values = table.index_select(1, corner_vertex[:, pixels].reshape(-1)).reshape(channels, 3, -1)
+        b = bary[:, pixels]
+        torch.mul(values[:, 0], b[0], out=out[:, pixels]).addcmul_(values[:, 1], b[1]).addcmul_(values[:, 2], b[2])
+    return out.reshape(channels, batch, size, size).permute(1, 2, 3, 0)
 
 
 def sample_nearest(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -169,9 +179,9 @@ def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.
         raise ValueError("position and modelview must be finite (found NaN or inf)")
 
 
-def _batch_offset(batch: int, repeat: int, stride: int, device: torch.device) -> torch.Tensor:
-    """(batch * repeat,) int64: b * stride for each of `repeat` consecutive items of batch element b."""
-    return torch.arange(batch, device=device).repeat_interleave(repeat) * stride
+def _batch_offset(batch: int, stride: int, device: torch.device) -> torch.Tensor:
+    """(B, 1) int64: b * stride, to make per-element indices (B, N) flat."""
+    return torch.arange(batch, device=device)[:, None] * stride
 
 
 def _rasterize_group(
@@ -187,14 +197,15 @@ def _rasterize_group(
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
-    vertex = faces + _batch_offset(batch, 1, position.shape[1], faces.device)[:, None, None]
+    vertex = faces + _batch_offset(batch, position.shape[1], faces.device)[..., None]
     corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
     distance = (_planes(size, clip) @ corners.reshape(4, -1)).reshape(len(_PLANES), 3, -1)
     drawn = (distance[:6].amax(1).amin(0) >= 0) & face_mask.reshape(-1)
     owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
-    setup = _setup_triangles(triangles, owner, discard_back.reshape(-1), num_faces, size)
+    front = _front_facing(corners)
+    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
     for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
@@ -202,9 +213,17 @@ def _rasterize_group(
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
             best.scatter_reduce_(0, pixel, key, "amin")
-    front = torch.zeros(batch * num_faces, dtype=torch.bool, device=position.device)
-    front[setup.owner] = setup.front
     return _resolve(best, corners, front, batch, size)
+
+
+def _front_facing(corners: torch.Tensor) -> torch.Tensor:
+    """(4, 3, T) clip-space triangles -> (T,) bool: counter-clockwise in window space. The sign of det[(X, Y, W)_k]
+    is the orientation of the visible part even for triangles that cross the near plane, and it is one answer
+    for all the pieces clipping makes of a face."""
+    x, y, _, w = corners.double()
+    return (
+        x[0] * (y[1] * w[2] - w[1] * y[2]) - y[0] * (x[1] * w[2] - w[1] * x[2]) + w[0] * (x[1] * y[2] - y[1] * x[2])
+    ) > 0
 
 
 def _planes(size: int, like: torch.Tensor) -> torch.Tensor:
@@ -265,7 +284,6 @@ class _Setup:
     band of triangle i, the bands after them continue the tall triangles."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
-    front: torch.Tensor  # (T,) bool
     height: int
     band_triangle: torch.Tensor  # (N,) int64 triangle of each band
     band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
@@ -283,25 +301,25 @@ class _Setup:
 
 
 def _setup_triangles(
-    triangles: torch.Tensor, owner: torch.Tensor, discard_back: torch.Tensor, num_faces: int, size: int
+    triangles: torch.Tensor, owner: torch.Tensor, drawn_back: torch.Tensor, num_faces: int, size: int
 ) -> _Setup:
     """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
-    depth planes and row bands. discard_back: (B F,) bool by flat face index."""
+    depth planes and row bands. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
     x, y, z, w = triangles
     # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
     scale = w.reciprocal()
-    shift = torch.tensor((size / 2 - 0.5) * _ONE)
-    xw = torch.addcmul(shift, x, scale, value=size / 2 * _ONE).double()
-    yw = torch.addcmul(shift, y, scale, value=size / 2 * _ONE).double()
-    zw = torch.addcmul(torch.tensor(0.5), z, scale, value=0.5).double()
+    shift = (size / 2 - 0.5) * _ONE
+    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    zw = (z * scale).mul_(0.5).add_(0.5).double()
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
-    keep = (area > 0) | ((area < 0) & ~discard_back.index_select(0, owner))  # GL draws no zero-area triangle
+    keep = (area != 0) & drawn_back.index_select(0, owner)  # GL draws no zero-area triangle
     if not keep.all():
         xw, yw, zw, xf, yf, area, owner = (v[..., keep] for v in (xw, yw, zw, xf, yf, area, owner))
-    front = area > 0
     # Swap two vertices of clockwise triangles: then "inside" means every edge function is >= 0.
-    swap = torch.stack([torch.zeros_like(front), ~front, ~front])
+    clockwise = area < 0
+    swap = torch.stack([torch.zeros_like(clockwise), clockwise, clockwise])
     xf, yf = (torch.where(swap, v[[0, 2, 1]], v) for v in (xf, yf))
 
     dx, dy = xf.roll(-1, 0) - xf, yf.roll(-1, 0) - yf  # edge k runs from vertex k to vertex k + 1
@@ -354,7 +372,6 @@ def _setup_triangles(
     bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
     return _Setup(
         owner=owner,
-        front=front,
         height=height,
         band_triangle=band_triangle,
         band_row=band_row,
@@ -423,7 +440,7 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     covered = best != _EMPTY_KEY
     face = torch.where(covered, best & 0xFFFFFFFF, -1)
     zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
-    flat_face = face.clamp(min=0) + _batch_offset(batch, size * size, num_faces, best.device)
+    flat_face = (face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, num_faces, best.device)).reshape(-1)
 
     # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
     # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small

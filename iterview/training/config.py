@@ -67,7 +67,8 @@ class TrainConfig:
                 try:
                     setattr(self, f.name, kind(str(value)))  # str: int() must not truncate 1.5
                 except (TypeError, ValueError) as e:
-                    raise ValueError(f"{f.name} must be a number, found {value!r}") from e
+                    expected = "an integer" if kind is int else "a number"
+                    raise ValueError(f"{f.name} must be {expected}, found {value!r}") from e
         self.augments = list(self.augments)
         if self.model.use_fp16:
             raise ValueError("model.use_fp16 is for inference; train in fp32 with mixed_precision: fp16 instead")

@@ -1,12 +1,28 @@
-"""The issue-2 acceptance test for renders compared with the official reference data."""
+"""Shared by the rasteriser, warp and aggregation tests: fixtures and the issue-2 acceptance check of renders
+against the official reference data."""
 
 from __future__ import annotations
 
 import torch
+from safetensors.torch import load_file
 
 AGREEMENT = 0.99
 COLOR_TOLERANCE = 2 / 255
 DEPTH_TOLERANCE = 1e-3
+
+
+def single_thread():
+    """Generator for an autouse fixture: these renders are small, one thread is faster and keeps the suite quick
+    on shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_warping(reference):
+    """The official warping reference arrays."""
+    return load_file(reference / "warping" / "warping.safetensors")
 
 
 def to_image(array: torch.Tensor) -> torch.Tensor:
