@@ -111,7 +111,7 @@ def _train_config(preset: str, data: Path, num_classes: int, steps: int, config:
 
     train_config = get_preset(preset)
     model = replace(train_config.model, image_size=config.image_size, num_classes=num_classes, has_null_class=True)
-    every = max(steps // 4, 1)
+    every = max(steps // 4, 50)  # a few checkpoints to resume from, none in between for a short run
     return replace(
         train_config,
         model=model,
