@@ -15,7 +15,7 @@ from iterview.geometry.aggregate import (
     fusion_render,
     shade_view,
 )
-from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_to_linear
+from iterview.geometry.cameras import linear_to_zbuffer, look_at, orbit_camera, zbuffer_to_linear
 from iterview.geometry.imageops import depth_edge, erode
 from iterview.geometry.mesh import depth_to_mesh
 
@@ -220,3 +220,14 @@ def test_bad_input_raises_clear_errors(warping):
         aggregate_conditions(meshes[:1], textures[:1], behind, 32)
     with pytest.raises(ValueError, match="sees none of the source views"):
         fusion_render(meshes[:1], textures[:1], behind, 16)
+
+
+def test_blind_cameras_are_an_error_unless_allowed():
+    depth = torch.full((1, 16, 16), 1.0)
+    mesh = depth_to_mesh(depth, orbit_camera(0.0, 0.0)[None], padding="frustum", compute_normals=True)
+    texture = torch.rand(1, 3, 16, 16)
+    behind = look_at(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 2.0]))[None]  # looks away
+    with pytest.raises(ValueError, match="sees none"):
+        aggregate_conditions([mesh], [texture], behind, 16)
+    cond = aggregate_conditions([mesh], [texture], behind, 16, allow_blind=True)
+    assert not cond.mask.any() and not cond.mask_rgb.any() and not cond.color.any()

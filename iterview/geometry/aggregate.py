@@ -114,6 +114,7 @@ def aggregate_conditions(
     erode_rgb: int = 3,
     renderer_near: float = 0.01,
     renderer_far: float = 200.0,
+    allow_blind: bool = False,
 ) -> Conditions:
     """Official aggregate_conditions (§3.8) for target cameras modelview (B, 4, 4).
 
@@ -121,11 +122,15 @@ def aggregate_conditions(
     centre sample for depth, "more than ¾ of the block" for the two masks. mask also drops depth edges
     (atol, rtol); mask_rgb must sit inside mask eroded by a (2·erode_rgb - 1)² square. depth_convex is the
     unmasked depth, the free-space hull: where only weak samples exist it is the farthest of them.
+
+    A target camera that sees no source view is an error, unless `allow_blind` (sampling a 360° orbit, where
+    such a camera gets an empty condition, as officially).
     """
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
         raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
-    _check_seen(render)
+    if not allow_blind:
+        _check_seen(render)
     color = lanczos_downsample(render.color, image_size)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)

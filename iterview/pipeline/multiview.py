@@ -8,7 +8,7 @@ view is meshed and joins the set.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,10 +19,9 @@ from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample,
 from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.mesh import Mesh
-from iterview.pipeline.scene import Scene, map_mesh, rgbd_to_mesh
+from iterview.pipeline.scene import Scene, rgbd_to_mesh
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
-_BLIND = "sees none of the source views"  # aggregate_conditions' error for a camera that sees no previous view
 
 
 @dataclass(frozen=True)
@@ -177,33 +176,22 @@ class MultiViewPipeline:
     def aggregate(
         self, meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], modelview: torch.Tensor
     ) -> Conditions:
-        """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4).
-
-        A camera that sees none of the previous views (e.g. the far side of a coarse 360° orbit) gets an empty
-        condition, as in the official code, where `aggregate_conditions` rejects it as bad input: such batch
-        elements are redone one by one and the blind ones left empty.
-        """
+        """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4). A camera
+        that sees none of them (e.g. the far side of a coarse 360° orbit) gets an empty condition."""
         g = self.geometry
-        try:
-            return aggregate_conditions(
-                meshes, textures, modelview, self.image_size, g.ssaa, g.near, g.far, g.atol, g.rtol, g.erode_rgb
-            )
-        except ValueError as error:
-            if _BLIND not in str(error):
-                raise
-        if len(modelview) == 1:
-            # All masked and no hull: an empty pixel's z is the renderer near, which clips to z-buffer 0.
-            empty = torch.zeros(1, 1, self.image_size, self.image_size, device=modelview.device)
-            return Conditions(empty.expand(1, 3, -1, -1), empty, empty, empty, empty)
-        parts = [
-            self.aggregate(
-                [map_mesh(m, lambda v, i=i: v[i : i + 1]) for m in meshes],
-                [t[i : i + 1] for t in textures],
-                modelview[i : i + 1],
-            )
-            for i in range(len(modelview))
-        ]
-        return Conditions(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Conditions)))
+        return aggregate_conditions(
+            meshes,
+            textures,
+            modelview,
+            self.image_size,
+            g.ssaa,
+            g.near,
+            g.far,
+            g.atol,
+            g.rtol,
+            g.erode_rgb,
+            allow_blind=True,
+        )
 
     def next_view(
         self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
