@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+
+import yaml
 
 OFFICIAL_BACKBONE = "AdmUnet2d"
 CONFIG_VERSION = 1
@@ -83,18 +84,23 @@ class ADMConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ADMConfig:
-        """Read any of the forms `from_dict` accepts from a JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"ADM config JSON not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        return cls.from_dict(data)
+        """Read any of the forms `from_dict` accepts from a JSON (or YAML) file."""
+        return cls.from_dict(read_mapping(path, "ADM config"))
 
     def to_dict(self) -> dict:
         """Plain constructor arguments, JSON-serialisable; `from_dict(to_dict())` round-trips."""
         return asdict(self)
+
+
+def read_mapping(path: str | Path, what: str) -> dict:
+    """The mapping stored in a YAML or JSON file (JSON is YAML); clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what} fields, found {type(data).__name__}")
+    return data

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from iterview.config import ADMConfig
+from iterview.config import ADMConfig, read_mapping
 from iterview.data.synth import CATEGORIES
 from iterview.geometry.warp import TRAIN_AUGMENTS
 
@@ -129,16 +129,7 @@ def load_config(
     if preset is not None:
         data["preset"] = preset
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML/JSON: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields, found {type(loaded).__name__}")
-        data = _merge(data, loaded)
+        data = _merge(data, read_mapping(path, "training config"))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
