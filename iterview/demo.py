@@ -210,7 +210,7 @@ def _evaluate(
     from iterview.eval.consistency import folder_consistency
     from iterview.eval.fid import FeatureStats, ImageFiles, extract_features, image_metrics, list_images
     from iterview.eval.inception import load_inception
-    from iterview.pipeline.io import save_png
+    from iterview.io import save_png
 
     generated = out / "eval" / "generated"
     views = [scene.rgbd[k, :3] * 0.5 + 0.5 for scene in scenes for k in range(1, len(scene))]
@@ -240,7 +240,7 @@ def _true_scene_views(
     from iterview.data.synth import scene_for_index
     from iterview.eval.consistency import ground_truth_error
     from iterview.geometry.cameras import linear_to_zbuffer
-    from iterview.pipeline.io import colorize_depth, make_grid, save_png
+    from iterview.io import colorize_depth, make_grid, save_png
     from iterview.pipeline.scene import Scene
     from iterview.pipeline.viewsets import grid_viewset_3x9
 

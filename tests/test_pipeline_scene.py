@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
 from iterview.geometry.mesh import FLAG_PADDING
-from iterview.pipeline.io import atomic_path, colorize_depth, make_grid, to_uint8
+from iterview.io import atomic_path, colorize_depth, make_grid, to_uint8
 from iterview.pipeline.scene import Scene, rgbd_to_mesh
 from iterview.pipeline.viewsets import grid_viewset_3x9
 

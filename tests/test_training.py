@@ -17,7 +17,6 @@ from iterview.config import ADMConfig
 from iterview.data.synth import write_synth_dataset
 from iterview.models.checkpoint import load_model, read_state_dict
 from iterview.training.config import load_config
-from iterview.training.samples import colorize_depth
 from iterview.training.state import checkpoint_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,11 +192,3 @@ def test_bad_inputs_raise_clear_errors(synth, tmp_path):
         trainer.train(small_config(synth, batch_size=64), tmp_path / "c")
     result = CliRunner().invoke(app, ["train", "--preset", "huge", "--output", str(tmp_path / "d")])
     assert result.exit_code == 1 and "unknown preset 'huge'" in result.output
-
-
-def test_colorize_depth_maps_near_to_bright_and_far_to_dark():
-    depth = torch.tensor([-1.0, 0.0, 1.0, 3.0]).view(1, 1, 1, 4)
-    rgb = colorize_depth(depth)
-    assert rgb.shape == (1, 3, 1, 4) and rgb.min() >= 0 and rgb.max() <= 1
-    brightness = rgb.sum(1).flatten()
-    assert brightness[0] > brightness[1] > brightness[2] and torch.equal(rgb[..., 2], rgb[..., 3])  # clamped

@@ -8,20 +8,16 @@ dataset.json, classes sorted by name. Paths in dataset.json are relative to the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from iterview.data.images import IMAGE_EXTENSIONS, is_image_file
+from iterview.io import atomic_path
 
 INDEX_FILE = "dataset.json"
 DEPTH_KEY = "arr_0"
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -123,30 +119,6 @@ def write_index(root: str | Path, index: DatasetIndex) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(index.to_json(), indent=1))
     return path
-
-
-def remove_partials(root: str | Path) -> int:
-    """Delete temporary files that a killed writer left under `root`; returns how many. Run it only while no
-    writer is active (the main process before workers start)."""
-    stale = [p for p in Path(root).rglob(f".*{PARTIAL_SUFFIX}") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` atomically, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_depth(path: str | Path) -> np.ndarray:

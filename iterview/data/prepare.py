@@ -37,15 +37,14 @@ from iterview.data.images import ImageReadError, is_plain_rgb, load_image
 from iterview.data.layout import (
     DatasetIndex,
     as_depth_map,
-    atomic_path,
     depth_path_for,
     load_depth,
-    remove_partials,
     same_aspect,
     save_depth,
     scan_images,
     write_index,
 )
+from iterview.io import atomic_path, remove_partials
 
 DEFAULT_DEPTH_MODEL = "Intel/dpt-beit-large-512"
 DEPTH_KINDS = ("official", "disparity", "depth")

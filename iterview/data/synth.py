@@ -23,13 +23,12 @@ from tqdm import tqdm
 from iterview.data.datasets import DISPARITY_SCALE, derive_seed
 from iterview.data.layout import (
     DatasetIndex,
-    atomic_path,
     depth_path_for,
-    remove_partials,
     save_depth,
     write_index,
 )
 from iterview.geometry.cameras import DEFAULT_FOV, focal_length, look_at
+from iterview.io import atomic_path, remove_partials
 
 # Sorted, so that the official label rule (sorted class folders) gives label == category index.
 CATEGORIES = ("box", "cone", "cylinder", "sphere")

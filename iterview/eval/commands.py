@@ -69,7 +69,7 @@ def evaluate(
         raise typer.BadParameter(str(error)) from error
     print_metrics(metrics)
     if output is not None:
-        from iterview.pipeline.io import atomic_path
+        from iterview.io import atomic_path
 
         with atomic_path(output) as tmp:
             tmp.write_text(json.dumps(metrics, indent=1))

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from iterview.data.images import IMAGE_EXTENSIONS, is_image_file, load_rgb
 from iterview.eval.inception import FEATURE_DIM, InceptionV3
-from iterview.pipeline.io import atomic_path
+from iterview.io import atomic_path
 
 CACHE_VERSION = "1"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from iterview.pipeline.io import atomic_path
+from iterview.io import atomic_path
 
 _LABELS = {
     "fid": "FID ↓",

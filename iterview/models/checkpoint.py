@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from iterview.config import CONFIG_VERSION, ADMConfig
+from iterview.io import atomic_path
 from iterview.models.adm import ADMUNet
 
 WEIGHTS_NAME = "model.safetensors"
@@ -27,17 +26,6 @@ def build_model(config: ADMConfig, device: torch.device | str | None = None) -> 
         return ADMUNet(**config.to_dict())
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: ADMUNet, config: ADMConfig, directory: str | Path) -> Path:
     """Write `model.safetensors` + `config.json` atomically into directory (created if needed); returns it.
 
@@ -46,9 +34,11 @@ def save_model(model: ADMUNet, config: ADMConfig, directory: str | Path) -> Path
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": str(CONFIG_VERSION)}
-    _write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, tmp, metadata=meta)
     text = json.dumps({"format": FORMAT, "version": CONFIG_VERSION, "model": config.to_dict()}, indent=2)
-    _write_atomic(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text + "\n"))
+    with atomic_path(directory / CONFIG_NAME) as tmp:
+        tmp.write_text(text + "\n")
     return directory
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iterview.pipeline.io import colorize_depth, make_grid, save_png
+from iterview.io import colorize_depth, make_grid, save_png
 from iterview.pipeline.multiview import (
     OFFICIAL_COND,
     OFFICIAL_GEOMETRY,

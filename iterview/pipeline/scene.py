@@ -14,7 +14,7 @@ import torch
 
 from iterview.geometry.cameras import zbuffer_to_linear
 from iterview.geometry.mesh import Mesh, depth_to_mesh
-from iterview.pipeline.io import atomic_path
+from iterview.io import atomic_path
 
 SCENE_FORMAT = "iterview.scene"
 SCENE_VERSION = 1

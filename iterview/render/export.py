@@ -16,7 +16,7 @@ from PIL import Image
 
 from iterview.geometry.cameras import focal_length
 from iterview.geometry.mesh import FLAG_EDGE
-from iterview.pipeline.io import atomic_path, save_png
+from iterview.io import atomic_path, save_png
 from iterview.pipeline.scene import Scene
 
 FORMATS = ("ply", "glb", "nerf")

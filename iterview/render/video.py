@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from iterview.geometry.aggregate import fusion_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
-from iterview.pipeline.io import atomic_path, colorize_depth, save_png, to_uint8
+from iterview.io import atomic_path, colorize_depth, save_png, to_uint8
 from iterview.pipeline.scene import FUSION_PADDING, Scene, map_mesh
 from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
 

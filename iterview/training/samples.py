@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from iterview.diffusion.guidance import classifier_free, inpaint_model
 from iterview.diffusion.samplers import ddim_sample
 from iterview.diffusion.schedule import DiffusionSchedule
-
-# Anchors of a perceptual near-to-far ramp (bright yellow near, dark violet far), linearly interpolated.
-_DEPTH_COLOURS = torch.tensor(
-    [[0.99, 0.91, 0.15], [0.96, 0.52, 0.17], [0.80, 0.23, 0.37], [0.45, 0.10, 0.51], [0.05, 0.03, 0.20]]
-)
-
-
-def colorize_depth(depth: torch.Tensor) -> torch.Tensor:
-    """depth: (B, 1, H, W) z-buffer channel in [-1, 1] (-1 near) -> (B, 3, H, W) colours in [0, 1]."""
-    colours = _DEPTH_COLOURS.to(depth.device)
-    pos = ((depth[:, 0].float().clamp(-1, 1) + 1) / 2) * (len(colours) - 1)
-    low = pos.floor().long().clamp(max=len(colours) - 2)
-    frac = (pos - low).unsqueeze(-1)
-    rgb = colours[low] * (1 - frac) + colours[low + 1] * frac
-    return rgb.permute(0, 3, 1, 2)
+from iterview.io import colorize_depth
 
 
 @torch.no_grad()
@@ -61,7 +41,7 @@ def sample_grid(
     model.train(was_training)
 
     def views(rgbd: torch.Tensor, mask_rgb: torch.Tensor | float = 1.0, mask: torch.Tensor | float = 1.0):
-        return [(rgbd[:, :3] + 1) / 2 * mask_rgb, colorize_depth(rgbd[:, 3:]) * mask]
+        return [(rgbd[:, :3] + 1) / 2 * mask_rgb, colorize_depth((rgbd[:, 3:] + 1) / 2) * mask]
 
     rows = views(sample)
     if "y" in batch:
@@ -71,19 +51,3 @@ def sample_grid(
 
 def _clip_x0(x0: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
     return x0.clamp(-1, 1)
-
-
-def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    """image: (3, H, W) in [0, 1]; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

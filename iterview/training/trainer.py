@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 from iterview.data.datasets import RGBDDataset, WarpPairDataset
 from iterview.diffusion.guidance import inpaint_input
 from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.io import save_png
 from iterview.models.checkpoint import build_model, expand_input_channels, load_weights, read_state_dict
 from iterview.training.config import TrainConfig
 from iterview.training.ema import ema_copy, update_ema
-from iterview.training.samples import sample_grid, save_png
+from iterview.training.samples import sample_grid
 from iterview.training.state import (
     TrainState,
     checkpoint_dirs,

@@ -1,4 +1,4 @@
-"""Atomic file writes and the image files of a sampling run (PNG grids, colourised depth)."""
+"""Atomic file writes and image files (PNG, grids, colourised depth), shared by every long job."""
 
 from __future__ import annotations
 
@@ -13,21 +13,32 @@ import numpy as np
 import torch
 from PIL import Image
 
+PARTIAL_SUFFIX = ".partial"
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); it replaces `path` only if the block succeeds,
-    so a killed job never leaves a half-written file under the final name."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds, so a killed job
+    never leaves a half-written file under the final name. The temporary name is hidden, marked `.partial`
+    (see `remove_partials`) and keeps the final suffix, for writers that infer a format from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process and thread; created by the writer itself, so it gets the usual permissions.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}{path.suffix}")
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def remove_partials(root: str | Path) -> int:
+    """Delete the temporary files that killed writers left under root; returns how many. Call it only while no
+    writer is active."""
+    stale = [p for p in Path(root).rglob(f".*{PARTIAL_SUFFIX}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
