@@ -15,23 +15,16 @@ from pathlib import Path
 
 import torch
 
+from iterview.diffusion.guidance import clip_denoised
 from iterview.pipeline.multiview import MultiViewPipeline, SamplerChoice
 
 
 @dataclass(frozen=True)
 class ClippedSampler(SamplerChoice):
-    """A sampler that clips the predicted x0 to [-1, 1] before any guidance (guided-diffusion's clip_denoised).
-
-    The official samplers do not clip; fully trained models need no clipping, but a model trained for minutes
-    predicts ε at high noise too roughly, and unclipped trajectories leave the data range for good.
-    """
+    """A sampler that clips the predicted x0 to [-1, 1] before any guidance, for models trained for minutes."""
 
     def sample(self, model_fn, x_T, schedule, generator=None, x0_fn=None) -> torch.Tensor:
-        def clipped(x0: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-            x0 = x0.clamp(-1, 1)
-            return x0 if x0_fn is None else x0_fn(x0, t, t_prev)
-
-        return super().sample(model_fn, x_T, schedule, generator, clipped)
+        return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn))
 
 
 class GivenFirstView(MultiViewPipeline):

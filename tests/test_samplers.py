@@ -203,3 +203,13 @@ def test_ddpm_with_per_row_generators_matches_each_instance_alone():
     for row, seed in enumerate((7, 8, 9)):
         alone = ddpm_sample(toy, x_T[row : row + 1], schedule, gens(seed))
         torch.testing.assert_close(together[row : row + 1], alone, atol=1e-6, rtol=0)
+
+
+def test_clip_denoised_clips_before_the_wrapped_guidance():
+    from iterview.diffusion.guidance import clip_denoised
+
+    x0 = torch.tensor([-3.0, -0.5, 0.5, 3.0])
+    assert torch.equal(clip_denoised()(x0, 10, 9), torch.tensor([-1.0, -0.5, 0.5, 1.0]))
+    seen = []
+    clip_denoised(lambda x, t, t_prev: seen.append(x.clone()) or x * 2)(x0, 10, 9)
+    assert seen[0].abs().max() == 1.0

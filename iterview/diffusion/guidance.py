@@ -106,3 +106,15 @@ def replacement_guidance(
         return torch.cat([rgb, depth], dim=1)
 
     return guide
+
+
+def clip_denoised(x0_fn: X0Fn | None = None) -> X0Fn:
+    """Clip the predicted x0 to [-1, 1] before `x0_fn` (guided-diffusion's clip_denoised). The official samplers
+    do not clip and trained models need not; a model trained for minutes predicts ε at high noise so roughly
+    (amplified ~150× in x0 near t = 999) that unclipped trajectories leave the data range."""
+
+    def clipped(x0: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+        x0 = x0.clamp(-1, 1)
+        return x0 if x0_fn is None else x0_fn(x0, t, t_prev)
+
+    return clipped

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iterview.diffusion.guidance import classifier_free, inpaint_model
+from iterview.diffusion.guidance import classifier_free, clip_denoised, inpaint_model
 from iterview.diffusion.samplers import ddim_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.io import colorize_depth
@@ -37,7 +37,7 @@ def sample_grid(
     model.eval()
     # Clipping x̂0 (the official sampler does not) keeps a young model's grids readable: its ε error at t ≈ 999,
     # amplified ~150× in x̂0, otherwise saturates the whole trajectory.
-    sample = ddim_sample(model_fn, x_T, schedule, steps=steps, generator=generator, x0_fn=_clip_x0)
+    sample = ddim_sample(model_fn, x_T, schedule, steps=steps, generator=generator, x0_fn=clip_denoised())
     model.train(was_training)
 
     def views(rgbd: torch.Tensor, mask_rgb: torch.Tensor | float = 1.0, mask: torch.Tensor | float = 1.0):
@@ -47,7 +47,3 @@ def sample_grid(
     if "y" in batch:
         rows = views(batch["y"], batch["mask_rgb"], batch["mask"]) + rows + views(x0)
     return torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
-
-
-def _clip_x0(x0: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
-    return x0.clamp(-1, 1)
