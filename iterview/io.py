@@ -17,14 +17,15 @@ PARTIAL_SUFFIX = ".partial"
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds, so a killed job
-    never leaves a half-written file under the final name. The temporary name is hidden, marked `.partial`
-    (see `remove_partials`) and keeps the final suffix, for writers that infer a format from it."""
+    never leaves a half-written file under the final name. The temporary name is hidden and marked `.partial`
+    (see `remove_partials`); `keep_suffix` appends the final suffix, for writers that infer the format from it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per process and thread; created by the writer itself, so it gets the usual permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}{path.suffix}")
+    suffix = path.suffix if keep_suffix else ""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

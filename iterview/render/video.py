@@ -107,7 +107,7 @@ def render_fusion(
 def write_video(frames: torch.Tensor, path: str | Path, fps: int = 30) -> Path:
     """Atomically write frames (F, 3, H, W) in [0, 1] as an H.264 mp4 (imageio-ffmpeg)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:  # ffmpeg picks the container from the suffix
         # bitexact keeps the encoder's version string out of the file, so equal frames give equal bytes.
         writer = imageio.get_writer(
             tmp,
