@@ -22,3 +22,13 @@ def reference() -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models and renders are thousands of small kernels: one thread is as fast, and on a shared CPU a second
+    OpenMP thread waiting for a core makes every kernel stall. Modules opt in with `pytestmark`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -11,15 +11,6 @@ COLOR_TOLERANCE = 2 / 255
 DEPTH_TOLERANCE = 1e-3
 
 
-def single_thread():
-    """Generator for an autouse fixture: these renders are small, one thread is faster and keeps the suite quick
-    on shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_warping(reference):
     """The official warping reference arrays."""
     return load_file(reference / "warping" / "warping.safetensors")

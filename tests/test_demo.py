@@ -5,21 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from iterview.cli import app
-
-
-@pytest.fixture
-def one_thread():
-    # The quick demo is thousands of tiny kernels: on a busy machine, a second OpenMP thread that waits for a core
-    # makes it several times slower, while a single thread takes about a minute either way.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_demo_runs_end_to_end_and_writes_the_report(tmp_path, one_thread):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, load_warping, single_thread, to_image
+from geometry_support import assert_agrees, load_warping, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -19,13 +19,10 @@ from iterview.geometry.cameras import linear_to_zbuffer, look_at, orbit_camera, 
 from iterview.geometry.imageops import depth_edge, erode
 from iterview.geometry.mesh import depth_to_mesh
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
 
 
 @pytest.fixture(scope="module")

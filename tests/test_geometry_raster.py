@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import load_warping, single_thread
+from geometry_support import load_warping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,12 +11,9 @@ from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
 
 
 @pytest.fixture(scope="module")

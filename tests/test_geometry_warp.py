@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, load_warping, single_thread, to_image
+from geometry_support import assert_agrees, load_warping, to_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,12 +16,9 @@ from iterview.geometry.warp import (
     sample_training_cameras,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    yield from single_thread()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from iterview.pipeline.multiview import Guidance, MultiViewPipeline, SamplerChoi
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import GRID_3X9, grid_viewset_3x9, orbit_viewset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 16
 FAST = SamplerChoice("dpmpp", 2)
 
@@ -47,15 +49,6 @@ def tiny(in_channels: int, seed: int):
         for parameter in model.parameters():  # wake the zero-initialised layers up: outputs must depend on inputs
             parameter.add_(torch.randn_like(parameter) * 0.05)
     return model, config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The shared CI machine is oversubscribed; tiny convolutions are faster on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from iterview.models.checkpoint import load_model, read_state_dict
 from iterview.training.config import load_config
 from iterview.training.state import checkpoint_dirs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 # A 16-px two-level U-Net (about 0.2M parameters): a CPU step takes milliseconds.
 SMALL = {
@@ -46,15 +48,6 @@ def small_config(data: Path, preset: str = "tiny", **fields):
 
 def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared machine oversubscribed threads are slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

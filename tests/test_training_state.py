@@ -13,7 +13,9 @@ from iterview.training.state import (
     save_checkpoint,
     weights_dir,
 )
-from tests.test_training import one_thread, small_config  # noqa: F401 (one_thread: autouse fixture)
+from tests.test_training import small_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIG = small_config("unused").model
 
