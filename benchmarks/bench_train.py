@@ -84,7 +84,7 @@ def time_ours(base, config, schedule, batch, precision, compiled, args, device) 
         generator = torch.Generator(accelerator.device).manual_seed(0)
 
         def step():
-            train_step(accelerator, model, net, ema, optimizer, schedule, [batch], config, generator)
+            train_step(accelerator, model, net, ema, optimizer, schedule, [batch], config, generator, config.ema_rate)
 
         return timed(step, args.warmup + 2 * compiled, args.steps, device)
     finally:

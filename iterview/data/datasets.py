@@ -120,10 +120,12 @@ class WarpPairDataset(RGBDDataset):
         augments: tuple[str, ...] = TRAIN_AUGMENTS,
         std: float = 0.15,
         seed: int = 0,
+        pixel_scale: float = 1.0,
     ) -> None:
         super().__init__(root, image_size)
         self.augments = tuple(augments)
         self.std = std
+        self.pixel_scale = pixel_scale
         self.seed = seed
         self.epoch = 0
 
@@ -133,6 +135,6 @@ class WarpPairDataset(RGBDDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(index)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
-        pair = make_training_pair(item["x_0"][None], generator, self.augments, self.std)
+        pair = make_training_pair(item["x_0"][None], generator, self.augments, self.std, self.pixel_scale)
         item.update({key: value[0] for key, value in pair.items()})
         return item

@@ -35,6 +35,7 @@ CATEGORIES = ("box", "cone", "cylinder", "sphere")
 MAX_DEPTH = 1000.0  # the official preprocessing floors disparity at 1e-3, so nothing is farther
 META_FILE = "synth.json"
 _SKY = (0.55, 0.7, 0.9)
+SCENE_STYLES = ("classic", "bench")
 _EPS = 1e-6
 
 
@@ -268,36 +269,69 @@ def _uniform(generator: torch.Generator, low: float, high: float, shape: tuple[i
     return low + (high - low) * torch.rand(shape, generator=generator)
 
 
-def _random_material(generator: torch.Generator, low_frequency: float, high_frequency: float) -> Material:
+def _random_material(
+    generator: torch.Generator, low_frequency: float, high_frequency: float, kinds: tuple[int, ...] = (0, 1, 2)
+) -> Material:
+    colors = _uniform(generator, 0.05, 0.95, (2, 3))
+    kind = kinds[int(torch.randint(len(kinds), (), generator=generator))]
     return Material(
-        colors=_uniform(generator, 0.05, 0.95, (2, 3)),
-        kind=int(torch.randint(3, (), generator=generator)),
+        colors=colors,
+        kind=kind,
         frequency=float(_uniform(generator, low_frequency, high_frequency)),
         axis=F.normalize(torch.randn(3, generator=generator), dim=0),
         phase=_uniform(generator, 0.0, 2 * math.pi, (3,)),
     )
 
 
-def random_scene(generator: torch.Generator, category: int | None = None) -> SynthScene:
-    """Draw one scene (and its category when None).
+def _object_size(generator: torch.Generator, name: str, style: str) -> torch.Tensor:
+    """Half extents (box), radius (sphere) or (radius, half height, 0) (cone, cylinder)."""
+    large = style == "bench"
+    if name == "box":
+        return _uniform(generator, *((0.14, 0.21) if large else (0.1, 0.2)), (3,))
+    if name == "sphere":
+        return _uniform(generator, *((0.22, 0.3) if large else (0.18, 0.3))).repeat(3)
+    radius = _uniform(generator, *((0.16, 0.22) if large else (0.12, 0.22)))
+    half_height = _uniform(generator, *((0.2, 0.28) if large else (0.14, 0.25)))
+    return torch.stack([radius, half_height, torch.tensor(0.0)])
 
-    Sizes keep the object within 0.35 of its centre and the photo camera 0.92–1.15 from it, with the floor
+
+def _materials(generator: torch.Generator, style: str) -> list[Material]:
+    """Object, floor and wall materials. `bench`: a vivid object with a soft shade wave, and soft stripes or
+    waves of low frequency behind it, so a small model can learn the shapes; `classic`: any pattern, finer."""
+    if style == "classic":
+        return [
+            _random_material(generator, 4, 12),
+            _random_material(generator, 2, 8),
+            _random_material(generator, 1.5, 6),
+        ]
+    thing = _random_material(generator, 1.0, 3.0, kinds=(2,))
+    base = _uniform(generator, 0.0, 1.0, (3,))
+    base = 0.15 + 0.8 * (base - base.min()) / (base.max() - base.min()).clamp(min=1e-3)  # saturated
+    thing.colors = torch.stack([base, 0.6 * base])
+    floor = _random_material(generator, 1.5, 3.0, kinds=(1, 2))
+    wall = _random_material(generator, 1.0, 2.5, kinds=(2,))
+    for material in (floor, wall):  # muted: two nearby colours
+        material.colors = 0.25 + 0.5 * material.colors[0] + torch.stack([torch.zeros(3), 0.25 * material.colors[1]])
+    return [thing, floor, wall]
+
+
+def random_scene(generator: torch.Generator, category: int | None = None, style: str = "classic") -> SynthScene:
+    """Draw one scene (and its category when None) in a style of SCENE_STYLES.
+
+    Sizes keep the object within 0.4 of its centre and the photo camera 0.92–1.15 from it, with the floor
     0.5–0.8 below: nothing is closer than 0.5 to the front camera, so the official preprocessing of the stored
     disparity (rescaling only maps nearer than 0.5) returns the true z-buffer. The floor is that low because the
     official discontinuity tests (|Δz| and |Δ(1/z)| > 0.02 between neighbours) cut a floor seen from a height h
     whenever h · focal_px < 50 or so: about h < 0.65 at 64 px, h < 0.32 at 128 px.
     """
+    if style not in SCENE_STYLES:
+        raise ValueError(f"unknown scene style {style!r}; choose one of {SCENE_STYLES}")
     if category is None:
         category = int(torch.randint(len(CATEGORIES), (), generator=generator))
     if not 0 <= category < len(CATEGORIES):
         raise ValueError(f"category must be in [0, {len(CATEGORIES)}), got {category}")
     name = CATEGORIES[category]
-    if name == "box":
-        size = _uniform(generator, 0.1, 0.2, (3,))
-    elif name == "sphere":
-        size = _uniform(generator, 0.18, 0.3).repeat(3)
-    else:
-        size = torch.stack([_uniform(generator, 0.12, 0.22), _uniform(generator, 0.14, 0.25), torch.tensor(0.0)])
+    size = _object_size(generator, name, style)
     half_height = float(size[1])
     extent = float(size.norm()) if name == "box" else float(max(size[0], size[1]))
     floor_y = -max(half_height + 0.1, float(_uniform(generator, 0.5, 0.8)))
@@ -306,11 +340,7 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
         torch.stack([_uniform(generator, -1, 1), _uniform(generator, 0.5, 1.5), _uniform(generator, 0.3, 1.2)]), dim=0
     )
     yaw = float(_uniform(generator, -math.pi, math.pi))
-    materials = [
-        _random_material(generator, 4, 12),
-        _random_material(generator, 2, 8),
-        _random_material(generator, 1.5, 6),
-    ]
+    materials = _materials(generator, style)
     photo_yaw = float(_uniform(generator, -0.6, 0.6))
     photo_pitch = float(_uniform(generator, -0.1, 0.35))
     radius = float(_uniform(generator, 0.92, 1.15))
@@ -327,9 +357,9 @@ def random_scene(generator: torch.Generator, category: int | None = None) -> Syn
     return SynthScene(category, size, yaw, floor_y, wall_z, light, *materials, scene_from_world)
 
 
-def scene_for_index(seed: int, index: int) -> SynthScene:
-    """The scene behind image `index` of a synth dataset written with `seed` (for ground-truth novel views)."""
-    return random_scene(torch.Generator().manual_seed(derive_seed(seed, index)))
+def scene_for_index(seed: int, index: int, style: str = "classic") -> SynthScene:
+    """The scene behind image `index` of a synth dataset written with `seed` and `style` (for ground truth)."""
+    return random_scene(torch.Generator().manual_seed(derive_seed(seed, index)), style=style)
 
 
 def front_camera() -> torch.Tensor:
@@ -337,17 +367,20 @@ def front_camera() -> torch.Tensor:
     return look_at(torch.tensor([0.0, 0.0, 1.0]), torch.zeros(3))[None]
 
 
-def write_synth_dataset(out_dir: str | Path, count: int, image_size: int = 64, seed: int = 0) -> Path:
+def write_synth_dataset(
+    out_dir: str | Path, count: int, image_size: int = 64, seed: int = 0, style: str = "classic"
+) -> Path:
     """Write `count` front views in the official ImageNet-style layout (class folders -> labels),
     depth saved as official-scale disparity (fp16, key arr_0). Resumable."""
     if count < 1 or image_size < 1:
         raise ValueError(f"count and image_size must be positive, got count={count}, image_size={image_size}")
     root = Path(out_dir)
-    meta = {"seed": seed, "image_size": image_size, "fov": DEFAULT_FOV, "categories": list(CATEGORIES)}
+    meta = {"seed": seed, "image_size": image_size, "style": style, "fov": DEFAULT_FOV, "categories": list(CATEGORIES)}
     meta_path = root / META_FILE
     if meta_path.is_file():
         previous = json.loads(meta_path.read_text())
-        clash = {key: previous.get(key) for key in ("seed", "image_size") if previous.get(key) != meta[key]}
+        previous.setdefault("style", "classic")
+        clash = {key: previous[key] for key in ("seed", "image_size", "style") if previous.get(key) != meta[key]}
         if clash:
             raise ValueError(f"{root} already holds a synth dataset with {clash}; use another folder to change them")
     root.mkdir(parents=True, exist_ok=True)
@@ -357,7 +390,7 @@ def write_synth_dataset(out_dir: str | Path, count: int, image_size: int = 64, s
     camera = front_camera()
     images = []
     for index in tqdm(range(count), desc="synth", unit="img"):
-        scene = scene_for_index(seed, index)
+        scene = scene_for_index(seed, index, style)
         image = f"images/{CATEGORIES[scene.category]}/{index:06d}.png"
         images.append(image)
         depth_file = root / depth_path_for(image)

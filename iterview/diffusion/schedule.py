@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -125,9 +124,22 @@ class DiffusionSchedule:
         )
 
     def training_loss(
-        self, model_fn: ModelFn, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        model_fn: ModelFn,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
-        """Official ε-MSE loss (mean over all elements), t ~ U{0..T-1}. model_fn(x_t, t) -> ε. Returns a scalar."""
+        """Official ε-MSE loss (mean over all elements), t ~ U{0..T-1}. model_fn(x_t, t) -> ε. Returns a scalar.
+
+        min_snr_gamma: weight each sample by min(SNR, γ) / SNR (Min-SNR-γ, Hang et al. 2023), which spends the
+        training on the noisy steps that decide the layout; None is the official unweighted loss.
+        """
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         noise = randn_like(x0, generator)
-        return F.mse_loss(model_fn(self.q_sample(x0, t, noise), t).float(), noise.float())
+        error = (model_fn(self.q_sample(x0, t, noise), t).float() - noise.float()).square()
+        if min_snr_gamma is None:
+            return error.mean()
+        snr = self.alphas_cumprod / (1 - self.alphas_cumprod)
+        weight = (snr.clamp(max=min_snr_gamma) / snr).to(t.device)[t].float()
+        return (error.flatten(1).mean(1) * weight).mean()

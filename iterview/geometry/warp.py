@@ -133,6 +133,7 @@ def make_training_pair(
     generator: torch.Generator | None = None,
     augments: tuple[str, ...] = TRAIN_AUGMENTS,
     std: float = 0.15,
+    pixel_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One G_c training pair per image. rgbd: (B, 4, H, W) in [-1, 1] (dataset x_0).
     Returns y (B, 4, H, W) in [-1, 1] (masked = -1), mask (B, 1, H, W), mask_rgb (B, 1, H, W), pose (B, 2).
@@ -141,6 +142,10 @@ def make_training_pair(
     channels; the forward-backward warp; with probability 0.8 the warped RGB replaced by the clean RGB blurred
     (3×3 Gaussian, σ = U + 1e-3); the RGB mask eroded by a k×k square, k uniform in {1, 3, 5, 7, 9}. Without
     "erode_rgb", mask_rgb is the mask. All randomness comes from `generator` (drawn on its device).
+
+    pixel_scale: how many official (128-px) pixels one pixel spans, e.g. 4 at 32 px. The discontinuity
+    tolerances grow and the erosion radii shrink by it, so a smaller image is cut and eroded like the official
+    one; 1 is the official recipe.
     """
     unknown = set(augments) - set(TRAIN_AUGMENTS)
     if unknown:
@@ -158,14 +163,16 @@ def make_training_pair(
         sigma = NOISE_STD * uniform()
         noise = torch.randn(clean.shape, generator=generator, device=device).to(rgbd)
         warped = clean + sigma[:, None, None, None] * noise
-    warp = forward_backward_warp(warped, modelview.to(rgbd))
+    tolerance = WARP_ATOL * pixel_scale
+    warp = forward_backward_warp(warped, modelview.to(rgbd), atol=tolerance, rtol=tolerance)
     color, mask = warp.color, warp.mask
     if "blur" in augments:
         blurred = gaussian_blur3(clean[:, :3], uniform() + 1e-3)
         color = torch.where((uniform() < BLUR_PROBABILITY)[:, None, None, None], blurred, color)
     mask_rgb = mask
     if "erode_rgb" in augments:
-        kernel = 2 * torch.randint(len(ERODE_KERNELS), (batch,), generator=generator, device=device) + 1
+        radius = torch.randint(len(ERODE_KERNELS), (batch,), generator=generator, device=device)
+        kernel = 2 * torch.round(radius / pixel_scale).long() + 1
         mask_rgb = _erode_each(mask.bool(), kernel.tolist()).to(mask.dtype)
         color = color * mask_rgb
     y = torch.cat([color, warp.depth], dim=1) * mask * 2 - 1

@@ -39,6 +39,8 @@ class TrainConfig:
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
+    ema_warmup: bool = False  # rate min(ema_rate, (1 + step) / (10 + step)), so a short run's EMA is not its init
+    min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting; None = the official unweighted ε-MSE
     p_uncond: float = 0.1  # label dropout to the null class -1, for classifier-free guidance
     mixed_precision: str = "no"
     grad_clip: float | None = None  # max global grad norm; None = no clipping (official)
@@ -46,6 +48,7 @@ class TrainConfig:
     timesteps: int = 1000
     augments: list[str] = field(default_factory=lambda: list(TRAIN_AUGMENTS))  # G_c warp augmentations
     camera_std: float = 0.15  # G_c side-camera jitter (official WarpDataset std)
+    warp_pixel_scale: float = 1.0  # official 128-px pixels per pixel: scales warp tolerances and erosion (4 at 32 px)
     num_workers: int = 4
     seed: int = 0
     log_every: int = 500
@@ -195,6 +198,23 @@ def _tiny_model(in_channels: int) -> ADMConfig:
     )
 
 
+def _synth_model(in_channels: int) -> ADMConfig:
+    """The shipped synth-benchmark U-Net: 32 px, four levels down to 4 px (global shape at no extra CPU cost)."""
+    return ADMConfig(
+        image_size=32,
+        in_channels=in_channels,
+        model_channels=32,
+        out_channels=4,
+        num_res_blocks=1,
+        attention_resolutions=[16, 8],
+        channel_mult=[1, 2, 2, 2],
+        num_classes=len(CATEGORIES),
+        has_null_class=True,
+        num_groups=8,
+        num_head_channels=16,
+    )
+
+
 _OFFICIAL_TRAINER = {"log_every": 500, "sample_every": 10_000, "save_every": 50_000, "max_steps": 1_000_000}
 _TINY_TRAINER = {
     "batch_size": 8,
@@ -206,6 +226,23 @@ _TINY_TRAINER = {
     "sample_every": 500,
     "save_every": 500,
     "sample_steps": 10,
+}
+
+# The synth benchmark recipe (see iterview/weights/synth/MODEL_CARD.md): small-scale speed-ups over the official
+# trainer, which are Min-SNR-5 weighting, EMA warm-up, lr 1e-3 and gradient clipping.
+_SYNTH_TRAINER = {
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "ema_rate": 0.999,
+    "ema_warmup": True,
+    "min_snr_gamma": 5.0,
+    "grad_clip": 1.0,
+    "num_workers": 0,
+    "log_every": 50,
+    "sample_every": 500,
+    "save_every": 250,
+    "sample_steps": 20,
+    "guidance": 1.0,
 }
 
 PRESETS: dict[str, TrainConfig] = {
@@ -222,4 +259,8 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "tiny": TrainConfig(_tiny_model(4), **_TINY_TRAINER),
     "tiny_cond": TrainConfig(_tiny_model(10), **_TINY_TRAINER),
+    "synth_u": TrainConfig(_synth_model(4), max_steps=6000, **_SYNTH_TRAINER),
+    "synth_c": TrainConfig(
+        _synth_model(10), max_steps=4000, warp_pixel_scale=4.0, **{**_SYNTH_TRAINER, "learning_rate": 5e-4}
+    ),
 }

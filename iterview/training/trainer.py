@@ -141,7 +141,10 @@ def _run(
         for _ in range(config.grad_accum):
             batch, state.epoch, state.batch = next(batches)
             micro_batches.append(batch)
-        window_loss += train_step(accelerator, model, net, ema, optimizer, schedule, micro_batches, config, generator)
+        ema_rate = min(config.ema_rate, (1 + state.step) / (10 + state.step)) if config.ema_warmup else config.ema_rate
+        window_loss += train_step(
+            accelerator, model, net, ema, optimizer, schedule, micro_batches, config, generator, ema_rate
+        )
         state.step += 1
         window_steps += 1
         window_time += time.perf_counter() - tick
@@ -186,6 +189,7 @@ def train_step(
     micro_batches: list[dict[str, torch.Tensor]],
     config: TrainConfig,
     generator: torch.Generator,
+    ema_rate: float,
 ) -> torch.Tensor:
     """One optimiser step over grad_accum micro-batches, then the EMA update; returns the mean loss (on device,
     so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one."""
@@ -193,7 +197,7 @@ def train_step(
     total = torch.zeros((), device=accelerator.device)
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator)
+            loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator, config.min_snr_gamma)
             accelerator.backward(loss)
             if config.grad_clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -201,7 +205,7 @@ def train_step(
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
-        update_ema(ema, net, config.ema_rate)
+        update_ema(ema, net, ema_rate)
     return total / len(micro_batches)
 
 
@@ -217,6 +221,7 @@ def diffusion_loss(
     batch: dict[str, torch.Tensor],
     p_uncond: float,
     generator: torch.Generator,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Official ε-MSE with label dropout to the null class (-1). G_u batch: "x_0" (B, 4, S, S) in [-1, 1],
     optional "classes" (B,); G_c adds "y" (B, 4, S, S), "mask" and "mask_rgb" (B, 1, S, S)."""
@@ -233,7 +238,7 @@ def diffusion_loss(
         def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return model(x_t, t, classes)
 
-    return schedule.training_loss(model_fn, batch["x_0"], generator)
+    return schedule.training_loss(model_fn, batch["x_0"], generator, min_snr_gamma)
 
 
 def make_dataset(config: TrainConfig) -> RGBDDataset:
@@ -243,7 +248,12 @@ def make_dataset(config: TrainConfig) -> RGBDDataset:
     size = config.model.image_size
     if config.inpaint:
         dataset = WarpPairDataset(
-            config.data_dir, size, augments=tuple(config.augments), std=config.camera_std, seed=config.seed
+            config.data_dir,
+            size,
+            augments=tuple(config.augments),
+            std=config.camera_std,
+            seed=config.seed,
+            pixel_scale=config.warp_pixel_scale,
         )
     else:
         dataset = RGBDDataset(config.data_dir, size)
