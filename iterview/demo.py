@@ -1,8 +1,10 @@
-"""`iterview demo`: the whole method end to end on a fresh machine, with no download.
+"""`iterview demo`: the method end to end in minutes on a CPU, with the models shipped in the package.
 
 Stages, each resumable (re-running the same command continues where it stopped):
-synthetic dataset -> G_u and G_c trained from scratch (tiny U-Nets) -> 3x9 viewsets sampled -> swing video by
-fusion rendering -> FID / KID and 3D consistency -> one self-contained HTML report.
+held-out synth-benchmark scenes -> 3x9 viewsets of every class (G_u, then G_c) -> a fusion video -> novel views
+of held-out scenes against their exact renders -> class accuracy and FID of first views -> one HTML report.
+With `train=True` G_u and G_c are first trained from scratch on the benchmark's training split (the synth_u /
+synth_c recipe, for as many steps as asked) and used instead of the shipped ones.
 """
 
 from __future__ import annotations
@@ -15,64 +17,37 @@ from pathlib import Path
 
 import torch
 
-from iterview.diffusion.guidance import clip_denoised
-from iterview.pipeline.multiview import MultiViewPipeline, SamplerChoice
-
-
-@dataclass(frozen=True)
-class ClippedSampler(SamplerChoice):
-    """A sampler that clips the predicted x0 to [-1, 1] before any guidance, for models trained for minutes."""
-
-    def sample(self, model_fn, x_T, schedule, generator=None, x0_fn=None) -> torch.Tensor:
-        return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn))
-
-
-class GivenFirstView(MultiViewPipeline):
-    """The multi-view pipeline with view 0 given (B, 4, H, W) in [-1, 1] instead of sampled by G_u."""
-
-    def __init__(self, first: torch.Tensor, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.first = first
-
-    def first_view(self, generators, classes) -> torch.Tensor:
-        return self.first
+from iterview.data.benchmark import BENCHMARK
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run; the defaults take under 15 minutes on two CPU cores."""
+    """Sizes of one demo run; the defaults take under 5 minutes on two CPU cores with the shipped models."""
 
-    images: int = 512  # synthetic training images
-    image_size: int = 32
-    steps_uncond: int = 1200  # G_u training steps
-    steps_cond: int = 600  # G_c training steps (fine-tuned from G_u)
-    batch_size: int = 8
-    learning_rate: float = 2e-3  # 20x the official rate: minutes of training, not days
-    scenes: int = 2  # 3x9 viewsets sampled
-    sampler_steps: int = 20  # DPM-Solver++(2M) steps per view
-    guidance: float = 1.0  # classifier-free strength
-    # Replacement guidance: the official 0.1 (RGB) and 0.2 (depth) rely on a trained G_c reproducing its
-    # condition; a minutes-trained G_c barely reads it, so the demo replaces the known pixels outright.
-    w_rgb: float = 1.0
-    w_depth: float = 1.0
-    # Meshing tolerances scale with the pixel size: the official 0.03 and 3-pixel erosion are for 128 px.
-    discontinuity: float = 0.12
-    erode_rgb: int = 1
-    frames: int = 60  # swing video frames
-    eval_images: int = 64  # real and generated images for FID / KID
+    scenes_per_class: int = 1  # 3x9 viewsets sampled for each class
+    heldout_scenes: int = 4  # held-out scenes whose 3x9 views G_c generates from the true view 0
+    first_views: int = 64  # class-conditional G_u samples for class accuracy and FID
+    real_images: int = 256  # held-out real images for FID
+    sampler: str = "fast"
+    frames: int = 48  # fusion video frames (swing)
+    video_size: int = 96
+    video_ssaa: int = 3
+    train_images: int = 10_000  # --train: training split size
+    steps_uncond: int = 3000  # --train: G_u steps
+    steps_cond: int = 1500  # --train: G_c steps
     seed: int = 0
 
 
 FULL = DemoConfig()
 QUICK = DemoConfig(
-    images=32,
-    steps_uncond=20,
-    steps_cond=10,
-    batch_size=4,
-    scenes=1,
-    sampler_steps=3,
-    frames=6,
-    eval_images=6,
+    heldout_scenes=1,
+    first_views=16,
+    real_images=16,
+    frames=4,
+    video_size=32,
+    train_images=64,
+    steps_uncond=4,
+    steps_cond=2,
 )
 
 
@@ -86,93 +61,142 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     timings[name] = round(time.perf_counter() - start, 2)
 
 
-def _guidance(config: DemoConfig):
-    from iterview.pipeline.multiview import Guidance
-
-    return Guidance(strength=config.guidance, w_rgb=config.w_rgb, w_depth=config.w_depth)
-
-
-def _geometry(config: DemoConfig):
-    from iterview.pipeline.multiview import InferenceGeometry
-
-    tolerance = config.discontinuity
-    return InferenceGeometry(atol=tolerance, rtol=tolerance, erode_rgb=config.erode_rgb)
-
-
-def _train_config(preset: str, data: Path, num_classes: int, steps: int, config: DemoConfig):
-    from iterview.training.config import get_preset
-
-    train_config = get_preset(preset)
-    model = replace(train_config.model, image_size=config.image_size, num_classes=num_classes, has_null_class=True)
-    every = max(steps // 4, 50)  # a few checkpoints to resume from, none in between for a short run
-    return replace(
-        train_config,
-        model=model,
-        data_dir=str(data),
-        batch_size=config.batch_size,
-        max_steps=steps,
-        learning_rate=config.learning_rate,
-        num_workers=0,
-        log_every=every,
-        save_every=every,
-        sample_every=steps,
-        keep_last=1,
-        seed=config.seed,
-    )
-
-
-def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, progress: bool = True) -> Path:
-    """Run every stage into out_dir and return the HTML report's path."""
-    from iterview.data.synth import CATEGORIES, write_synth_dataset
-    from iterview.eval.report import Report, ReportSection
-    from iterview.models.checkpoint import load_model
-    from iterview.pipeline.sampling import sample_viewset
-    from iterview.pipeline.scene import Scene
-    from iterview.render.video import render_scene_video
-    from iterview.training.trainer import train
+def run_demo(
+    out_dir: str | Path,
+    config: DemoConfig = FULL,
+    models: str | Path = "synth",
+    train: bool = False,
+    cpu: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run every stage into out_dir and return the HTML report's path. `models`: a shipped set or a pair of
+    training runs' parent folder (`<models>/g_u`, `<models>/g_c`); `train`: train them into out_dir first."""
+    from iterview.data.benchmark import write_benchmark
+    from iterview.eval.benchmark import novel_view_metrics, uncond_metrics
+    from iterview.eval.classifier import load_classifier
+    from iterview.models.shipped import resolve_model
+    from iterview.pipeline.loading import load_pipeline, sampler_summary
 
     out = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     timings: dict[str, float] = {}
+    recipe = replace(
+        BENCHMARK,
+        train_count=config.train_images if train else 0,
+        heldout_count=config.real_images,
+        truth_scenes=config.heldout_scenes,
+    )
+    with _stage("held-out benchmark scenes", timings):
+        data = write_benchmark(out / "data", recipe)
+    uncond = cond = models
+    if train:
+        uncond, cond = _train(out, data, config, cpu, progress, timings)
+    pipeline = load_pipeline(uncond, cond, config.sampler, device=device, progress=progress)
+    with _stage("sample 3x9 viewsets of every class", timings):
+        scenes = _sample_scenes(out / "samples", pipeline, config, progress)
+    with _stage("render a fusion video", timings):
+        videos = _video(out / "samples", scenes[0], pipeline, config, progress)
+    with _stage("novel views of held-out scenes", timings):
+        cond_metrics = novel_view_metrics(data, pipeline, out / "heldout", config.heldout_scenes, config.seed)
+    with _stage("first views: class accuracy and FID", timings):
+        classifier = load_classifier(resolve_model("synth", "classifier"), device)
+        batch = min(config.first_views, 32)
+        image_metrics = uncond_metrics(
+            data, pipeline, classifier, out / "first_views", config.first_views, config.seed, batch, progress
+        )
+    metrics = {"first_views": image_metrics, "novel_views": cond_metrics, "sampling": sampler_summary(pipeline)}
+    return _report(out, scenes, videos, metrics, timings, config)
 
-    with _stage("synthetic dataset", timings):
-        data = write_synth_dataset(out / "data", config.images, config.image_size, config.seed)
+
+def _train(
+    out: Path, data: Path, config: DemoConfig, cpu: bool, progress: bool, timings: dict[str, float]
+) -> tuple[Path, Path]:
+    """G_u, then G_c fine-tuned from it, with the synth_u / synth_c presets (resumable)."""
+    from iterview.training.config import get_preset
+    from iterview.training.trainer import train
+
+    def configured(preset: str, steps: int):
+        every = max(steps // 4, 1)
+        return replace(
+            get_preset(preset),
+            data_dir=str(data / "train"),
+            max_steps=steps,
+            save_every=every,
+            log_every=every,
+            sample_every=steps,
+            keep_last=1,
+            seed=config.seed,
+            batch_size=min(get_preset(preset).batch_size, config.train_images),
+        )
+
     with _stage("train G_u (first view)", timings):
-        uncond = _train_config("tiny", data, len(CATEGORIES), config.steps_uncond, config)
-        weights_u = train(uncond, out / "g_u", resume=True, cpu=cpu, progress=progress)
-    with _stage("train G_c (novel views)", timings):
-        cond = _train_config("tiny_cond", data, len(CATEGORIES), config.steps_cond, config)
-        weights_c = train(cond, out / "g_c", resume=True, init_from=weights_u, cpu=cpu, progress=progress)
-    with _stage("sample 3x9 viewsets", timings):
-        g_u, g_c = load_model(weights_u)[0].to(device), load_model(weights_c)[0].to(device)
-        sampler = ClippedSampler("dpmpp", config.sampler_steps)
-        run = out / "samples"
-        sample_viewset(
-            g_u,
-            g_c,
-            run,
-            list(range(config.seed, config.seed + config.scenes)),
-            viewset="3x9",
-            batch_size=config.scenes,
-            sampler_uncond=sampler,
-            sampler_cond=sampler,
-            guidance=_guidance(config),
-            geometry=_geometry(config),
+        g_u = train(configured("synth_u", config.steps_uncond), out / "g_u", resume=True, cpu=cpu, progress=progress)
+    with _stage("train G_c (novel views, from G_u)", timings):
+        g_c = train(
+            configured("synth_c", config.steps_cond),
+            out / "g_c",
+            resume=True,
+            init_from=g_u,
+            cpu=cpu,
             progress=progress,
         )
-        scenes = sorted((run / "scenes").glob("scene_*.npz"))  # also those of an earlier, resumed run
-    with _stage("novel views of a true scene", timings):
-        truth_metrics, truth_grids = _true_scene_views(out / "truth", g_u, g_c, sampler, config, device, progress)
-    with _stage("render swing video", timings):
-        name = scenes[0].stem
-        videos = [run / "videos" / f"{name}.mp4", run / "videos" / f"{name}_depth.mp4"]
-        if not all(v.is_file() for v in videos):
-            videos = render_scene_video(Scene.load(scenes[0]), run, name, "swing", config.frames, progress=progress)
-    with _stage("evaluate", timings):
-        metrics = _evaluate(out, data, [Scene.load(p) for p in scenes], config, device, progress)
-        metrics["ground_truth"] = truth_metrics
+    return g_u, g_c
+
+
+def _sample_scenes(run: Path, pipeline, config: DemoConfig, progress: bool) -> list[Path]:
+    """`scenes_per_class` 3x9 viewsets of each class, seeds 0.. with class = seed mod classes."""
+    from iterview.pipeline.sampling import sample_viewset
+
+    classes = pipeline.g_u.num_classes or 1
+    seeds = list(range(config.seed, config.seed + classes * config.scenes_per_class))
+    sample_viewset(
+        pipeline.g_u,
+        pipeline.g_c,
+        run,
+        seeds,
+        viewset="3x9",
+        batch_size=len(seeds),
+        sampler_uncond=pipeline.sampler_uncond,
+        sampler_cond=pipeline.sampler_cond,
+        guidance=pipeline.guidance,
+        geometry=pipeline.geometry,
+        progress=progress,
+    )
+    return sorted((run / "scenes").glob("scene_*.npz"))[: len(seeds)]
+
+
+def _video(run: Path, scene_path: Path, pipeline, config: DemoConfig, progress: bool) -> list[Path]:
+    """The swing fusion video (colour and depth) of the first scene."""
+    from iterview.pipeline.scene import Scene
+    from iterview.render.video import render_scene_video
+
+    name = scene_path.stem
+    videos = [run / "videos" / f"{name}.mp4", run / "videos" / f"{name}_depth.mp4"]
+    if all(v.is_file() for v in videos):
+        return videos
+    g = pipeline.geometry
+    return render_scene_video(
+        Scene.load(scene_path),
+        run,
+        name,
+        "swing",
+        config.frames,
+        ssaa=config.video_ssaa,
+        progress=progress,
+        size=config.video_size,
+        atol=g.atol,
+        rtol=g.rtol,
+        erode_rgb=g.erode_rgb,
+    )
+
+
+def _report(
+    out: Path, scenes: list[Path], videos: list[Path], metrics: dict, timings: dict, config: DemoConfig
+) -> Path:
+    from iterview.eval.report import Report, ReportSection
 
     report = Report("iterview demo", metrics=metrics, timings=timings)
+    run = out / "samples"
     for path in scenes:
         suffix = path.stem.removeprefix("scene_")
         report.sections.append(
@@ -182,94 +206,17 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
             )
         )
     report.sections.append(
-        ReportSection(
-            "Free-view video (fusion rendering, swing trajectory): colour and depth", videos=[Path(v) for v in videos]
-        )
+        ReportSection("Free-view video (fusion rendering, swing trajectory): colour and depth", videos=videos)
     )
-    report.sections.append(
-        ReportSection(
-            "A training scene from its true front view: generated views, true views (colour, then depth)",
-            images=truth_grids,
-            note="View 0 (centre) is the true image; G_c generates the 26 others, compared with exact renders.",
+    for index in range(min(config.heldout_scenes, 4)):
+        report.sections.append(
+            ReportSection(
+                f"Held-out scene {index}: generated views (top) and the exact renders (bottom), colour and depth",
+                images=[out / "heldout" / "grids" / f"{name}_{index:04d}.png" for name in ("generated", "truth")],
+                note="View 0 (centre) is the true image; G_c generates the 26 others from it.",
+            )
         )
+    report.sections.append(
+        ReportSection("Class-conditional first views (G_u), classes in turn", images=[out / "first_views" / "grid.png"])
     )
     return report.write(out / "report.html")
-
-
-def _evaluate(
-    out: Path, data: Path, scenes: list, config: DemoConfig, device: torch.device, progress: bool
-) -> dict[str, dict]:
-    """FID / KID of generated novel views against the training images, and the scenes' 3D consistency."""
-    from iterview.eval.consistency import folder_consistency
-    from iterview.eval.fid import FeatureStats, ImageFiles, extract_features, image_metrics, list_images
-    from iterview.eval.inception import load_inception
-    from iterview.io import save_png
-
-    generated = out / "eval" / "generated"
-    views = [scene.rgbd[k, :3] * 0.5 + 0.5 for scene in scenes for k in range(1, len(scene))]
-    order = torch.randperm(len(views), generator=torch.Generator().manual_seed(config.seed))[: config.eval_images]
-    paths = [save_png(views[i], generated / f"{n:05d}.png") for n, i in enumerate(order.tolist())]
-    real = list_images(data / "images")
-    real = [real[i] for i in torch.randperm(len(real), generator=torch.Generator().manual_seed(config.seed))]
-    model = load_inception(device=device)
-    real_features = extract_features(
-        model, ImageFiles(real[: config.eval_images], config.image_size, real=True), progress=progress, desc="real"
-    )
-    fake_features = extract_features(
-        model, ImageFiles(paths, config.image_size, real=False), progress=progress, desc="generated"
-    )
-    reference = FeatureStats.from_features(real_features, image_size=config.image_size)
-    return {
-        "images": image_metrics(fake_features, reference, kid_subsets=10),
-        "consistency": folder_consistency(out / "samples" / "scenes", device=device, progress=progress),
-    }
-
-
-def _true_scene_views(
-    out: Path, g_u, g_c, sampler: SamplerChoice, config: DemoConfig, device: torch.device, progress: bool
-) -> tuple[dict[str, float], list[Path]]:
-    """Sample the 3x9 views of synthetic training scene 0 from its true front view and compare every novel view
-    with the exact render of the scene. Returns the errors and the grids (generated / true, colour / depth)."""
-    from iterview.data.synth import scene_for_index
-    from iterview.eval.consistency import ground_truth_error
-    from iterview.geometry.cameras import linear_to_zbuffer
-    from iterview.io import colorize_depth, make_grid, save_png
-    from iterview.pipeline.scene import Scene
-    from iterview.pipeline.viewsets import grid_viewset_3x9
-
-    viewset = grid_viewset_3x9()
-    truth = scene_for_index(config.seed, 0)
-    rgb, depth = truth.render(viewset.modelviews, config.image_size)
-    # The depth channel keeps its training meaning (z-buffer of near 0.5, far 100) so that generated depth
-    # compares with the truth; the official inference reinterprets it with (0.6, 5).
-    geometry = replace(_geometry(config), near=0.5, far=100.0)
-    path = out / "scene_generated"
-    if path.with_suffix(".json").is_file():
-        scene = Scene.load(path)
-    else:
-        first = torch.cat([rgb[:1], linear_to_zbuffer(depth[:1], geometry.near, geometry.far)], 1) * 2 - 1
-        guidance = _guidance(config)
-        pipeline = GivenFirstView(
-            first.to(device),
-            g_u,
-            g_c,
-            sampler_uncond=sampler,
-            sampler_cond=sampler,
-            guidance=guidance,
-            geometry=geometry,
-            progress=progress,
-        )
-        generator = torch.Generator(device).manual_seed(config.seed)
-        label = torch.tensor([truth.category], device=device)
-        scene = pipeline(viewset.modelviews[None].to(device), [generator], label).scene(0, geometry)
-        scene.save(path)
-    scene = Scene(scene.rgbd.cpu(), scene.modelviews.cpu(), scene.fov, scene.near, scene.far)
-    true_zbuffer = linear_to_zbuffer(depth, geometry.near, geometry.far)
-    grids = {
-        "generated_rgb": scene.rgbd[:, :3] * 0.5 + 0.5,
-        "true_rgb": rgb,
-        "generated_depth": colorize_depth(scene.rgbd[:, 3:] * 0.5 + 0.5),
-        "true_depth": colorize_depth(true_zbuffer),
-    }
-    paths = [save_png(make_grid(images, viewset.grid), out / f"{name}.png") for name, images in grids.items()]
-    return ground_truth_error(scene, rgb, depth), paths

@@ -28,9 +28,18 @@ def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{PARTIAL_SUFFIX}{suffix}")
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: give the user's umask its say
+            tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_partials(root: str | Path) -> int:

@@ -58,7 +58,8 @@ def write_benchmark(root: str | Path, recipe: BenchmarkRecipe = BENCHMARK) -> Pa
     with atomic_path(recipe_path) as tmp:
         tmp.write_text(json.dumps(asdict(recipe), indent=1) + "\n")
     size, style = recipe.image_size, recipe.style
-    write_synth_dataset(root / "train", recipe.train_count, size, recipe.train_seed, style)
+    if recipe.train_count:
+        write_synth_dataset(root / "train", recipe.train_count, size, recipe.train_seed, style)
     write_synth_dataset(root / "heldout", recipe.heldout_count, size, recipe.heldout_seed, style)
     cameras = truth_cameras()
     for index in range(recipe.truth_scenes):

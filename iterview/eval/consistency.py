@@ -87,8 +87,11 @@ def scene_consistency(
     occlusion_tolerance: float = 0.05,
     ssaa: int = 3,
     batch_size: int = 16,
+    atol: float = 0.03,
+    rtol: float = 0.03,
 ) -> Consistency:
-    """Reprojection consistency of every view with its `neighbours` nearest views (all ordered pairs)."""
+    """Reprojection consistency of every view with its `neighbours` nearest views (all ordered pairs);
+    atol / rtol: the meshing tolerances the scene was made with."""
     if len(scene) < 2:
         raise ValueError(f"consistency needs a scene with at least 2 views, got {len(scene)}")
     views, device = len(scene), scene.rgbd.device
@@ -101,7 +104,7 @@ def scene_consistency(
     squared, absrel, counted = torch.zeros(3, views, dtype=torch.float64, device=device)
     seen = torch.zeros(views, 1, *scene.rgbd.shape[-2:], dtype=torch.int32, device=device)
     for t, s in zip(targets.split(batch_size), sources.split(batch_size), strict=True):
-        warp = warp_views(scene, s, t, ssaa)
+        warp = warp_views(scene, s, t, ssaa, atol, rtol)
         occluded = target_depth[t] < warp.depth * (1 - occlusion_tolerance)
         valid = warp.mask & ~occluded
         weight = valid.double()

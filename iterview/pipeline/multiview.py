@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
+from iterview.diffusion.guidance import classifier_free, clip_denoised, inpaint_input, replacement_guidance
 from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
@@ -26,10 +26,12 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
+    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2);
+    clip: clip the predicted x0 to [-1, 1] before any guidance (off in the official code)."""
 
     name: str = "ddim"
     steps: int = 50
+    clip: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
@@ -45,6 +47,8 @@ class SamplerChoice:
         generator: Generators = None,
         x0_fn: X0Fn | None = None,
     ) -> torch.Tensor:
+        if self.clip:
+            x0_fn = clip_denoised(x0_fn)
         if self.name == "ddpm":
             return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
         if self.name == "ddim":
@@ -108,12 +112,13 @@ class MultiViewPipeline:
     every previous view. Each instance draws all its random numbers from its own generator, so a seed gives
     the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
 
-    g_u: (B, 4, H, W) ε-model with optional classes; g_c: the 10-channel inpainting model (None for one view).
+    g_u: (B, 4, H, W) ε-model with optional classes (None when view 0 is always given); g_c: the 10-channel
+    inpainting model (None for one view).
     """
 
     def __init__(
         self,
-        g_u: nn.Module,
+        g_u: nn.Module | None,
         g_c: nn.Module | None = None,
         schedule: DiffusionSchedule | None = None,
         sampler_uncond: SamplerChoice = OFFICIAL_UNCOND,
@@ -123,11 +128,14 @@ class MultiViewPipeline:
         image_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        self.g_u, self.g_c = g_u.eval(), g_c.eval() if g_c is not None else None
+        if g_u is None and g_c is None:
+            raise ValueError("the pipeline needs g_u, g_c or both")
+        self.g_u = g_u.eval() if g_u is not None else None
+        self.g_c = g_c.eval() if g_c is not None else None
         self.schedule = schedule or DiffusionSchedule.linear(1000)
         self.sampler_uncond, self.sampler_cond = sampler_uncond, sampler_cond
         self.guidance, self.geometry = guidance, geometry
-        self.image_size = image_size or g_u.image_size
+        self.image_size = image_size or (g_u if g_u is not None else g_c).image_size
         self.progress = progress
 
     @torch.no_grad()
@@ -136,17 +144,21 @@ class MultiViewPipeline:
         modelviews: torch.Tensor,
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
+        first_view: torch.Tensor | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
-        the models' device; classes: (B,) long or None."""
+        the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1] to start from a
+        given view 0 (e.g. a photo) instead of sampling it with G_u."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
         if views > 1 and self.g_c is None:
             raise ValueError(f"{views} views need the conditional model g_c")
+        if first_view is None and self.g_u is None:
+            raise ValueError("sampling view 0 needs the unconditional model g_u (or pass first_view)")
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
-        x = self.first_view(generators, classes)
+        x = self.first_view(generators, classes) if first_view is None else first_view.to(modelviews.device)
         bar.update()
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []

@@ -95,6 +95,11 @@ class Scene:
     def __len__(self) -> int:
         return self.rgbd.shape[0]
 
+    def to(self, device: torch.device | str) -> Scene:
+        """The same scene with its tensors on device (every field kept)."""
+        known = None if self.known is None else self.known.to(device)
+        return replace(self, rgbd=self.rgbd.to(device), modelviews=self.modelviews.to(device), known=known)
+
     @property
     def depth(self) -> torch.Tensor:
         """Linear depth along -z: (V, 1, H, W)."""

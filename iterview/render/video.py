@@ -74,12 +74,13 @@ def render_fusion(
     erode_rgb: int = 3,
     chunk: int = 4,
     progress: bool = False,
+    size: int | None = None,
 ) -> FusionFrames:
     """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes rebuilt
-    with numeric padding 32, aggregation at `ssaa`× the image size, colour LANCZOS-downsampled (clipped first,
-    where the official 8-bit cast wraps around). Depth is expressed with the scene's (near, far), not the
-    official video's training (0.5, 100)."""
-    size = scene.rgbd.shape[-1]
+    with numeric padding 32, aggregation at `ssaa`× the frame size (default: the scene's image size), colour
+    LANCZOS-downsampled (clipped first, where the official 8-bit cast wraps around). Depth is expressed with the
+    scene's (near, far), not the official video's training (0.5, 100)."""
+    size = size or scene.rgbd.shape[-1]
     meshes, textures = scene.meshes(FUSION_PADDING, atol, rtol, erode_rgb)
     modelviews = modelviews.to(scene.rgbd.device)
     frames = []
@@ -136,13 +137,17 @@ def render_scene_video(
     ssaa: int = FUSION_SSAA,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    size: int | None = None,
+    atol: float = 0.03,
+    rtol: float = 0.03,
+    erode_rgb: int = 3,
 ) -> list[Path]:
     """Render `scene` along a trajectory: `videos/<name>.mp4` and `videos/<name>_depth.mp4` (inverted inferno,
     empty pixels black) under output_dir; the `random` trajectory writes one image `results/<name>.png`, the
-    official fusion evaluation set. Returns the files written."""
+    official fusion evaluation set. `size`: frame size (default: the scene's). Returns the files written."""
     output_dir = Path(output_dir)
     cameras = make_trajectory(trajectory, frames, generator)
-    fused = render_fusion(scene, cameras, ssaa=ssaa, progress=progress)
+    fused = render_fusion(scene, cameras, ssaa, atol, rtol, erode_rgb, progress=progress, size=size)
     if trajectory == "random":
         return [save_png(fused.color[0], output_dir / "results" / f"{name}.png")]
     depth = colorize_depth(fused.depth) * fused.mask

@@ -1,0 +1,218 @@
+"""Metrics of the synth benchmark (`iterview.data.benchmark`).
+
+- G_u: FID / KID of class-conditional first views against the held-out split, class accuracy and the Inception
+  Score computed with the synth classifier, and the real-vs-real FID of two disjoint real sets of the same size.
+- G_c: from the true view 0 of held-out scenes, the 26 other views of the 3x9 grid against exact renders (colour
+  PSNR and depth AbsRel over all pixels, over the pixels the condition covers and over those G_c invented), and
+  the reprojection consistency between neighbouring generated views.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from iterview.data.benchmark import load_truth, read_recipe
+from iterview.data.datasets import RGBDDataset, derive_seed
+from iterview.eval.classifier import SynthClassifier, class_accuracy, classifier_inception_score, predict
+from iterview.eval.consistency import scene_consistency
+from iterview.geometry.cameras import zbuffer_to_linear
+from iterview.io import colorize_depth, make_grid, save_png
+from iterview.pipeline.multiview import MultiViewPipeline, MultiViewResult
+from iterview.pipeline.viewsets import GRID_3X9
+
+
+def sample_first_views(
+    pipeline: MultiViewPipeline, count: int, num_classes: int, seed: int, batch_size: int, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` G_u samples (count, 4, S, S) in [-1, 1], image i of class i mod num_classes with its own seed."""
+    device = next(pipeline.g_u.parameters()).device
+    classes = torch.arange(count) % num_classes
+    images = []
+    for start in tqdm(range(0, count, batch_size), desc="first views", disable=not progress):
+        indices = range(start, min(start + batch_size, count))
+        generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
+        images.append(pipeline.first_view(generators, classes[start : start + len(indices)].to(device)).cpu())
+    return torch.cat(images), classes
+
+
+def uncond_metrics(
+    root: str | Path,
+    pipeline: MultiViewPipeline,
+    classifier: SynthClassifier,
+    output_dir: str | Path,
+    count: int = 1000,
+    seed: int = 0,
+    batch_size: int = 100,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Sample `count` first views into output_dir/images and measure them against the held-out split."""
+    from iterview.eval.fid import ImageFiles, extract_features, image_metrics
+    from iterview.eval.fid import real_stats as compute_real_stats
+    from iterview.eval.inception import load_inception
+
+    root, out = Path(root), Path(output_dir)
+    recipe = read_recipe(root)
+    images, classes = sample_first_views(pipeline, count, classifier.num_classes, seed, batch_size, progress)
+    paths = [save_png(image[:3] * 0.5 + 0.5, out / "images" / f"{i:05d}.png") for i, image in enumerate(images)]
+    save_png(make_grid(images[:64, :3] * 0.5 + 0.5, _rows(min(64, count), 8)), out / "grid.png")
+    device = next(pipeline.g_u.parameters()).device
+    inception = load_inception(device=device)
+    reference = compute_real_stats(
+        inception, root / "heldout" / "images", recipe.image_size, out / "heldout_stats.safetensors", progress=progress
+    )
+    features = extract_features(inception, ImageFiles(paths, recipe.image_size, real=False), progress=progress)
+    metrics = image_metrics(features, reference, kid_subsets=100, kid_subset_size=min(1000, count))
+    probabilities = predict(classifier, images[:, :3])
+    metrics["class_accuracy"] = class_accuracy(probabilities, classes)
+    metrics["synth_is_mean"], metrics["synth_is_std"] = classifier_inception_score(probabilities)
+    return metrics
+
+
+def real_vs_real_fid(root: str | Path, count: int, inception=None, progress: bool = True) -> float:
+    """FID between the first `count` training images and the first `count` held-out ones: the floor that
+    sampling noise alone puts under a FID of `count` generated images."""
+    from iterview.eval.fid import FeatureStats, ImageFiles, extract_features, frechet_distance, list_images
+    from iterview.eval.inception import load_inception
+
+    root = Path(root)
+    size = read_recipe(root).image_size
+    inception = inception or load_inception()
+    stats = []
+    for split in ("train", "heldout"):
+        paths = sorted(list_images(root / split / "images"), key=lambda p: p.name)[:count]
+        features = extract_features(inception, ImageFiles(paths, size, real=True), progress=progress, desc=split)
+        stats.append(FeatureStats.from_features(features))
+    return frechet_distance(stats[0].mu, stats[0].sigma, stats[1].mu, stats[1].sigma)
+
+
+def novel_view_metrics(
+    root: str | Path,
+    pipeline: MultiViewPipeline,
+    output_dir: str | Path,
+    scenes: int = 20,
+    seed: int = 0,
+    batch_size: int = 20,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Generate the 3x9 views of held-out scenes 0..scenes-1 from their true view 0; compare with the truth."""
+    root, out = Path(root), Path(output_dir)
+    recipe = read_recipe(root)
+    if scenes > recipe.truth_scenes:
+        raise ValueError(f"{root} has ground truth for {recipe.truth_scenes} scenes, {scenes} were asked for")
+    heldout = RGBDDataset(root / "heldout", recipe.image_size)
+    device = next(pipeline.g_c.parameters()).device
+    totals = torch.zeros(6, 2, dtype=torch.float64)  # (rgb, depth) sums over all / covered / invented + counts
+    consistency = []
+    for start in tqdm(range(0, scenes, batch_size), desc="held-out scenes", disable=not progress):
+        indices = list(range(start, min(start + batch_size, scenes)))
+        items = [heldout[i] for i in indices]
+        truths = [load_truth(root, i) for i in indices]
+        first = torch.stack([item["x_0"] for item in items]).to(device)
+        classes = torch.stack([item["classes"] for item in items]).to(device)
+        modelviews = torch.stack([truth["modelviews"] for truth in truths]).to(device)
+        generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
+        result = pipeline(modelviews, generators, classes, first_view=first)
+        for row, (index, truth) in enumerate(zip(indices, truths, strict=True)):
+            scene = result.scene(row, pipeline.geometry, seed=index).to("cpu")
+            scene.save(out / "scenes" / f"scene_{index:04d}")
+            totals += _truth_errors(result, row, truth, pipeline.geometry.near, pipeline.geometry.far)
+            consistency.append(scene_consistency(scene, atol=pipeline.geometry.atol, rtol=pipeline.geometry.rtol))
+            if index < 4:
+                _save_grids(scene, truth, out / "grids", index)
+    return _summarise(totals, consistency)
+
+
+def _truth_errors(result: MultiViewResult, row: int, truth: dict, near: float, far: float) -> torch.Tensor:
+    """(6, 2): squared colour error and depth AbsRel sums, and pixel counts, over all / covered / invented
+    pixels of views 1..V-1 of one instance."""
+    rgbd = result.rgbd[row, 1:].cpu().double()
+    covered = torch.stack([cond.mask[row].cpu() > 0.5 for cond in result.conditions])
+    color = (rgbd[:, :3] * 0.5 + 0.5).clamp(0, 1)
+    depth = zbuffer_to_linear(rgbd[:, 3:] * 0.5 + 0.5, near, far)
+    true_depth = truth["depth"][1:].double().clamp(near, far)
+    squared = (color - truth["rgb"][1:].double()).square().mean(1, keepdim=True)
+    absrel = (depth - true_depth).abs() / true_depth
+    out = torch.zeros(6, 2, dtype=torch.float64)
+    for k, region in enumerate((torch.ones_like(covered), covered, ~covered)):
+        out[k] = torch.stack([(squared * region).sum(), region.sum()])
+        out[3 + k] = torch.stack([(absrel * region).sum(), region.sum()])
+    return out
+
+
+def _summarise(totals: torch.Tensor, consistency: list) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for k, region in enumerate(("all", "covered", "invented")):
+        mse = totals[k, 0] / totals[k, 1].clamp(min=1)
+        metrics[f"psnr_{region}"] = float(-10 * torch.log10(mse.clamp(min=1e-10)))
+        metrics[f"depth_absrel_{region}"] = float(totals[3 + k, 0] / totals[3 + k, 1].clamp(min=1))
+    metrics["covered_share"] = float(totals[1, 1] / totals[0, 1])
+    metrics["reprojection_psnr"] = sum(c.psnr for c in consistency) / len(consistency)
+    metrics["reprojection_depth_absrel"] = sum(c.depth_absrel for c in consistency) / len(consistency)
+    metrics["scenes"] = len(consistency)
+    return metrics
+
+
+def _save_grids(scene, truth: dict, folder: Path, index: int) -> None:
+    """Generated and true 3x9 grids, colour and depth, one PNG each."""
+    near, far = scene.near, scene.far
+    true_zbuffer = (1 / near - 1 / truth["depth"].clamp(near, far)) / (1 / near - 1 / far)
+    grids = {
+        "generated": torch.cat([scene.rgbd[:, :3] * 0.5 + 0.5, colorize_depth(scene.rgbd[:, 3:] * 0.5 + 0.5)], -2),
+        "truth": torch.cat([truth["rgb"], colorize_depth(true_zbuffer)], -2),
+    }
+    for name, images in grids.items():
+        save_png(make_grid(images.clamp(0, 1), GRID_3X9), folder / f"{name}_{index:04d}.png")
+
+
+def _rows(count: int, columns: int) -> list[list[int]]:
+    return [
+        [i if i < count else -1 for i in range(r * columns, (r + 1) * columns)]
+        for r in range(math.ceil(count / columns))
+    ]
+
+
+def run_benchmark(
+    root: str | Path,
+    output_dir: str | Path,
+    uncond: str | Path | None = None,
+    cond: str | Path | None = None,
+    classifier: str | Path = "synth",
+    sampler: str = "fast",
+    steps_uncond: int | None = None,
+    steps_cond: int | None = None,
+    guidance: float | None = None,
+    num_images: int = 1000,
+    scenes: int = 20,
+    seed: int = 0,
+    batch_size: int = 100,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Every benchmark metric of the given models ({"uncond": ..., "cond": ...}, either part optional).
+    Models may be shipped names (`synth`), whose inference settings (geometry, guidance, clipping) apply."""
+    from iterview.eval.classifier import load_classifier
+    from iterview.models.shipped import resolve_model
+    from iterview.pipeline.loading import load_pipeline, sampler_summary
+
+    if uncond is None and cond is None:
+        raise ValueError("give a G_u (--uncond) and/or a G_c (--cond) to evaluate")
+    recipe = read_recipe(root)  # a clear error before any model is loaded
+    pipeline = load_pipeline(uncond, cond, sampler, steps_uncond, steps_cond, guidance, device)
+    out = Path(output_dir)
+    metrics: dict[str, dict] = {}
+    if uncond is not None:
+        model = load_classifier(resolve_model(classifier, "classifier"), device)
+        metrics["uncond"] = uncond_metrics(
+            root, pipeline, model, out / "uncond", num_images, seed, batch_size, progress
+        )
+        if recipe.train_count >= num_images:
+            metrics["uncond"]["real_vs_real_fid"] = real_vs_real_fid(root, num_images, progress=progress)
+        metrics["uncond"] |= sampler_summary(pipeline)
+    if cond is not None:
+        metrics["cond"] = novel_view_metrics(root, pipeline, out / "cond", scenes, seed, scenes, progress)
+        metrics["cond"] |= sampler_summary(pipeline)
+    return metrics

@@ -1,0 +1,59 @@
+"""Models and their inference settings from what a user names: a shipped set (`synth`), a training run, a
+checkpoint, a model folder or an official `.pt` with its config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from iterview.models.checkpoint import load_model
+from iterview.models.shipped import inference_settings, resolve_model
+from iterview.pipeline.multiview import Guidance, InferenceGeometry, MultiViewPipeline, SamplerChoice
+from iterview.training.state import weights_dir
+
+
+def load_network(spec: str | Path, role: str, config: str | Path | None = None, device: str | torch.device = "cpu"):
+    """One U-Net in eval mode on device; role: uncond (G_u) or cond (G_c)."""
+    return load_model(weights_dir(resolve_model(spec, role)), config)[0].to(device)
+
+
+def load_pipeline(
+    uncond: str | Path | None,
+    cond: str | Path | None = None,
+    sampler: str = "official",
+    steps_uncond: int | None = None,
+    steps_cond: int | None = None,
+    guidance: float | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> MultiViewPipeline:
+    """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
+    clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength."""
+    from iterview.pipeline.commands import resolve_samplers
+
+    settings = inference_settings(cond if cond is not None else uncond)
+    choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
+    clip = bool(settings.get("clip_denoised", False))
+    choice_u, choice_c = (replace(choice, clip=clip) for choice in choices)
+    strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
+    g_u = load_network(uncond, "uncond", device=device) if uncond is not None else None
+    g_c = load_network(cond, "cond", device=device) if cond is not None else None
+    geometry = InferenceGeometry(**settings.get("geometry", {}))
+    return MultiViewPipeline(
+        g_u, g_c, None, choice_u, choice_c, Guidance(strength=strength), geometry, progress=progress
+    )
+
+
+def sampler_summary(pipeline: MultiViewPipeline) -> dict:
+    """What a metric was measured with: samplers, steps, guidance strength, clipping."""
+
+    def describe(choice: SamplerChoice) -> str:
+        return f"{choice.name}{choice.steps}" + ("+clip" if choice.clip else "")
+
+    return {
+        "sampler_uncond": describe(pipeline.sampler_uncond),
+        "sampler_cond": describe(pipeline.sampler_cond),
+        "guidance": pipeline.guidance.strength,
+    }
