@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -56,7 +57,9 @@ def uncond_metrics(
 
     root, out = Path(root), Path(output_dir)
     recipe = read_recipe(root)
+    start = time.perf_counter()
     images, classes = sample_first_views(pipeline, count, classifier.num_classes, seed, batch_size, progress)
+    seconds = (time.perf_counter() - start) / count
     paths = [save_png(image[:3] * 0.5 + 0.5, out / "images" / f"{i:05d}.png") for i, image in enumerate(images)]
     save_png(make_grid(images[:64, :3] * 0.5 + 0.5, _rows(min(64, count), 8)), out / "grid.png")
     device = next(pipeline.g_u.parameters()).device
@@ -68,7 +71,8 @@ def uncond_metrics(
     metrics = image_metrics(features, reference, kid_subsets=100, kid_subset_size=min(1000, count))
     probabilities = predict(classifier, images[:, :3])
     metrics["class_accuracy"] = class_accuracy(probabilities, classes)
-    metrics["synth_is_mean"], metrics["synth_is_std"] = classifier_inception_score(probabilities)
+    metrics["synth_is_mean"], metrics["synth_is_std"] = classifier_inception_score(probabilities, min(10, count))
+    metrics["seconds_per_image"] = seconds
     return metrics
 
 
@@ -106,16 +110,18 @@ def novel_view_metrics(
     heldout = RGBDDataset(root / "heldout", recipe.image_size)
     device = next(pipeline.g_c.parameters()).device
     totals = torch.zeros(6, 2, dtype=torch.float64)  # (rgb, depth) sums over all / covered / invented + counts
-    consistency = []
-    for start in tqdm(range(0, scenes, batch_size), desc="held-out scenes", disable=not progress):
-        indices = list(range(start, min(start + batch_size, scenes)))
+    consistency, seconds = [], 0.0
+    for first_index in tqdm(range(0, scenes, batch_size), desc="held-out scenes", disable=not progress):
+        indices = list(range(first_index, min(first_index + batch_size, scenes)))
         items = [heldout[i] for i in indices]
         truths = [load_truth(root, i) for i in indices]
         first = torch.stack([item["x_0"] for item in items]).to(device)
         classes = torch.stack([item["classes"] for item in items]).to(device)
         modelviews = torch.stack([truth["modelviews"] for truth in truths]).to(device)
         generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
+        start = time.perf_counter()
         result = pipeline(modelviews, generators, classes, first_view=first)
+        seconds += time.perf_counter() - start
         for row, (index, truth) in enumerate(zip(indices, truths, strict=True)):
             scene = result.scene(row, pipeline.geometry, seed=index).to("cpu")
             scene.save(out / "scenes" / f"scene_{index:04d}")
@@ -123,7 +129,7 @@ def novel_view_metrics(
             consistency.append(scene_consistency(scene, atol=pipeline.geometry.atol, rtol=pipeline.geometry.rtol))
             if index < 4:
                 _save_grids(scene, truth, out / "grids", index)
-    return _summarise(totals, consistency)
+    return _summarise(totals, consistency) | {"seconds_per_scene": seconds / scenes}
 
 
 def _truth_errors(result: MultiViewResult, row: int, truth: dict, near: float, far: float) -> torch.Tensor:
