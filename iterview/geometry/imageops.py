@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import math
 
+import PIL
 import torch
 import torch.nn.functional as F
 
+_PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 # Pillow's 8-bit resampler keeps filter weights as integers with 22 fractional bits (Resample.c).
 _PIL_PRECISION_BITS = 22
 _LANCZOS_SUPPORT = 3.0
@@ -31,10 +33,11 @@ def lanczos_downsample(image: torch.Tensor, size: int) -> torch.Tensor:
     levels = (image.to(torch.float32).clamp(0, 1) * 255).to(torch.uint8).to(torch.float64)
     rows = _pil_lanczos_weights(image.shape[-2], size).to(image.device)
     columns = _pil_lanczos_weights(image.shape[-1], size).to(image.device)
-    # Recent Pillow (13 here) runs the vertical pass first when the height shrinks by more than twice the width;
-    # older versions always went horizontal first. Both agree on the square images of the pipeline.
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice the width; earlier
+    # versions always go horizontal first. Both agree on the square images of the pipeline.
     height, width = image.shape[-2:]
-    if not (height - size > 0 and height - size > 2 * (width - size)):
+    vertical_first = _PILLOW_MAJOR >= 13 and height - size > 0 and height - size > 2 * (width - size)
+    if not vertical_first:
         levels = _pil_round(rows @ _pil_round(levels @ columns.T))
     else:
         levels = _pil_round(_pil_round(rows @ levels) @ columns.T)

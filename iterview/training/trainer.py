@@ -106,6 +106,8 @@ def _run(
     if checkpoint is not None:
         state, rng = load_checkpoint(checkpoint, net, ema, optimizer)
         _restore_rng(rng, state, generator, rank, world, device, config.seed)
+        for group in optimizer.param_groups:  # the config decides: `--resume --set learning_rate=…` takes effect
+            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
     else:
         generator.manual_seed(_seed(config.seed, rank, 0))
     model, optimizer = accelerator.prepare(net, optimizer)
