@@ -55,9 +55,6 @@ class DemoConfig:
     # condition; a minutes-trained G_c barely reads it, so the demo replaces the known pixels outright.
     w_rgb: float = 1.0
     w_depth: float = 1.0
-    # Meshing tolerances scale with the pixel size: the official 0.03 and 3-pixel erosion are for 128 px.
-    discontinuity: float = 0.12
-    erode_rgb: int = 1
     frames: int = 60  # swing video frames
     eval_images: int = 64  # real and generated images for FID / KID
     seed: int = 0
@@ -93,10 +90,11 @@ def _guidance(config: DemoConfig):
 
 
 def _geometry(config: DemoConfig):
-    from iterview.pipeline.multiview import InferenceGeometry
+    """The official geometry carried to the demo's image size (tolerance 0.12, erosion 1 at 32 px); every scene
+    records it, so rendering and evaluation read the views as they were sampled."""
+    from iterview.geometry.inference import InferenceGeometry
 
-    tolerance = config.discontinuity
-    return InferenceGeometry(atol=tolerance, rtol=tolerance, erode_rgb=config.erode_rgb)
+    return InferenceGeometry.for_size(config.image_size)
 
 
 def _train_config(preset: str, data: Path, num_classes: int, steps: int, config: DemoConfig):
@@ -263,7 +261,7 @@ def _true_scene_views(
         label = torch.tensor([truth.category], device=device)
         scene = pipeline(viewset.modelviews[None].to(device), [generator], label).scene(0, geometry)
         scene.save(path)
-    scene = Scene(scene.rgbd.cpu(), scene.modelviews.cpu(), scene.fov, scene.near, scene.far)
+    scene = scene.to("cpu")
     true_zbuffer = linear_to_zbuffer(depth, geometry.near, geometry.far)
     grids = {
         "generated_rgb": scene.rgbd[:, :3] * 0.5 + 0.5,

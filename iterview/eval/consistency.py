@@ -1,6 +1,7 @@
 """3D consistency of a generated multi-view RGBD set, in plain PyTorch.
 
-Each view's nearest neighbours are meshed (official meshing, discontinuity faces flagged) and rendered into it.
+Each view's nearest neighbours are meshed (official meshing with the scene's geometry, discontinuity faces
+flagged) and rendered into it at the geometry's condition SSAA.
 Where the warped surface is visible in the target view, colour and depth should agree: colour PSNR and depth
 AbsRel are pooled over those co-visible pixels, and coverage is the share of each view that at least one
 neighbour sees. A pixel where the target is clearly nearer than the warped surface is an occlusion (the target
@@ -60,18 +61,13 @@ class Warp:
     mask: torch.Tensor
 
 
-def warp_views(
-    scene: Scene,
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    ssaa: int = 3,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-) -> Warp:
-    """Mesh views `sources` (P,) and render them into views `targets` (P,) with `ssaa`× supersampling."""
-    size = scene.rgbd.shape[-1]
+def warp_views(scene: Scene, sources: torch.Tensor, targets: torch.Tensor) -> Warp:
+    """Mesh views `sources` (P,) and render them into views `targets` (P,), with the scene geometry's
+    tolerances and condition_ssaa× supersampling."""
+    size, g = scene.rgbd.shape[-1], scene.geometry
+    ssaa = g.condition_ssaa
     depth = scene.depth[sources, 0]
-    mesh = depth_to_mesh(depth, scene.modelviews[sources], fov=scene.fov, atol=atol, rtol=rtol)
+    mesh = depth_to_mesh(depth, scene.modelviews[sources], fov=g.fov, atol=g.atol, rtol=g.rtol)
     texture = _colors(scene.rgbd[sources])
     render = render_simple(mesh, texture, scene.modelviews[targets], size * ssaa)
     covered = render.mask.float()
@@ -85,7 +81,6 @@ def scene_consistency(
     scene: Scene,
     neighbours: int = 4,
     occlusion_tolerance: float = 0.05,
-    ssaa: int = 3,
     batch_size: int = 16,
 ) -> Consistency:
     """Reprojection consistency of every view with its `neighbours` nearest views (all ordered pairs)."""
@@ -101,7 +96,7 @@ def scene_consistency(
     squared, absrel, counted = torch.zeros(3, views, dtype=torch.float64, device=device)
     seen = torch.zeros(views, 1, *scene.rgbd.shape[-2:], dtype=torch.int32, device=device)
     for t, s in zip(targets.split(batch_size), sources.split(batch_size), strict=True):
-        warp = warp_views(scene, s, t, ssaa)
+        warp = warp_views(scene, s, t)
         occluded = target_depth[t] < warp.depth * (1 - occlusion_tolerance)
         valid = warp.mask & ~occluded
         weight = valid.double()
@@ -175,8 +170,7 @@ def folder_consistency(
     """Mean consistency over every scene under folder: psnr, depth_absrel, coverage and the scene count."""
     results = []
     for path in tqdm(find_scenes(folder), desc="consistency", unit="scene", disable=not progress):
-        scene = Scene.load(path)
-        scene = Scene(scene.rgbd.to(device), scene.modelviews.to(device), scene.fov, scene.near, scene.far)
+        scene = Scene.load(path).to(device)
         results.append(scene_consistency(scene, neighbours))
     return {
         "psnr": sum(r.psnr for r in results) / len(results),

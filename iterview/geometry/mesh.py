@@ -7,15 +7,17 @@ top; faces come quad by quad, two per quad, split along the shorter 3D diagonal 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from iterview.geometry.cameras import focal_length
+from iterview.geometry.cameras import focal_length, zbuffer_to_linear
 from iterview.geometry.imageops import erode
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 
 FLAG_EDGE = 1
 FLAG_PADDING = 2
@@ -23,6 +25,9 @@ FLAG_ERODED = 4
 
 # The official 'frustum' padding pulls the ring onto the plane z_cam = -0.1, closing the view frustum.
 FRUSTUM_DEPTH = 0.1
+# Official meshing: 'frustum' skirts while sampling (§6.2), numeric padding 32 px when re-fusing saved scenes (§6.5).
+SAMPLING_PADDING = "frustum"
+FUSION_PADDING = 32
 
 
 @dataclass
@@ -98,6 +103,29 @@ def depth_to_mesh(
         fov=float(fov),
         normal=normal,
     )
+
+
+def rgbd_to_mesh(
+    rgbd: torch.Tensor,
+    modelview: torch.Tensor,
+    geometry: InferenceGeometry = OFFICIAL_GEOMETRY,
+    padding: int | Literal["frustum"] | None = SAMPLING_PADDING,
+) -> tuple[Mesh, torch.Tensor]:
+    """Official meshing of generated views. rgbd: (B, 4, N, N) in [-1, 1], depth channel = z-buffer of the
+    geometry's (near, far); modelview: (B, 4, 4). Returns the mesh (with normals, discontinuities and erosion
+    by the geometry's atol, rtol, erode_rgb) and its texture (B, 3, N, N) = rgb·0.5 + 0.5, unclipped as in the
+    official code."""
+    g = geometry
+    x = rgbd * 0.5 + 0.5
+    depth = zbuffer_to_linear(x[:, 3], g.near, g.far)
+    mesh = depth_to_mesh(depth, modelview, g.fov, padding, g.atol, g.rtol, g.erode_rgb, compute_normals=True)
+    return mesh, x[:, :3]
+
+
+def map_mesh(mesh: Mesh, fn: Callable[[torch.Tensor], torch.Tensor]) -> Mesh:
+    """Apply fn to every batched tensor of a mesh (e.g. to slice or expand the batch)."""
+    tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
+    return replace(mesh, **{k: fn(v) for k, v in tensors.items() if v is not None})
 
 
 def image_uv(size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:

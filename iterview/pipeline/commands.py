@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -72,22 +73,25 @@ def sample(
     steps_cond: Annotated[int | None, typer.Option(help="G_c steps.")] = None,
     guidance: Annotated[float, typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅.")] = 3.0,
     batch_size: Annotated[int, typer.Option(help="Instances sampled together per process.")] = 10,
-    fov: float = 45.0,
-    near: Annotated[float, typer.Option(help="Depth channel z-buffer near plane at inference.")] = 0.6,
-    far: Annotated[float, typer.Option(help="Depth channel z-buffer far plane at inference.")] = 5.0,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-    erode_rgb: int = 3,
+    fov: Annotated[float | None, typer.Option(help="Field of view in degrees [official 45].")] = None,
+    near: Annotated[float | None, typer.Option(help="Depth channel z-buffer near plane [official 0.6].")] = None,
+    far: Annotated[float | None, typer.Option(help="Depth channel z-buffer far plane [official 5].")] = None,
+    atol: Annotated[float | None, typer.Option(help="Meshing tolerance [0.03 at 128 px, × 128/size].")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Meshing tolerance [0.03 at 128 px, × 128/size].")] = None,
+    erode_rgb: Annotated[int | None, typer.Option(help="RGB erosion radius [3 at 128 px, ÷ 128/size].")] = None,
     cpu: Annotated[bool, typer.Option(help="Sample on the CPU even when a GPU is present.")] = False,
 ) -> None:
     """Sample multi-view scenes: view 0 from G_u, every further view from G_c conditioned on all previous ones.
 
+    The inference geometry is the official one carried to the model's image size
+    (`InferenceGeometry.for_size`); options override it, and every scene file records it.
     Re-running the same command skips finished instances. Multi-GPU: `accelerate launch -m iterview.cli sample ...`.
     """
     from accelerate import PartialState
 
+    from iterview.geometry.inference import InferenceGeometry
     from iterview.models.checkpoint import load_model
-    from iterview.pipeline.multiview import Guidance, InferenceGeometry
+    from iterview.pipeline.multiview import Guidance
     from iterview.pipeline.sampling import parse_seeds, run_name, sample_viewset
     from iterview.pipeline.viewsets import make_viewset
 
@@ -103,6 +107,13 @@ def sample(
         raise _fail(error) from error
     state = PartialState(cpu=cpu)
     g_u, _ = load_model(uncond, config_uncond)
+    overrides = {"fov": fov, "near": near, "far": far, "atol": atol, "rtol": rtol, "erode_rgb": erode_rgb}
+    try:
+        geometry = replace(
+            InferenceGeometry.for_size(g_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
+        )
+    except ValueError as error:
+        raise _fail(error) from error
     g_c = load_model(cond, config_cond)[0].to(state.device) if views > 1 else None
     root = output_dir / run_name(viewset, choice_u, choice_c, guidance)
     written = sample_viewset(
@@ -116,7 +127,7 @@ def sample(
         sampler_uncond=choice_u,
         sampler_cond=choice_c,
         guidance=Guidance(strength=guidance),
-        geometry=InferenceGeometry(fov=fov, near=near, far=far, atol=atol, rtol=rtol, erode_rgb=erode_rgb),
+        geometry=geometry,
         rank=state.process_index,
         world_size=state.num_processes,
         progress=state.is_local_main_process,
@@ -148,7 +159,9 @@ def render(
     traj: Annotated[str, typer.Option(help="swing, orbit, random, or a .json/.yaml camera file.")] = "swing",
     frames: Annotated[int, typer.Option(help="Frames for swing and orbit.")] = 60,
     fps: int = 30,
-    ssaa: Annotated[int, typer.Option(help="Supersampling of the fusion render (official 5).")] = 5,
+    ssaa: Annotated[
+        int | None, typer.Option(help="Supersampling of the fusion render [the scene's, official 5].")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random trajectory (combined with each scene's name).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Render scenes whose outputs already exist again.")] = False,
     cpu: Annotated[bool, typer.Option(help="Render on the CPU even when a GPU is present.")] = False,
@@ -165,7 +178,7 @@ def render(
         root, stems = find_scenes(scenes)
     except FileNotFoundError as error:
         raise _fail(error) from error
-    if frames < 1 or ssaa < 1:
+    if frames < 1 or (ssaa is not None and ssaa < 1):
         raise typer.BadParameter(f"--frames and --ssaa must be >= 1, got {frames} and {ssaa}")
     out = output_dir or root
     state = PartialState(cpu=cpu)
@@ -177,10 +190,11 @@ def render(
         target = out / "results" / f"{name}.png" if traj == "random" else out / "videos" / f"{name}_depth.mp4"
         if target.exists() and not overwrite:
             continue
-        scene = Scene.load(stem)
-        scene.rgbd, scene.modelviews = scene.rgbd.to(state.device), scene.modelviews.to(state.device)
+        scene = Scene.load(stem).to(state.device)
+        if ssaa is not None:
+            scene.geometry = replace(scene.geometry, fusion_ssaa=ssaa)
         generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-        render_scene_video(scene, out, name, traj, frames, fps, ssaa, generator, progress=state.is_local_main_process)
+        render_scene_video(scene, out, name, traj, frames, fps, generator, progress=state.is_local_main_process)
         done += 1
     typer.echo(f"rendered {done} scene(s) into {out}")
 
@@ -191,8 +205,8 @@ def export(
         Path | None, typer.Option(help="Default: <run folder>/exports; one folder per scene.")
     ] = None,
     format: Annotated[list[str] | None, typer.Option(help="ply, glb, nerf (repeatable; default all).")] = None,
-    atol: float = 0.03,
-    rtol: float = 0.03,
+    atol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
 ) -> None:
     """Export scenes to a coloured point cloud and fused mesh (PLY, GLB) and a NeRF / 3DGS folder."""
     from iterview.pipeline.scene import Scene
@@ -206,6 +220,12 @@ def export(
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     out = output_dir or root / "exports"
+    tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
     for stem in stems:
-        export_scene(Scene.load(stem), out / stem.name, formats, atol, rtol)
+        scene = Scene.load(stem)
+        try:
+            scene.geometry = replace(scene.geometry, **tolerances)
+        except ValueError as error:
+            raise _fail(error) from error
+        export_scene(scene, out / stem.name, formats)
     typer.echo(f"exported {len(stems)} scene(s) into {out}")

@@ -18,8 +18,9 @@ from iterview.diffusion.guidance import classifier_free, inpaint_input, replacem
 from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
-from iterview.geometry.mesh import Mesh
-from iterview.pipeline.scene import Scene, rgbd_to_mesh
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.mesh import Mesh, rgbd_to_mesh
+from iterview.pipeline.scene import Scene
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
 
@@ -57,19 +58,6 @@ OFFICIAL_COND = SamplerChoice("ddim", 50)
 
 
 @dataclass(frozen=True)
-class InferenceGeometry:
-    """Official inference constants (§6.2, §3.8): depth channel = z-buffer of (near, far); meshing tolerances."""
-
-    fov: float = 45.0
-    near: float = 0.6
-    far: float = 5.0
-    atol: float = 0.03
-    rtol: float = 0.03
-    erode_rgb: int = 3
-    ssaa: int = 3
-
-
-@dataclass(frozen=True)
 class Guidance:
     """Classifier-free strength w (ε = (1+w)·ε_c − w·ε_∅) and the official replacement / hull weights."""
 
@@ -79,7 +67,6 @@ class Guidance:
     w_hull: float = 0.5
 
 
-OFFICIAL_GEOMETRY = InferenceGeometry()
 OFFICIAL_GUIDANCE = Guidance()
 
 
@@ -100,7 +87,7 @@ class MultiViewResult:
         for k, cond in enumerate(self.conditions, start=1):
             known[k] = cond.mask[index] > 0.5
         label = None if self.classes is None else int(self.classes[index])
-        return Scene(rgbd, self.modelviews[index], geometry.fov, geometry.near, geometry.far, label, seed, known)
+        return Scene(rgbd, self.modelviews[index], geometry, label, seed, known)
 
 
 class MultiViewPipeline:
@@ -178,20 +165,7 @@ class MultiViewPipeline:
     ) -> Conditions:
         """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4). A camera
         that sees none of them (e.g. the far side of a coarse 360° orbit) gets an empty condition."""
-        g = self.geometry
-        return aggregate_conditions(
-            meshes,
-            textures,
-            modelview,
-            self.image_size,
-            g.ssaa,
-            g.near,
-            g.far,
-            g.atol,
-            g.rtol,
-            g.erode_rgb,
-            allow_blind=True,
-        )
+        return aggregate_conditions(meshes, textures, modelview, self.image_size, self.geometry, allow_blind=True)
 
     def next_view(
         self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
@@ -212,5 +186,4 @@ class MultiViewPipeline:
 
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""
-        g = self.geometry
-        return rgbd_to_mesh(x, modelview, g.near, g.far, g.fov, "frustum", g.atol, g.rtol, g.erode_rgb)
+        return rgbd_to_mesh(x, modelview, self.geometry)

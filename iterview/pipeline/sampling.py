@@ -15,14 +15,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.io import colorize_depth, make_grid, save_png
 from iterview.pipeline.multiview import (
     OFFICIAL_COND,
-    OFFICIAL_GEOMETRY,
     OFFICIAL_GUIDANCE,
     OFFICIAL_UNCOND,
     Guidance,
-    InferenceGeometry,
     MultiViewPipeline,
     MultiViewResult,
     SamplerChoice,

@@ -34,11 +34,12 @@ class SurfacePoints:
     faces: np.ndarray
 
 
-def scene_surface(scene: Scene, atol: float = 0.03, rtol: float = 0.03) -> SurfacePoints:
+def scene_surface(scene: Scene) -> SurfacePoints:
     """Fuse the views into one surface: each view contributes the pixels it generated itself (outside the
-    aggregation mask, when the scene records it) away from depth discontinuities, so overlapping views are
-    not stacked twice and occlusion boundaries do not become stretched triangles."""
-    meshes, textures = scene.meshes(padding=None, atol=atol, rtol=rtol, erode_rgb=0)
+    aggregation mask, when the scene records it) away from depth discontinuities (the scene geometry's atol,
+    rtol), so overlapping views are not stacked twice and occlusion boundaries do not become stretched
+    triangles."""
+    meshes, textures = scene.meshes(padding=None)
     positions, colors, normals, faces = [], [], [], []
     offset = 0
     for view, (mesh, texture) in enumerate(zip(meshes, textures, strict=True)):
@@ -150,16 +151,14 @@ def export_nerf(scene: Scene, directory: str | Path, surface: SurfacePoints | No
     return directory
 
 
-def export_scene(
-    scene: Scene, output_dir: str | Path, formats: Sequence[str] = FORMATS, atol: float = 0.03, rtol: float = 0.03
-) -> list[Path]:
+def export_scene(scene: Scene, output_dir: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write the requested formats into output_dir: 'ply' (pointcloud.ply, mesh.ply), 'glb' (mesh.glb),
     'nerf' (nerf/). Returns the paths written."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export format(s) {sorted(unknown)}: expected some of {', '.join(FORMATS)}")
     output_dir = Path(output_dir)
-    surface = scene_surface(scene, atol, rtol)
+    surface = scene_surface(scene)
     written = []
     if "ply" in formats:
         written.append(export_point_cloud(surface, output_dir / "pointcloud.ply"))
