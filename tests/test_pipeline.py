@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 from iterview.cli import app
 from iterview.config import ADMConfig
 from iterview.diffusion.guidance import classifier_free
-from iterview.diffusion.samplers import ddpm_sample
+from iterview.diffusion.samplers import SamplerChoice, ddpm_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import aggregate_conditions
 from iterview.geometry.cameras import linear_to_zbuffer
 from iterview.models.checkpoint import build_model, save_model
 from iterview.pipeline import sampling
-from iterview.pipeline.multiview import Guidance, MultiViewPipeline, SamplerChoice
+from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import GRID_3X9, grid_viewset_3x9, orbit_viewset
 

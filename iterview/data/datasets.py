@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from iterview.data.images import load_image
 from iterview.data.layout import load_depth, read_index, same_aspect
-from iterview.geometry.warp import TRAIN_AUGMENTS, make_training_pair
+from iterview.data.pairs import TRAIN_AUGMENTS, make_training_pair
 
 DISPARITY_SCALE = 6250.0
 

@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 from iterview.diffusion.schedule import DiffusionSchedule, Generators, ModelFn, randn_like
 
 __all__ = [
+    "FAST_STEPS",
+    "OFFICIAL_COND",
+    "OFFICIAL_UNCOND",
+    "SAMPLERS",
+    "SAMPLER_PRESETS",
     "ModelFn",
+    "SamplerChoice",
     "StepOutput",
     "X0Fn",
     "ddim_sample",
@@ -29,6 +35,7 @@ __all__ = [
     "ddpm_step",
     "dpmpp_2m_sample",
     "dpmpp_timesteps",
+    "resolve_samplers",
 ]
 
 X0Fn = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -209,3 +216,69 @@ def dpmpp_2m_sample(
         if callback is not None:
             callback({"i": i, "t": t, "t_prev": t_next, "x": x, "pred_x0": x0})
     return x
+
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
+
+    name: str = "ddim"
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}: expected one of {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        x_T: torch.Tensor,
+        schedule: DiffusionSchedule,
+        generator: Generators = None,
+        x0_fn: X0Fn | None = None,
+    ) -> torch.Tensor:
+        if self.name == "ddpm":
+            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
+        if self.name == "ddim":
+            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
+        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
+
+
+OFFICIAL_UNCOND = SamplerChoice("ddpm", 1000)
+OFFICIAL_COND = SamplerChoice("ddim", 50)
+
+
+SAMPLER_PRESETS = ("official", "fast")
+FAST_STEPS = 20
+
+
+def resolve_samplers(
+    preset: str = "official",
+    sampler_uncond: str | None = None,
+    sampler_cond: str | None = None,
+    steps_uncond: int | None = None,
+    steps_cond: int | None = None,
+    timesteps: int = 1000,
+) -> tuple[SamplerChoice, SamplerChoice]:
+    """Sampler per model. official: G_u DDPM over all T steps (DDIM when fewer steps are asked, as the official
+    --steps_uncond), G_c DDIM-50; fast: DPM-Solver++(2M) with 20 steps for both. Names and steps override."""
+    if preset not in SAMPLER_PRESETS:
+        raise ValueError(f"unknown sampler preset {preset!r}: expected one of {', '.join(SAMPLER_PRESETS)}")
+    default_steps = {"ddpm": timesteps, "ddim": 50, "dpmpp": FAST_STEPS}
+    if preset == "fast":
+        name_u, name_c = "dpmpp", "dpmpp"
+    else:
+        name_u = "ddim" if steps_uncond is not None and steps_uncond < timesteps else "ddpm"
+        name_c = "ddim"
+    name_u, name_c = sampler_uncond or name_u, sampler_cond or name_c
+
+    def choice(name: str, steps: int | None) -> SamplerChoice:
+        # DDPM always walks every step (the official sampler ignores `steps`).
+        return SamplerChoice(name, timesteps if name == "ddpm" else steps or default_steps.get(name, 0))
+
+    return choice(name_u, steps_uncond), choice(name_c, steps_cond)

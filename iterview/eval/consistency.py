@@ -24,7 +24,7 @@ from iterview.geometry.cameras import camera_center
 from iterview.geometry.imageops import coverage_mask, subsample_center
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.warp import render_simple
-from iterview.pipeline.scene import Scene
+from iterview.pipeline.scene import Scene, find_scenes
 
 
 @dataclass
@@ -148,17 +148,6 @@ def ground_truth_error(
         "psnr": _psnr((generated - rgb[views].double()).square().mean()),
         "depth_absrel": float(((scene.depth[views].double() - true_depth).abs() / true_depth).mean()),
     }
-
-
-def find_scenes(folder: str | Path) -> list[Path]:
-    """Scene files (.json with a sibling .npz) under folder, recursively and sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"scene folder not found: {folder}")
-    found = sorted(p for p in folder.rglob("*.json") if p.with_suffix(".npz").is_file())
-    if not found:
-        raise ValueError(f"no scenes (a .json + .npz pair each) found under {folder}")
-    return found
 
 
 def folder_consistency(

@@ -1,45 +1,12 @@
-"""`iterview sample`, `iterview render` and `iterview export` (heavy imports stay inside the commands)."""
+"""`iterview sample` (heavy imports stay inside the command)."""
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-SAMPLER_PRESETS = ("official", "fast")
-FAST_STEPS = 20
-
-
-def resolve_samplers(
-    preset: str = "official",
-    sampler_uncond: str | None = None,
-    sampler_cond: str | None = None,
-    steps_uncond: int | None = None,
-    steps_cond: int | None = None,
-    timesteps: int = 1000,
-):
-    """Sampler per model. official: G_u DDPM over all T steps (DDIM when fewer steps are asked, as the official
-    --steps_uncond), G_c DDIM-50; fast: DPM-Solver++(2M) with 20 steps for both. Names and steps override."""
-    from iterview.pipeline.multiview import SamplerChoice
-
-    if preset not in SAMPLER_PRESETS:
-        raise ValueError(f"unknown sampler preset {preset!r}: expected one of {', '.join(SAMPLER_PRESETS)}")
-    default_steps = {"ddpm": timesteps, "ddim": 50, "dpmpp": FAST_STEPS}
-    if preset == "fast":
-        name_u, name_c = "dpmpp", "dpmpp"
-    else:
-        name_u = "ddim" if steps_uncond is not None and steps_uncond < timesteps else "ddpm"
-        name_c = "ddim"
-    name_u, name_c = sampler_uncond or name_u, sampler_cond or name_c
-
-    def choice(name: str, steps: int | None) -> SamplerChoice:
-        # DDPM always walks every step (the official sampler ignores `steps`).
-        return SamplerChoice(name, timesteps if name == "ddpm" else steps or default_steps.get(name, 0))
-
-    return choice(name_u, steps_uncond), choice(name_c, steps_cond)
 
 
 def _fail(error: Exception) -> typer.BadParameter:
@@ -89,6 +56,7 @@ def sample(
     """
     from accelerate import PartialState
 
+    from iterview.diffusion.samplers import resolve_samplers
     from iterview.geometry.inference import InferenceGeometry
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.multiview import Guidance
@@ -133,99 +101,3 @@ def sample(
         progress=state.is_local_main_process,
     )
     typer.echo(f"{len(written)} new scene(s) in {root}")
-
-
-def find_scenes(path: Path) -> tuple[Path, list[Path]]:
-    """A scene file, a folder of scene files or a run folder (with scenes/) -> (run root, scene stems)."""
-    if path.suffix in (".npz", ".json"):
-        if not path.is_file():
-            raise FileNotFoundError(f"scene file not found: {path}")
-        stem = path.with_suffix("")
-        return (stem.parent.parent if stem.parent.name == "scenes" else stem.parent), [stem]
-    if not path.is_dir():
-        raise FileNotFoundError(f"expected a scene file, a scenes folder or a run folder, found nothing at {path}")
-    folder = path / "scenes" if (path / "scenes").is_dir() else path
-    stems = sorted(p.with_suffix("") for p in folder.glob("*.json"))
-    if not stems:
-        raise FileNotFoundError(f"no scenes (*.json + *.npz) in {folder}")
-    return (folder.parent if folder.name == "scenes" else folder), stems
-
-
-def render(
-    scenes: Annotated[Path, typer.Argument(help="A run folder (with scenes/), a scenes folder or one scene file.")],
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Where videos/ (or results/) go; default: the run folder.")
-    ] = None,
-    traj: Annotated[str, typer.Option(help="swing, orbit, random, or a .json/.yaml camera file.")] = "swing",
-    frames: Annotated[int, typer.Option(help="Frames for swing and orbit.")] = 60,
-    fps: int = 30,
-    ssaa: Annotated[
-        int | None, typer.Option(help="Supersampling of the fusion render [the scene's, official 5].")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random trajectory (combined with each scene's name).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Render scenes whose outputs already exist again.")] = False,
-    cpu: Annotated[bool, typer.Option(help="Render on the CPU even when a GPU is present.")] = False,
-) -> None:
-    """Fusion-based free-view rendering of saved scenes to mp4 (colour and depth), or one random view each."""
-    import torch
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    from iterview.pipeline.scene import Scene
-    from iterview.render.video import render_scene_video
-
-    try:
-        root, stems = find_scenes(scenes)
-    except FileNotFoundError as error:
-        raise _fail(error) from error
-    if frames < 1 or (ssaa is not None and ssaa < 1):
-        raise typer.BadParameter(f"--frames and --ssaa must be >= 1, got {frames} and {ssaa}")
-    out = output_dir or root
-    state = PartialState(cpu=cpu)
-    done = 0
-    for stem in tqdm(
-        stems[state.process_index :: state.num_processes], desc="scenes", disable=not state.is_local_main_process
-    ):
-        name = stem.name
-        target = out / "results" / f"{name}.png" if traj == "random" else out / "videos" / f"{name}_depth.mp4"
-        if target.exists() and not overwrite:
-            continue
-        scene = Scene.load(stem).to(state.device)
-        if ssaa is not None:
-            scene.geometry = replace(scene.geometry, fusion_ssaa=ssaa)
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-        render_scene_video(scene, out, name, traj, frames, fps, generator, progress=state.is_local_main_process)
-        done += 1
-    typer.echo(f"rendered {done} scene(s) into {out}")
-
-
-def export(
-    scenes: Annotated[Path, typer.Argument(help="A run folder (with scenes/), a scenes folder or one scene file.")],
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Default: <run folder>/exports; one folder per scene.")
-    ] = None,
-    format: Annotated[list[str] | None, typer.Option(help="ply, glb, nerf (repeatable; default all).")] = None,
-    atol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
-) -> None:
-    """Export scenes to a coloured point cloud and fused mesh (PLY, GLB) and a NeRF / 3DGS folder."""
-    from iterview.pipeline.scene import Scene
-    from iterview.render.export import FORMATS, export_scene
-
-    try:
-        root, stems = find_scenes(scenes)
-        formats = format or list(FORMATS)
-        if set(formats) - set(FORMATS):
-            raise ValueError(f"unknown --format {sorted(set(formats) - set(FORMATS))}: expected {', '.join(FORMATS)}")
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
-    out = output_dir or root / "exports"
-    tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
-    for stem in stems:
-        scene = Scene.load(stem)
-        try:
-            scene.geometry = replace(scene.geometry, **tolerances)
-        except ValueError as error:
-            raise _fail(error) from error
-        export_scene(scene, out / stem.name, formats)
-    typer.echo(f"exported {len(stems)} scene(s) into {out}")

@@ -15,46 +15,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
-from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
-from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
+from iterview.diffusion.samplers import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.schedule import DiffusionSchedule, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import Mesh, rgbd_to_mesh
 from iterview.pipeline.scene import Scene
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2)."""
-
-    name: str = "ddim"
-    steps: int = 50
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}: expected one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
-
-    def sample(
-        self,
-        model_fn: ModelFn,
-        x_T: torch.Tensor,
-        schedule: DiffusionSchedule,
-        generator: Generators = None,
-        x0_fn: X0Fn | None = None,
-    ) -> torch.Tensor:
-        if self.name == "ddpm":
-            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
-        if self.name == "ddim":
-            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
-        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
-
-
-OFFICIAL_UNCOND = SamplerChoice("ddpm", 1000)
-OFFICIAL_COND = SamplerChoice("ddim", 50)
 
 
 @dataclass(frozen=True)

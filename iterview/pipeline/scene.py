@@ -157,3 +157,20 @@ def _read_geometry(meta: dict, stem: Path) -> InferenceGeometry:
         return InferenceGeometry.from_dict(values)
     except ValueError as error:
         raise ValueError(f"{stem}.json: {error}") from error
+
+
+def find_scenes(path: str | Path) -> list[Path]:
+    """Scene stems (a .json with its .npz) of a scene file, or under a folder recursively, sorted."""
+    path = Path(path)
+    if path.suffix in (".npz", ".json"):
+        stem = path.with_suffix("")
+        for file in (stem.with_suffix(".npz"), stem.with_suffix(".json")):
+            if not file.is_file():
+                raise FileNotFoundError(f"scene file not found: {file} (a scene is a .npz + .json pair)")
+        return [stem]
+    if not path.is_dir():
+        raise FileNotFoundError(f"expected a scene file, a scenes folder or a run folder, found nothing at {path}")
+    stems = sorted(p.with_suffix("") for p in path.rglob("*.json") if p.with_suffix(".npz").is_file())
+    if not stems:
+        raise FileNotFoundError(f"no scenes (a .json + .npz pair each) under {path}")
+    return stems

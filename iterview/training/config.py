@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from iterview.config import ADMConfig, read_mapping
+from iterview.data.pairs import TRAIN_AUGMENTS
 from iterview.data.synth import CATEGORIES
-from iterview.geometry.warp import TRAIN_AUGMENTS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 _NUMBER_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
