@@ -15,7 +15,7 @@ import time
 import torch
 
 from iterview.config import ADMConfig
-from iterview.diffusion.samplers import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
 from iterview.models.checkpoint import build_model
 from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import grid_viewset_3x9

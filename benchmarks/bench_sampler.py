@@ -74,7 +74,7 @@ def main() -> None:
     generator = torch.Generator(device).manual_seed(0)
     x_T = torch.randn(args.batch, 4, 16, 16, generator=generator, device=device)
     runs = {
-        "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator),
+        "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator=generator),
         "ddim50": lambda: ddim_sample(model_fn, x_T, schedule, steps=50),
         "dpmpp2m20": lambda: dpmpp_2m_sample(model_fn, x_T, schedule, steps=20),
         "ode1000": lambda: ddim_sample(model_fn, x_T, schedule, steps=1000),

@@ -17,28 +17,7 @@ from typing import Annotated
 import torch
 import typer
 
-from iterview.diffusion.guidance import clip_denoised
-from iterview.diffusion.samplers import SamplerChoice
-from iterview.pipeline.multiview import MultiViewPipeline
-
-
-@dataclass(frozen=True)
-class ClippedSampler(SamplerChoice):
-    """A sampler that clips the predicted x0 to [-1, 1] before any guidance, for models trained for minutes."""
-
-    def sample(self, model_fn, x_T, schedule, generator=None, x0_fn=None) -> torch.Tensor:
-        return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn))
-
-
-class GivenFirstView(MultiViewPipeline):
-    """The multi-view pipeline with view 0 given (B, 4, H, W) in [-1, 1] instead of sampled by G_u."""
-
-    def __init__(self, first: torch.Tensor, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.first = first
-
-    def first_view(self, generators, classes) -> torch.Tensor:
-        return self.first
+from iterview.diffusion.presets import SamplerChoice
 
 
 @dataclass(frozen=True)
@@ -146,7 +125,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
         weights_c = train(cond, out / "g_c", resume=True, init_from=weights_u, cpu=cpu, progress=progress)
     with _stage("sample 3x9 viewsets", timings):
         g_u, g_c = load_model(weights_u)[0].to(device), load_model(weights_c)[0].to(device)
-        sampler = ClippedSampler("dpmpp", config.sampler_steps)
+        sampler = SamplerChoice("dpmpp", config.sampler_steps, clip=True)
         run = out / "samples"
         sample_viewset(
             g_u,
@@ -235,6 +214,7 @@ def _true_scene_views(
     from iterview.eval.consistency import ground_truth_error
     from iterview.geometry.cameras import linear_to_zbuffer
     from iterview.io import colorize_depth, make_grid, save_png
+    from iterview.pipeline.multiview import MultiViewPipeline
     from iterview.pipeline.scene import Scene
     from iterview.pipeline.viewsets import grid_viewset_3x9
 
@@ -250,8 +230,7 @@ def _true_scene_views(
     else:
         first = torch.cat([rgb[:1], linear_to_zbuffer(depth[:1], geometry.near, geometry.far)], 1) * 2 - 1
         guidance = _guidance(config)
-        pipeline = GivenFirstView(
-            first.to(device),
+        pipeline = MultiViewPipeline(
             g_u,
             g_c,
             sampler_uncond=sampler,
@@ -262,7 +241,8 @@ def _true_scene_views(
         )
         generator = torch.Generator(device).manual_seed(config.seed)
         label = torch.tensor([truth.category], device=device)
-        scene = pipeline(viewset.modelviews[None].to(device), [generator], label).scene(0, geometry)
+        result = pipeline(viewset.modelviews[None].to(device), [generator], label, first_view=first.to(device))
+        scene = result.scene(0, geometry)
         scene.save(path)
     scene = scene.to("cpu")
     true_zbuffer = linear_to_zbuffer(depth, geometry.near, geometry.far)

@@ -3,7 +3,7 @@ import torch
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.diffusion.samplers import SamplerChoice, resolve_samplers
+from iterview.diffusion.presets import SamplerChoice, resolve_samplers
 from iterview.pipeline.sampling import check_classes, instance_suffix, make_instance, parse_seeds, run_name
 from iterview.pipeline.scene import find_scenes
 

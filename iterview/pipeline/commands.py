@@ -56,7 +56,7 @@ def sample(
     """
     from accelerate import PartialState
 
-    from iterview.diffusion.samplers import resolve_samplers
+    from iterview.diffusion.presets import resolve_samplers
     from iterview.geometry.inference import InferenceGeometry
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.multiview import Guidance

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
-from iterview.diffusion.samplers import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.guidance import classifier_free, inpaint_model, replacement_guidance
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
 from iterview.diffusion.schedule import DiffusionSchedule, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
@@ -89,9 +89,11 @@ class MultiViewPipeline:
         modelviews: torch.Tensor,
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
+        first_view: torch.Tensor | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
-        the models' device; classes: (B,) long or None."""
+        the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1], view 0 given
+        instead of sampled by G_u (e.g. a real image with its depth)."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
@@ -99,7 +101,7 @@ class MultiViewPipeline:
             raise ValueError(f"{views} views need the conditional model g_c")
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
-        x = self.first_view(generators, classes)
+        x = self.first_view(generators, classes) if first_view is None else first_view.to(modelviews.device)
         bar.update()
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []
@@ -140,13 +142,9 @@ class MultiViewPipeline:
         known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
         hull = cond.depth_convex * 2 - 1
         x_T = self.initial_noise(generators)
-        network = classifier_free(self.g_c, classes, self.guidance.strength)
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
-            return network(inpaint_input(x_t, known, cond.mask, cond.mask_rgb, generators), t)
-
         w = self.guidance
+        # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
+        model_fn = inpaint_model(self.g_c, known, cond.mask, cond.mask_rgb, classes, w.strength, generators)
         x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
         return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iterview.diffusion.samplers import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.io import colorize_depth, make_grid, save_png
 from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline, MultiViewResult
