@@ -104,7 +104,6 @@ def _train_config(preset: str, data: Path, num_classes: int, steps: int, config:
 def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, progress: bool = True) -> Path:
     """Run every stage into out_dir and return the HTML report's path."""
     from iterview.data.synth import CATEGORIES, write_synth_dataset
-    from iterview.eval.report import Report, ReportSection
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.sampling import sample_viewset
     from iterview.pipeline.scene import Scene
@@ -152,6 +151,21 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
         metrics = _evaluate(out, data, [Scene.load(p) for p in scenes], config, device, progress)
         metrics["ground_truth"] = truth_metrics
 
+    return _report(out, run, scenes, videos, truth_grids, metrics, timings)
+
+
+def _report(
+    out: Path,
+    run: Path,
+    scenes: list[Path],
+    videos: list[Path],
+    truth_grids: list[Path],
+    metrics: dict,
+    timings: dict[str, float],
+) -> Path:
+    """Write the HTML report: the scenes' grids, the video, the ground-truth comparison, metrics and timings."""
+    from iterview.eval.report import Report, ReportSection
+
     report = Report("iterview demo", metrics=metrics, timings=timings)
     for path in scenes:
         suffix = path.stem.removeprefix("scene_")
@@ -176,33 +190,28 @@ def run_demo(out_dir: str | Path, config: DemoConfig = FULL, cpu: bool = False, 
     return report.write(out / "report.html")
 
 
-def _evaluate(
-    out: Path, data: Path, scenes: list, config: DemoConfig, device: torch.device, progress: bool
-) -> dict[str, dict]:
-    """FID / KID of generated novel views against the training images, and the scenes' 3D consistency."""
-    from iterview.eval.consistency import folder_consistency
-    from iterview.eval.fid import FeatureStats, ImageFiles, extract_features, image_metrics, list_images
-    from iterview.eval.inception import load_inception
+def _evaluate(out: Path, data: Path, scenes: list, config: DemoConfig, device: torch.device, progress: bool) -> dict:
+    """FID / KID of the generated novel views (a seeded subset of eval_images) against as many training images,
+    and the scenes' 3D consistency, by `evaluate_samples`."""
+    from iterview.eval.report import evaluate_samples
     from iterview.io import save_png
 
     generated = out / "eval" / "generated"
     views = [scene.rgbd[k, :3] * 0.5 + 0.5 for scene in scenes for k in range(1, len(scene))]
-    order = torch.randperm(len(views), generator=torch.Generator().manual_seed(config.seed))[: config.eval_images]
-    paths = [save_png(views[i], generated / f"{n:05d}.png") for n, i in enumerate(order.tolist())]
-    real = list_images(data / "images")
-    real = [real[i] for i in torch.randperm(len(real), generator=torch.Generator().manual_seed(config.seed))]
-    model = load_inception(device=device)
-    real_features = extract_features(
-        model, ImageFiles(real[: config.eval_images], config.image_size, real=True), progress=progress, desc="real"
+    for n, view in enumerate(views):
+        save_png(view, generated / f"{n:05d}.png")
+    return evaluate_samples(
+        fake=generated,
+        real=data / "images",
+        scenes=out / "samples" / "scenes",
+        image_size=config.image_size,
+        num_samples=config.eval_images,
+        num_real=config.eval_images,
+        seed=config.seed,
+        kid_subsets=10,
+        device=device,
+        progress=progress,
     )
-    fake_features = extract_features(
-        model, ImageFiles(paths, config.image_size, real=False), progress=progress, desc="generated"
-    )
-    reference = FeatureStats.from_features(real_features, image_size=config.image_size)
-    return {
-        "images": image_metrics(fake_features, reference, kid_subsets=10),
-        "consistency": folder_consistency(out / "samples" / "scenes", device=device, progress=progress),
-    }
 
 
 def _true_scene_views(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,13 @@ def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_json(data: object, path: str | Path, indent: int = 1) -> Path:
+    """Atomically write data as JSON; returns path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent))
+    return Path(path)
 
 
 def remove_partials(root: str | Path) -> int:

@@ -1,4 +1,4 @@
-"""Data flows one way: the lower layers (geometry, diffusion, models, io, config) import nothing from the higher
+"""Data flows one way: the lower layers (geometry, diffusion, models, io, config, seeds) import nothing from the higher
 ones. Imports are read from the source with `ast` (function-level ones included), so nothing is executed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOWER = ("geometry", "diffusion", "models", "io", "config")
+LOWER = ("geometry", "diffusion", "models", "io", "config", "seeds")
 HIGHER = ("data", "training", "pipeline", "render", "eval", "demo", "cli")
 
 

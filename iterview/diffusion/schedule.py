@@ -91,6 +91,7 @@ class DiffusionSchedule:
 
     @property
     def num_timesteps(self) -> int:
+        """T, the number of diffusion steps."""
         return len(self.betas)
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -42,11 +41,10 @@ def evaluate(
 ) -> None:
     """Evaluate generated samples: FID / KID (and IS) against real images, and 3D consistency of scenes.
 
-    Image metrics follow the official protocol (TF-Inception features, torch-fidelity's formulas), offline.
-
-    Consistency warps each view's nearest views into it: colour PSNR, depth AbsRel and coverage.
-    """
+    Image metrics follow the official protocol (TF-Inception features, torch-fidelity's formulas), offline;
+    consistency warps each view's nearest views into it: colour PSNR, depth AbsRel and coverage."""
     from iterview.eval.report import evaluate_samples, print_metrics
+    from iterview.io import write_json
 
     try:
         metrics = evaluate_samples(
@@ -69,7 +67,4 @@ def evaluate(
         raise typer.BadParameter(str(error)) from error
     print_metrics(metrics)
     if output is not None:
-        from iterview.io import atomic_path
-
-        with atomic_path(output) as tmp:
-            tmp.write_text(json.dumps(metrics, indent=1))
+        write_json(metrics, output)

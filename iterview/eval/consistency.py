@@ -40,6 +40,7 @@ class Consistency:
     view_coverage: list[float]
 
     def to_dict(self) -> dict:
+        """Plain JSON-ready values."""
         return asdict(self)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iterview.geometry.cameras import camera_center, linear_to_zbuffer
+from iterview.geometry.cameras import camera_center, check_modelview, linear_to_zbuffer
 from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh
@@ -254,12 +254,5 @@ def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], mod
             raise ValueError(f"texture {i} must be (B={batch}, 3, N, N), got shape {tuple(texture.shape)}")
         if not torch.isfinite(texture).all():
             raise ValueError(f"texture {i} contains NaN or inf")
-    if (
-        modelview.shape[-2:] != (4, 4)
-        or modelview.ndim not in (2, 3)
-        or (modelview.ndim == 3 and len(modelview) != batch)
-    ):
-        raise ValueError(f"modelview must be (B={batch}, 4, 4) or (4, 4), got shape {tuple(modelview.shape)}")
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    check_modelview(modelview, batch)
     return batch

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from iterview.geometry.cameras import focal_length, zbuffer_to_linear
+from iterview.geometry.cameras import check_modelview, focal_length, zbuffer_to_linear
 from iterview.geometry.imageops import erode
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 
@@ -261,12 +261,7 @@ def _validate(
             f"depth must be linear z, finite and > 0; found {int(bad.sum())} invalid value(s), "
             f"e.g. {depth[b, i, j].item()} at (batch {b}, row {i}, column {j})"
         )
-    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
-        raise ValueError(f"modelview must be a (B, 4, 4) or (4, 4) tensor, got {_describe(modelview)}")
-    if modelview.ndim == 3 and modelview.shape[0] != depth.shape[0]:
-        raise ValueError(f"modelview batch {modelview.shape[0]} does not match depth batch {depth.shape[0]}")
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    modelview = check_modelview(modelview, depth.shape[0])
     if not 0 < fov < 180:
         raise ValueError(f"fov must be in (0, 180) degrees, got {fov}")
     numeric = isinstance(padding, Real) and not isinstance(padding, bool)
@@ -277,7 +272,7 @@ def _validate(
             raise ValueError(f"{name} must be None or a finite value >= 0, got {value}")
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 0:
         raise ValueError(f"erode_rgb must be an integer >= 0, got {erode_rgb!r}")
-    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4).clone()
+    return modelview.to(device=depth.device, dtype=depth.dtype).clone()
 
 
 def _describe(value: object) -> str:

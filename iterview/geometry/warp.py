@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_to_linear
+from iterview.geometry.cameras import check_modelview, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
 from iterview.geometry.imageops import (
     coverage_mask,
     depth_edge,
@@ -122,14 +122,7 @@ def check_rgbd(rgbd: torch.Tensor, low: float | None) -> tuple[int, int]:
 
 def _check_modelview(modelview: torch.Tensor, batch: int) -> torch.Tensor:
     """Validate world->camera matrices, (4, 4) or (B, 4, 4); returns (B, 4, 4) float32."""
-    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
-        shape = tuple(modelview.shape) if isinstance(modelview, torch.Tensor) else type(modelview).__name__
-        raise ValueError(f"modelview must be (B, 4, 4) or (4, 4), got {shape}")
-    if modelview.ndim == 3 and modelview.shape[0] != batch:
-        raise ValueError(f"modelview batch {modelview.shape[0]} does not match the image batch {batch}")
-    modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    modelview = check_modelview(modelview, batch).to(torch.float32)
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=modelview.device)
     if not torch.allclose(modelview[:, 3], bottom.expand(batch, 4)):
         raise ValueError("modelview must be a rigid world->camera transform with last row (0, 0, 0, 1)")

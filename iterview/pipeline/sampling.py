@@ -54,6 +54,7 @@ def run_name(viewset: str, sampler_uncond: SamplerChoice, sampler_cond: SamplerC
 
 
 def instance_suffix(seed: int, label: int | None) -> str:
+    """Official file suffix: `class{label:03d}_seed{seed:05d}`, or `seed{seed:05d}` without a label."""
     return (f"class{label:03d}_" if label is not None else "") + f"seed{seed:05d}"
 
 
@@ -69,6 +70,7 @@ class Instance:
 
     @property
     def suffix(self) -> str:
+        """The instance's file suffix."""
         return instance_suffix(self.seed, self.label)
 
 
@@ -110,10 +112,12 @@ def check_classes(classes: str, count: int) -> None:
 
 
 def scene_path(root: Path, suffix: str) -> Path:
+    """Stem of an instance's scene file under the run folder root."""
     return root / "scenes" / f"scene_{suffix}"
 
 
 def is_finished(root: Path, suffix: str) -> bool:
+    """Whether the instance's scene JSON (written last) exists."""
     return scene_path(root, suffix).with_suffix(".json").is_file()
 
 

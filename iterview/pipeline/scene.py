@@ -14,7 +14,7 @@ import torch
 from iterview.geometry.cameras import zbuffer_to_linear
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FUSION_PADDING, Mesh, map_mesh, rgbd_to_mesh
-from iterview.io import atomic_path
+from iterview.io import atomic_path, write_json
 
 SCENE_FORMAT = "iterview.scene"
 # Version 2 records the inference geometry; version 1 files carry only fov, near and far (the rest official).
@@ -117,8 +117,7 @@ class Scene:
             "seed": self.seed,
             "modelviews": self.modelviews.detach().float().cpu().tolist(),
         }
-        with atomic_path(stem.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta, indent=1))
+        write_json(meta, stem.with_suffix(".json"))
         return stem.with_suffix(".npz")
 
     @classmethod

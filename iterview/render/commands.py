@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -42,6 +41,7 @@ def render(
 
     from iterview.pipeline.scene import Scene, find_scenes
     from iterview.render.video import render_scene_video
+    from iterview.seeds import derive_seed
 
     try:
         root, stems = _run_root(scenes), find_scenes(scenes)
@@ -62,7 +62,7 @@ def render(
         scene = Scene.load(stem).to(state.device)
         if ssaa is not None:
             scene.geometry = replace(scene.geometry, fusion_ssaa=ssaa)
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+        generator = torch.Generator().manual_seed(derive_seed(seed, name))
         render_scene_video(scene, out, name, traj, frames, fps, generator, progress=state.is_local_main_process)
         done += 1
     typer.echo(f"rendered {done} scene(s) into {out}")

@@ -6,7 +6,6 @@ fine-tune weights; every epoch reshuffles (set_epoch); micro-batch losses are av
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from iterview.diffusion.guidance import inpaint_input
 from iterview.diffusion.schedule import DiffusionSchedule, ModelFn, randn_like
 from iterview.io import save_png
 from iterview.models.checkpoint import build_model, expand_input_channels, load_weights, read_state_dict
+from iterview.seeds import derive_seed
 from iterview.training.config import TrainConfig
 from iterview.training.ema import ema_copy, update_ema
 from iterview.training.samples import sample_grid
@@ -396,12 +396,6 @@ def _sample_batch(dataset: RGBDDataset, config: TrainConfig, device: torch.devic
 def _sample_generator(config: TrainConfig, device: torch.device) -> torch.Generator:
     """The same noise at every grid, so grids from different steps compare."""
     return torch.Generator(device).manual_seed(config.seed)
-
-
-def derive_seed(seed: int, *keys: object) -> int:
-    """A 63-bit seed from a base seed and keys (e.g. rank and step), stable across runs and platforms."""
-    digest = hashlib.sha256("/".join(map(str, (seed, *keys))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def _rng_states(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
