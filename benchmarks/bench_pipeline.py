@@ -14,27 +14,10 @@ import time
 
 import torch
 
-from iterview.config import ADMConfig
-from iterview.models.checkpoint import build_model
-from iterview.pipeline.multiview import OFFICIAL_COND, OFFICIAL_UNCOND, MultiViewPipeline, SamplerChoice
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.models.checkpoint import tiny_adm
+from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import grid_viewset_3x9
-
-
-def tiny_model(size: int, in_channels: int, device: str) -> torch.nn.Module:
-    config = ADMConfig(
-        image_size=size,
-        in_channels=in_channels,
-        model_channels=32,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[size // 2],
-        channel_mult=[1, 2],
-        num_classes=10,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=16,
-    )
-    return build_model(config).to(device)
 
 
 def time_instances(pipeline: MultiViewPipeline, batch: int, device: str) -> tuple[float, int]:
@@ -65,7 +48,9 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    g_u, g_c = tiny_model(args.size, 4, args.device), tiny_model(args.size, 10, args.device)
+    g_u, g_c = (
+        tiny_adm(perturb=False, image_size=args.size, in_channels=c, model_channels=32).to(args.device) for c in (4, 10)
+    )
     fast = SamplerChoice("dpmpp", args.fast_steps)
     official_s, official_calls = time_instances(
         MultiViewPipeline(g_u, g_c, sampler_uncond=OFFICIAL_UNCOND, sampler_cond=OFFICIAL_COND), args.batch, args.device

@@ -19,29 +19,7 @@ import torch
 from iterview.diffusion.guidance import classifier_free
 from iterview.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule
-from iterview.models.adm import ADMUNet
-
-
-def tiny_unet(device: torch.device) -> ADMUNet:
-    model = ADMUNet(
-        image_size=16,
-        in_channels=4,
-        model_channels=32,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=10,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=16,
-    )
-    # Fresh ADM output layers are zero-initialised; give them weights so ε depends on the input.
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
-    return model.to(device).eval()
+from iterview.models.checkpoint import tiny_adm
 
 
 def timed(fn) -> tuple[torch.Tensor, float]:
@@ -62,7 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = tiny_unet(device)
+    model = tiny_adm(model_channels=32).to(device).eval()
     schedule = DiffusionSchedule.linear()
     classes = torch.arange(args.batch, device=device) % 10
     calls = [0]
@@ -74,7 +52,7 @@ def main() -> None:
     generator = torch.Generator(device).manual_seed(0)
     x_T = torch.randn(args.batch, 4, 16, 16, generator=generator, device=device)
     runs = {
-        "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator),
+        "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator=generator),
         "ddim50": lambda: ddim_sample(model_fn, x_T, schedule, steps=50),
         "dpmpp2m20": lambda: dpmpp_2m_sample(model_fn, x_T, schedule, steps=20),
         "ode1000": lambda: ddim_sample(model_fn, x_T, schedule, steps=1000),

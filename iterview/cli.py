@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from iterview import demo
 from iterview.data import commands as data_commands
 from iterview.eval import commands as eval_commands
 from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
+from iterview.render import commands as render_commands
 from iterview.training.commands import train_command
 
 app = typer.Typer(
@@ -28,10 +30,10 @@ app.command("prepare")(data_commands.prepare)
 app.command("synth")(data_commands.synth)
 app.command("train")(train_command)
 app.command("sample")(pipeline_commands.sample)
-app.command("render")(pipeline_commands.render)
-app.command("export")(pipeline_commands.export)
+app.command("render")(render_commands.render)
+app.command("export")(render_commands.export)
 app.command("eval")(eval_commands.evaluate)
-app.command("demo")(eval_commands.demo)
+app.command("demo")(demo.demo)
 
 if __name__ == "__main__":
     app()

@@ -92,6 +92,26 @@ class ADMConfig:
         return asdict(self)
 
 
+def tiny_adm_config(image_size: int = 16, in_channels: int = 4, model_channels: int = 16, **overrides) -> ADMConfig:
+    """A small class-conditional ADM (10 classes + null, two levels, one residual block, attention at half
+    resolution, heads of model_channels / 2 channels) for CPU runs, tests and benchmarks; any field can be
+    overridden."""
+    values = {
+        "image_size": image_size,
+        "in_channels": in_channels,
+        "model_channels": model_channels,
+        "out_channels": 4,
+        "num_res_blocks": 1,
+        "attention_resolutions": [image_size // 2],
+        "channel_mult": [1, 2],
+        "num_classes": 10,
+        "has_null_class": True,
+        "num_groups": 8,
+        "num_head_channels": model_channels // 2,
+    }
+    return ADMConfig(**{**values, **overrides})
+
+
 def read_mapping(path: str | Path, what: str) -> dict:
     """The mapping stored in a YAML or JSON file (JSON is YAML); clear errors for a missing or malformed file."""
     path = Path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,12 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+def write_json(data: object, path: str | Path, indent: int = 1) -> Path:
+    """Atomically write data as JSON; returns path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent))
+    return Path(path)
 
 
 def remove_partials(root: str | Path) -> int:

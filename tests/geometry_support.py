@@ -1,10 +1,12 @@
-"""Shared by the rasteriser, warp and aggregation tests: fixtures and the issue-2 acceptance check of renders
-against the official reference data."""
+"""Shared by the rasteriser, warp, training-pair and aggregation tests: fixtures, a smooth test scene and the
+issue-2 acceptance check of renders against the official reference data."""
 
 from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file
+
+from iterview.geometry.cameras import linear_to_zbuffer
 
 AGREEMENT = 0.99
 COLOR_TOLERANCE = 2 / 255
@@ -40,3 +42,17 @@ def assert_agrees(mask, ref_mask, color=None, ref_color=None, depth=None, ref_de
         assert good >= AGREEMENT, (
             f"{name} within {tolerance:.2g} on {good:.4f} of the valid pixels (max error {error.max():.3g})"
         )
+
+
+def smooth_scene(size, seed, edge=True):
+    """A random RGBD image in [0, 1] (z-buffer 0.5 / 100): a bumpy backdrop, optionally a box in front."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    a = torch.rand(6, generator=g)
+    depth = 1.2 + 0.05 * torch.sin(2 * x * a[0] + 3 * y * a[1] + a[2] * 6)  # gentle: no face is an edge
+    if edge:
+        box = ((x - a[3] + 0.5).abs() < 0.3) & ((y - a[4] + 0.5).abs() < 0.25)
+        depth = torch.where(box, 0.8 + 0.1 * a[5], depth)
+    phase = torch.rand(3, 1, 1, generator=g) * 6
+    color = 0.5 + 0.35 * torch.sin(1.5 * x + phase) * torch.cos(1.2 * y - phase)
+    return torch.cat([color, linear_to_zbuffer(depth, 0.5, 100)[None]])[None]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from iterview.config import ADMConfig
 from iterview.models.adm import ADMUNet
-from iterview.models.checkpoint import build_model
+from iterview.models.checkpoint import build_model, tiny_adm
 
 OFFICIAL_CONFIGS = [
     "rgbd_imagenet_adm_128_large_cfg",
@@ -27,31 +27,6 @@ def official_model(folder) -> ADMUNet:
     model = ADMUNet(**json.loads((folder / "config.json").read_text()))
     model.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=True), strict=True)
     return model.eval()
-
-
-def tiny_model(**overrides) -> ADMUNet:
-    args = dict(
-        image_size=16,
-        in_channels=4,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=5,
-        has_null_class=True,
-        num_groups=4,
-        num_head_channels=8,
-    )
-    return ADMUNet(**{**args, **overrides})
-
-
-def perturb(model: ADMUNet, generator: torch.Generator) -> ADMUNet:
-    """Give the zero-initialised output layers weights, so every layer matters."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator).to(p.dtype))
-    return model
 
 
 @torch.no_grad()
@@ -85,7 +60,7 @@ def test_official_configs_build_the_official_state_dict(reference, name):
 
 @torch.no_grad()
 def test_null_label_is_the_zero_embedding():
-    model = perturb(tiny_model(), torch.Generator().manual_seed(0)).eval()
+    model = tiny_adm(0).eval()
     x, t = torch.randn(3, 4, 16, 16), torch.tensor([0, 10, 999])
     null = model(x, t, torch.full((3,), -1))
     assert torch.equal(null, model(x, t, None))
@@ -96,20 +71,20 @@ def test_null_label_is_the_zero_embedding():
 
 def test_fresh_model_predicts_zero():
     # Official init: the `out` head conv is zero-initialised.
-    out = tiny_model()(torch.randn(2, 4, 16, 16), torch.tensor([5, 500]), torch.tensor([0, 1]))
+    out = tiny_adm(perturb=False)(torch.randn(2, 4, 16, 16), torch.tensor([5, 500]), torch.tensor([0, 1]))
     assert out.shape == (2, 4, 16, 16)
     assert out.abs().max() == 0
 
 
 def test_classes_on_unconditional_model_raise():
-    model = tiny_model(num_classes=None, has_null_class=False)
+    model = tiny_adm(num_classes=None, has_null_class=False)
     with pytest.raises(ValueError, match="unconditional"):
         model(torch.randn(1, 4, 16, 16), torch.tensor([1]), torch.tensor([0]))
 
 
 @torch.no_grad()
 def test_fp16_layout_runs_close_to_fp32():
-    model = perturb(tiny_model(), torch.Generator().manual_seed(1)).eval()
+    model = tiny_adm(1).eval()
     half = copy.deepcopy(model)
     half.convert_to_fp16()
     assert half.block_dtype == torch.float16
@@ -126,11 +101,10 @@ def test_fp16_layout_runs_close_to_fp32():
 
 @torch.no_grad()
 def test_options_without_updown_or_scale_shift():
-    model = tiny_model(resblock_updown=False, use_scale_shift_norm=False, num_head_channels=-1, num_heads=2)
+    model = tiny_adm(2, resblock_updown=False, use_scale_shift_norm=False, num_head_channels=-1, num_heads=2)
     keys = model.state_dict()
     assert "input_blocks.2.0.op.weight" in keys and "output_blocks.1.2.conv.weight" in keys
     assert keys["input_blocks.1.0.emb_layers.1.weight"].shape == (16, 64)
-    perturb(model, torch.Generator().manual_seed(2))
     out = model(torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), None)
     assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all() and out.abs().max() > 0
 
@@ -138,7 +112,7 @@ def test_options_without_updown_or_scale_shift():
 @torch.no_grad()
 def test_first_level_multiplier_widens_the_stem():
     # The official stem and head use channel_mult[0]·model_channels channels, not model_channels.
-    model = perturb(tiny_model(channel_mult=[2, 3]), torch.Generator().manual_seed(3))
+    model = tiny_adm(3, channel_mult=[2, 3])
     keys = model.state_dict()
     assert keys["input_blocks.0.0.weight"].shape == (32, 4, 3, 3)
     assert keys["out.2.weight"].shape == (4, 32, 3, 3)

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from iterview.data.datasets import RGBDDataset, derive_seed, disparity_to_zbuffer
+from iterview.data.datasets import RGBDDataset, disparity_to_zbuffer
 from iterview.data.layout import read_index, save_depth
 
 COLOUR_ATOL = 2 / 255 + 1e-6  # one 8-bit level in [-1, 1] where a LANCZOS implementation rounds differently
@@ -106,11 +106,3 @@ def test_multi_worker_loader_gives_the_same_batches(reference):
     parallel = list(DataLoader(dataset, batch_size=2, num_workers=2))
     for a, b in zip(single, parallel, strict=True):
         assert torch.equal(a["x_0"], b["x_0"]) and torch.equal(a["classes"], b["classes"])
-
-
-def test_derive_seed_separates_seed_epoch_and_index():
-    seeds = {derive_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}
-    assert len(seeds) == 3 * 3 * 50
-    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
-    with pytest.raises(ValueError, match="non-negative"):
-        derive_seed(0, -1, 0)

@@ -76,7 +76,7 @@ def test_folder_consistency_reads_saved_scenes(tmp_path, true_scene):
     result = folder_consistency(tmp_path / "scenes", neighbours=2, progress=False)
     assert result["scenes"] == 2 and result["depth_absrel"] < 0.01 and result["psnr"] > 28
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no scenes"):
+    with pytest.raises(FileNotFoundError, match="no scenes"):
         folder_consistency(tmp_path / "empty", progress=False)
     with pytest.raises(ValueError, match="at least 2 views"):
         scene_consistency(Scene(scene.rgbd[:1], scene.modelviews[:1]))

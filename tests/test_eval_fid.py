@@ -22,6 +22,7 @@ from iterview.eval.fid import (
     kernel_inception_distance,
     list_images,
     real_stats,
+    seeded_subset,
 )
 from iterview.eval.inception import (
     InceptionV3,
@@ -335,3 +336,20 @@ def test_real_statistics_are_cached_safely_and_reused(tmp_path, inception):
     metrics = image_metrics(fake, cached, kid_subsets=5)
     assert metrics["num_fake"] == 2 and metrics["num_real"] == 3
     assert np.isfinite(metrics["fid"]) and np.isfinite(metrics["kid_mean"]) and "is_mean" not in metrics
+
+
+def test_real_statistics_of_a_seeded_subset(tmp_path, inception):
+    images = _scenes(4, 24)
+    for i, image in enumerate(images):
+        _write(tmp_path / "real" / f"{i}.png", image.permute(1, 2, 0).numpy())
+    paths = list_images(tmp_path / "real")
+    chosen = seeded_subset(paths, 2, seed=5)
+    assert len(chosen) == 2 and set(chosen) <= set(paths) and seeded_subset(paths, 2, seed=5) == chosen
+    assert seeded_subset(paths, None) == paths == seeded_subset(paths, 9)
+    cache = tmp_path / "real.safetensors"
+    stats = real_stats(inception, tmp_path / "real", 24, cache, progress=False, num_samples=2, seed=5)
+    assert stats.meta["count"] == 2 and stats.meta["subset"] == [2, 5]
+    expected = extract_features(inception, ImageFiles(chosen, 24, real=True), progress=False)
+    torch.testing.assert_close(stats.features, expected.pool)
+    with pytest.raises(ValueError, match="subset"):
+        real_stats(inception, tmp_path / "real", 24, cache, num_samples=3, seed=5)

@@ -2,19 +2,14 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, load_warping, to_image
+from geometry_support import assert_agrees, load_warping, smooth_scene, to_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
-from iterview.geometry.imageops import depth_edge, erode, gaussian_blur3, lanczos_downsample, subsample_center
+from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_to_linear
+from iterview.geometry.imageops import depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.mesh import Mesh, depth_to_mesh
-from iterview.geometry.warp import (
-    forward_backward_warp,
-    make_training_pair,
-    render_simple,
-    sample_training_cameras,
-)
+from iterview.geometry.warp import forward_backward_warp, render_simple
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,20 +35,6 @@ def reference_mesh(warping, name):
 
 def window(depth_linear, near=0.1, far=200.0):
     return linear_to_zbuffer(depth_linear, near, far)
-
-
-def smooth_scene(size, seed, edge=True):
-    """A random RGBD image in [0, 1] (z-buffer 0.5 / 100): a bumpy backdrop, optionally a box in front."""
-    g = torch.Generator().manual_seed(seed)
-    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    a = torch.rand(6, generator=g)
-    depth = 1.2 + 0.05 * torch.sin(2 * x * a[0] + 3 * y * a[1] + a[2] * 6)  # gentle: no face is an edge
-    if edge:
-        box = ((x - a[3] + 0.5).abs() < 0.3) & ((y - a[4] + 0.5).abs() < 0.25)
-        depth = torch.where(box, 0.8 + 0.1 * a[5], depth)
-    phase = torch.rand(3, 1, 1, generator=g) * 6
-    color = 0.5 + 0.35 * torch.sin(1.5 * x + phase) * torch.cos(1.2 * y - phase)
-    return torch.cat([color, linear_to_zbuffer(depth, 0.5, 100)[None]])[None]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -163,62 +144,6 @@ def test_warp_to_a_camera_and_back_returns_the_input_where_kept(seed, yaw, pitch
     assert color_error.mean() < 0.02 and (color_error < 0.1).float().mean() > 0.99
 
 
-def test_training_cameras_follow_the_official_distribution():
-    modelview, pose = sample_training_cameras(20000, torch.Generator().manual_seed(0))
-    assert modelview.shape == (20000, 4, 4) and pose.shape == (20000, 2)
-    assert pose.std(0).sub(0.15).abs().max() < 0.005 and pose.mean(0).abs().max() < 0.005
-    eye = camera_center(modelview)
-    radius = eye.norm(dim=1)
-    assert abs(radius.mean().item() - 1) < 0.005 and abs(radius.std().item() - 0.1) < 0.005
-    torch.testing.assert_close(torch.atan2(eye[:, 0], eye[:, 2]), pose[:, 0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.asin(eye[:, 1] / radius), pose[:, 1], atol=1e-4, rtol=0)
-    rotation = modelview[:, :3, :3]
-    torch.testing.assert_close(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(20000, 3, 3), atol=1e-5, rtol=0)
-    # The look-at target is jittered with std 0.05 per axis: across the optical axis that moves the origin off
-    # the axis by a 2D Gaussian offset, mean square 2 · 0.05².
-    axis = modelview[:, 2, :3]  # unit, pointing backwards
-    offset = -eye - (-eye * axis).sum(1, keepdim=True) * axis
-    assert abs(offset.square().sum(1).mean().item() - 2 * 0.05**2) < 2e-4
-    again, _ = sample_training_cameras(20000, torch.Generator().manual_seed(0))
-    assert torch.equal(modelview, again)
-
-
-def test_training_pair_without_augments_is_the_forward_backward_warp():
-    rgbd = torch.cat([smooth_scene(24, 1), smooth_scene(24, 2)]) * 2 - 1
-    pair = make_training_pair(rgbd, torch.Generator().manual_seed(5), augments=())
-    modelview, pose = sample_training_cameras(2, torch.Generator().manual_seed(5))
-    warp = forward_backward_warp(rgbd * 0.5 + 0.5, modelview)
-    torch.testing.assert_close(pair["y"], torch.cat([warp.color, warp.depth], 1) * 2 - 1)
-    assert torch.equal(pair["mask"], warp.mask) and torch.equal(pair["mask_rgb"], warp.mask)
-    assert torch.equal(pair["pose"], pose)
-
-
-def test_training_pair_augments_are_seeded_and_official():
-    rgbd = torch.cat([smooth_scene(24, s) for s in range(8)])
-    rgbd[:, :3] = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))  # detail tells blur apart
-    rgbd = rgbd * 2 - 1
-    pair = make_training_pair(rgbd, torch.Generator().manual_seed(3))
-    again = make_training_pair(rgbd, torch.Generator().manual_seed(3))
-    other = make_training_pair(rgbd, torch.Generator().manual_seed(4))
-    assert all(torch.equal(pair[k], again[k]) for k in pair)
-    assert not torch.equal(pair["y"], other["y"])
-    assert set(pair) == {"y", "mask", "mask_rgb", "pose"}
-    assert pair["y"].shape == (8, 4, 24, 24) and pair["mask"].shape == pair["mask_rgb"].shape == (8, 1, 24, 24)
-
-    mask, mask_rgb, y = pair["mask"].bool(), pair["mask_rgb"].bool(), pair["y"]
-    assert (y[~mask.expand_as(y)] == -1).all()
-    assert (y[:, :3][~mask_rgb.expand(-1, 3, -1, -1)] == -1).all()
-    for b in range(8):  # mask_rgb is the mask eroded by one of the official kernels
-        assert any(torch.equal(mask_rgb[b : b + 1], erode(mask[b : b + 1], k)) for k in (1, 3, 5, 7, 9))
-
-    # Blur: the RGB is either the noisy double warp or the clean image blurred with some sigma in [1e-3, 1.001).
-    rgb = (y[:, :3] + 1) / 2
-    blurred = [gaussian_blur3(rgbd[:, :3] * 0.5 + 0.5, torch.full((8,), s)) for s in torch.linspace(1e-3, 1.001, 201)]
-    close = torch.stack([((b - rgb).abs() * mask_rgb).amax((1, 2, 3)) for b in blurred]).amin(0)
-    assert (close < 0.01).sum() >= 4  # with p = 0.8 and this seed most samples are blurred
-    assert (close > 0.1).any()  # ... but not all
-
-
 def test_bad_input_raises_clear_errors(warping):
     rgbd = to_image(warping["train_rgbd"])
     side = orbit_camera(torch.tensor([0.1]), torch.tensor([0.0]))
@@ -240,9 +165,5 @@ def test_bad_input_raises_clear_errors(warping):
     for camera in (away, looking_away):
         with pytest.raises(ValueError, match="sees nothing"):
             forward_backward_warp(rgbd, camera)
-    with pytest.raises(ValueError, match=r"z-buffer in \[-1, 1\]"):
-        make_training_pair(rgbd * 3)
-    with pytest.raises(ValueError, match="unknown augments"):
-        make_training_pair(rgbd * 2 - 1, augments=("flip",))
     with pytest.raises(ValueError, match="texture"):
         render_simple(reference_mesh(warping, "flags"), rgbd[:, :3, :32], side, 64)

@@ -11,15 +11,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.config import ADMConfig
+from iterview.config import tiny_adm_config
 from iterview.diffusion.guidance import classifier_free
+from iterview.diffusion.presets import SamplerChoice
 from iterview.diffusion.samplers import ddpm_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import aggregate_conditions
 from iterview.geometry.cameras import linear_to_zbuffer
-from iterview.models.checkpoint import build_model, save_model
+from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline import sampling
-from iterview.pipeline.multiview import Guidance, MultiViewPipeline, SamplerChoice
+from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import GRID_3X9, grid_viewset_3x9, orbit_viewset
 
@@ -30,25 +31,7 @@ FAST = SamplerChoice("dpmpp", 2)
 
 
 def tiny(in_channels: int, seed: int):
-    config = ADMConfig(
-        image_size=SIZE,
-        in_channels=in_channels,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=10,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=8,
-    )
-    torch.manual_seed(seed)
-    model = build_model(config)
-    with torch.no_grad():
-        for parameter in model.parameters():  # wake the zero-initialised layers up: outputs must depend on inputs
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model, config
+    return tiny_adm(seed, image_size=SIZE, in_channels=in_channels), tiny_adm_config(SIZE, in_channels)
 
 
 @pytest.fixture(scope="module")
@@ -226,13 +209,30 @@ def test_official_samplers_wire_g_u_with_cfg_and_g_c_with_replacement_guidance()
     )
     generator = torch.Generator().manual_seed(11)
     x_T = torch.randn(1, 4, SIZE, SIZE, generator=generator)
-    view0 = ddpm_sample(classifier_free(g_u, torch.tensor([5]), 2.0), x_T, schedule, generator)
+    view0 = ddpm_sample(classifier_free(g_u, torch.tensor([5]), 2.0), x_T, schedule, generator=generator)
     assert torch.allclose(result.rgbd[:, 0], view0, atol=1e-6)
     for k, cond in enumerate(result.conditions, start=1):
         depth, mask = result.rgbd[0, k, 3], cond.mask[0, 0] > 0.5
         assert mask.float().mean() > 0.3 and (~mask).any()
         assert torch.allclose(depth[mask], cond.depth[0, 0][mask] * 2 - 1, atol=1e-5)
         assert (depth[~mask] >= cond.depth_convex[0, 0][~mask] * 2 - 1 - 1e-5).all()
+
+
+def test_a_given_first_view_replaces_g_u():
+    """first_view is view 0 exactly, G_u is never called, and the later views are conditioned on it."""
+    schedule = DiffusionSchedule(torch.linspace(1e-3, 0.3, 20, dtype=torch.float64))
+    g_c = ExactDenoiser(schedule)
+    g_u = ExactDenoiser(schedule)
+    g_u.forward = None  # calling G_u would fail
+    first = ExactDenoiser(schedule)  # any sane RGBD: an exact denoiser's sample
+    x_T = torch.randn(1, 4, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    view0 = ddpm_sample(lambda x, t: first(x, t, torch.tensor([2])), x_T, schedule, generator=torch.Generator())
+    pipeline = MultiViewPipeline(g_u, g_c, schedule, sampler_cond=SamplerChoice("ddim", 4))
+    modelviews = grid_viewset_3x9().modelviews[None, [0, 3]]
+    result = pipeline(modelviews, [torch.Generator().manual_seed(11)], torch.tensor([5]), first_view=view0)
+    assert torch.equal(result.rgbd[:, 0], view0)
+    direct = pipeline.aggregate(*zip(pipeline.mesh(view0, modelviews[:, 0])), modelviews[:, 1])
+    assert torch.equal(result.conditions[0].mask, direct.mask)
 
 
 def test_a_camera_that_sees_no_previous_view_gets_an_empty_condition(models):

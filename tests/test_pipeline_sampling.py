@@ -3,9 +3,9 @@ import torch
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.pipeline.commands import find_scenes, resolve_samplers
-from iterview.pipeline.multiview import SamplerChoice
+from iterview.diffusion.presets import SamplerChoice, resolve_samplers
 from iterview.pipeline.sampling import check_classes, instance_suffix, make_instance, parse_seeds, run_name
+from iterview.pipeline.scene import find_scenes
 
 
 def test_seed_lists():
@@ -66,9 +66,12 @@ def test_find_scenes(tmp_path):
     (tmp_path / "scenes").mkdir()
     for name in ("scene_b", "scene_a"):
         (tmp_path / "scenes" / f"{name}.json").write_text("{}")
-    root, stems = find_scenes(tmp_path)
-    assert root == tmp_path and [s.name for s in stems] == ["scene_a", "scene_b"]
-    assert find_scenes(tmp_path / "scenes" / "scene_b.json") == (tmp_path, [tmp_path / "scenes" / "scene_b"])
+        (tmp_path / "scenes" / f"{name}.npz").write_bytes(b"")
+    (tmp_path / "scenes" / "half.json").write_text("{}")  # no .npz: not a scene
+    assert [s.name for s in find_scenes(tmp_path)] == ["scene_a", "scene_b"]
+    assert find_scenes(tmp_path / "scenes" / "scene_b.json") == [tmp_path / "scenes" / "scene_b"]
+    with pytest.raises(FileNotFoundError, match=r"half\.npz"):
+        find_scenes(tmp_path / "scenes" / "half.json")
 
 
 def test_cli_reports_bad_input_clearly(tmp_path):

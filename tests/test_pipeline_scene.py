@@ -6,9 +6,10 @@ import torch
 from safetensors.torch import load_file
 
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
-from iterview.geometry.mesh import FLAG_PADDING
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.mesh import FLAG_EDGE, FLAG_PADDING, rgbd_to_mesh
 from iterview.io import atomic_path, colorize_depth, make_grid, to_uint8
-from iterview.pipeline.scene import Scene, rgbd_to_mesh
+from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import grid_viewset_3x9
 
 
@@ -38,6 +39,46 @@ def test_scene_round_trip_is_exact_and_pickle_free(tmp_path):
     assert torch.equal(loaded.known, scene.known)
     assert (loaded.label, loaded.seed, loaded.near, loaded.far, loaded.fov) == (7, 42, 0.6, 5.0, 45.0)
     assert Scene.load(tmp_path / "scene_class007_seed00042").known is not None
+
+
+def test_scene_files_record_the_inference_geometry(tmp_path):
+    geometry = InferenceGeometry.for_size(16)
+    scene = make_scene()
+    scene.geometry = geometry
+    scene.save(tmp_path / "s")
+    assert json.loads((tmp_path / "s.json").read_text())["geometry"]["atol"] == geometry.atol
+    assert Scene.load(tmp_path / "s").geometry == geometry
+
+
+def test_version_1_scene_files_load_with_the_official_geometry(tmp_path):
+    scene = make_scene()
+    scene.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old.json").read_text())
+    del meta["geometry"]
+    meta.update(version=1, fov=45.0, near=0.6, far=5.0)
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    assert Scene.load(tmp_path / "old").geometry == OFFICIAL_GEOMETRY
+    meta["geometry"] = {"atol": "loose"}
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"old\.json: bad inference geometry"):
+        Scene.load(tmp_path / "old")
+
+
+def test_scene_meshes_follow_the_scene_geometry():
+    """The tolerances a scene was sampled with are the ones its meshes are cut with."""
+    scene = make_scene(views=1)
+    strict = scene.meshes()[0][0].flag
+    scene.geometry = InferenceGeometry(atol=10.0, rtol=10.0)
+    loose = scene.meshes()[0][0].flag
+    assert (strict & FLAG_EDGE).any() and not (loose & FLAG_EDGE).any()
+
+
+def test_scene_to_keeps_every_field():
+    scene = make_scene()
+    scene.geometry = InferenceGeometry.for_size(16)
+    moved = scene.to("cpu")
+    assert (moved.geometry, moved.label, moved.seed) == (scene.geometry, 7, 42)
+    assert torch.equal(moved.known, scene.known)
 
 
 def test_scene_errors(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iterview.diffusion.guidance import replacement_guidance
+from iterview.diffusion.guidance import clip_denoised, replacement_guidance
+from iterview.diffusion.presets import SamplerChoice
 from iterview.diffusion.samplers import (
     ddim_sample,
     ddim_step,
@@ -115,9 +117,9 @@ def test_ddpm_sample_is_reproducible_with_a_generator():
 
     x_T = torch.randn(1, 4, 4, 4)
     short = DiffusionSchedule.linear(50)
-    a = ddpm_sample(model, x_T, short, torch.Generator().manual_seed(1))
-    b = ddpm_sample(model, x_T, short, torch.Generator().manual_seed(1))
-    c = ddpm_sample(model, x_T, short, torch.Generator().manual_seed(2))
+    a = ddpm_sample(model, x_T, short, generator=torch.Generator().manual_seed(1))
+    b = ddpm_sample(model, x_T, short, generator=torch.Generator().manual_seed(1))
+    c = ddpm_sample(model, x_T, short, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert calls[:50] == list(range(49, -1, -1))
 
@@ -199,17 +201,44 @@ def test_ddpm_with_per_row_generators_matches_each_instance_alone():
         return [torch.Generator().manual_seed(s) for s in seeds]
 
     x_T = torch.randn(3, 2, 4, 4)
-    together = ddpm_sample(toy, x_T, schedule, gens(7, 8, 9))
+    together = ddpm_sample(toy, x_T, schedule, generator=gens(7, 8, 9))
     for row, seed in enumerate((7, 8, 9)):
-        alone = ddpm_sample(toy, x_T[row : row + 1], schedule, gens(seed))
+        alone = ddpm_sample(toy, x_T[row : row + 1], schedule, generator=gens(seed))
         torch.testing.assert_close(together[row : row + 1], alone, atol=1e-6, rtol=0)
 
 
 def test_clip_denoised_clips_before_the_wrapped_guidance():
-    from iterview.diffusion.guidance import clip_denoised
-
     x0 = torch.tensor([-3.0, -0.5, 0.5, 3.0])
     assert torch.equal(clip_denoised()(x0, 10, 9), torch.tensor([-1.0, -0.5, 0.5, 1.0]))
     seen = []
     clip_denoised(lambda x, t, t_prev: seen.append(x.clone()) or x * 2)(x0, 10, 9)
     assert seen[0].abs().max() == 1.0
+
+
+def test_every_sampler_has_one_signature():
+    common = ["model_fn", "x", "schedule", "steps", "generator", "x0_fn", "callback", "progress"]
+    for sampler in (ddpm_sample, ddim_sample, dpmpp_2m_sample):
+        assert list(inspect.signature(sampler).parameters)[: len(common)] == common, sampler.__name__
+    with pytest.raises(ValueError, match="DDPM walks all 1000 steps"):
+        ddpm_sample(toy, torch.zeros(1, 4, 2, 2), SCHEDULE, 50)
+
+
+@pytest.mark.parametrize(("name", "steps"), [("ddim", 5), ("dpmpp", 5)])
+def test_sampler_choice_clips_as_an_argument(name, steps):
+    """clip=True is the sampler with clip_denoised wrapped around the guidance, and it changes a wild model."""
+
+    def wild(x, t):
+        return 3.0 * torch.ones_like(x)
+
+    x_T = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def guide(x0, t, t_prev):
+        seen.append(x0.abs().max().item())
+        return x0
+
+    clipped = SamplerChoice(name, steps, clip=True).sample(wild, x_T, SCHEDULE, x0_fn=guide)
+    function = {"ddim": ddim_sample, "dpmpp": dpmpp_2m_sample}[name]
+    assert torch.equal(clipped, function(wild, x_T, SCHEDULE, steps, x0_fn=clip_denoised(guide)))
+    assert max(seen) <= 1.0
+    assert not torch.equal(clipped, SamplerChoice(name, steps).sample(wild, x_T, SCHEDULE))

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from iterview.data.images import load_image
 from iterview.data.layout import load_depth, read_index, same_aspect
-from iterview.geometry.warp import TRAIN_AUGMENTS, make_training_pair
+from iterview.data.pairs import TRAIN_AUGMENTS, make_training_pair
+from iterview.seeds import derive_seed
 
 DISPARITY_SCALE = 6250.0
 
@@ -96,13 +97,6 @@ class RGBDDataset(Dataset):
         return item
 
 
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 64-bit seed from non-negative integer keys, e.g. (seed, epoch, index)."""
-    if min(keys) < 0:
-        raise ValueError(f"seed keys must be non-negative, got {keys}")
-    return int(np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0])
-
-
 class WarpPairDataset(RGBDDataset):
     """RGBDDataset plus a forward-backward-warp training pair per item, seeded per (seed, epoch, index).
 
@@ -130,6 +124,7 @@ class WarpPairDataset(RGBDDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the next items' warp pairs for this epoch (each pair is fixed by (seed, epoch, index))."""
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from iterview.data.images import IMAGE_EXTENSIONS, is_image_file
-from iterview.io import atomic_path
+from iterview.io import atomic_path, write_json
 
 INDEX_FILE = "dataset.json"
 DEPTH_KEY = "arr_0"
@@ -35,6 +35,7 @@ class DatasetIndex:
         return self.labels[Path(self.images[index]).parent.name]
 
     def to_json(self) -> dict:
+        """The index as written to index.json (labels first, when there are any)."""
         data: dict = {"images": self.images, "depths": self.depths}
         if self.labels is not None:
             data = {"labels": self.labels, **data}
@@ -115,10 +116,7 @@ def read_index(root: str | Path) -> DatasetIndex:
 
 def write_index(root: str | Path, index: DatasetIndex) -> Path:
     """Write root/dataset.json atomically."""
-    path = Path(root) / INDEX_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(index.to_json(), indent=1))
-    return path
+    return write_json(index.to_json(), Path(root) / INDEX_FILE)
 
 
 def load_depth(path: str | Path) -> np.ndarray:

@@ -17,7 +17,6 @@ a report of skipped files and reasons (prepare_report.json).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator
@@ -44,7 +43,7 @@ from iterview.data.layout import (
     scan_images,
     write_index,
 )
-from iterview.io import atomic_path, remove_partials
+from iterview.io import atomic_path, remove_partials, write_json
 
 DEFAULT_DEPTH_MODEL = "Intel/dpt-beit-large-512"
 DEPTH_KINDS = ("official", "disparity", "depth")
@@ -279,18 +278,8 @@ def prepare_dataset(
     from accelerate.utils import gather_object
 
     images_dir, out_dir = Path(images_dir), Path(out_dir)
-    if out_dir.resolve().is_relative_to(images_dir.resolve()):
-        raise ValueError(f"the output folder {out_dir} must not lie inside the image folder {images_dir}")
-    if depth_from is not None:
-        depth_from = Path(depth_from)
-        if not depth_from.is_dir():
-            raise FileNotFoundError(f"--depth-from folder not found: {depth_from}")
-    elif depth_model is None:
-        raise ValueError("give a depth model or a folder of depth maps (depth_from)")
-    if depth_kind is not None and depth_kind not in DEPTH_KINDS:
-        raise ValueError(f"depth kind must be one of {DEPTH_KINDS}, got {depth_kind!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    depth_from = None if depth_from is None else Path(depth_from)
+    _check_arguments(images_dir, out_dir, depth_model, depth_from, depth_kind, batch_size)
     # Several processes without CUDA (torchrun / `accelerate launch --multi_gpu` on a CPU machine) must be told
     # to use CPUs, or each one would believe it runs alone and do all the work.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -309,14 +298,24 @@ def prepare_dataset(
     report = PrepareReport()
     if state.is_main_process:
         report.skipped += [{"image": s.job.source, "reason": s.reason} for s in collisions]
-    loader = DataLoader(
-        _SourceImages(shard, images_dir, min_size, processor, depth_from, kind),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=_identity,
-    )
+    source = _SourceImages(shard, images_dir, min_size, processor, depth_from, kind)
+    loader = DataLoader(source, batch_size=None, num_workers=num_workers, collate_fn=_identity)
     progress = tqdm(total=len(shard), desc="prepare", unit="img", disable=not state.is_local_main_process)
-    for item in _with_depth(loader, estimator, kind, batch_size):
+    _write_items(_with_depth(loader, estimator, kind, batch_size), out_dir, report, progress)
+    written = gather_object([report.written])
+    skipped = gather_object(report.skipped)
+    merged = None
+    if state.is_main_process:
+        merged = PrepareReport(len(jobs) + len(collisions), sum(written), len(jobs) - len(pending), skipped)
+        write_index(out_dir, _index_of_finished(out_dir, jobs, labelled))
+        write_json(merged.__dict__, out_dir / REPORT_FILE)
+    state.wait_for_everyone()
+    return merged
+
+
+def _write_items(items: Iterator, out_dir: Path, report: PrepareReport, progress: tqdm) -> None:
+    """Write each image and its depth map atomically (skipped images go into the report), ticking progress."""
+    for item in items:
         if isinstance(item, Skipped):
             report.skipped.append({"image": item.job.source, "reason": item.reason})
         else:
@@ -327,16 +326,26 @@ def prepare_dataset(
         progress.update()
     progress.close()
 
-    written = gather_object([report.written])
-    skipped = gather_object(report.skipped)
-    merged = None
-    if state.is_main_process:
-        merged = PrepareReport(len(jobs) + len(collisions), sum(written), len(jobs) - len(pending), skipped)
-        write_index(out_dir, _index_of_finished(out_dir, jobs, labelled))
-        with atomic_path(out_dir / REPORT_FILE) as tmp:
-            tmp.write_text(json.dumps(merged.__dict__, indent=1))
-    state.wait_for_everyone()
-    return merged
+
+def _check_arguments(
+    images_dir: Path,
+    out_dir: Path,
+    depth_model: str | None,
+    depth_from: Path | None,
+    depth_kind: str | None,
+    batch_size: int,
+) -> None:
+    """prepare_dataset's arguments, checked before any work."""
+    if out_dir.resolve().is_relative_to(images_dir.resolve()):
+        raise ValueError(f"the output folder {out_dir} must not lie inside the image folder {images_dir}")
+    if depth_from is not None and not depth_from.is_dir():
+        raise FileNotFoundError(f"--depth-from folder not found: {depth_from}")
+    if depth_from is None and depth_model is None:
+        raise ValueError("give a depth model or a folder of depth maps (depth_from)")
+    if depth_kind is not None and depth_kind not in DEPTH_KINDS:
+        raise ValueError(f"depth kind must be one of {DEPTH_KINDS}, got {depth_kind!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
 def _with_depth(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from iterview.data.datasets import DISPARITY_SCALE, derive_seed
+from iterview.data.datasets import DISPARITY_SCALE
 from iterview.data.layout import (
     DatasetIndex,
     depth_path_for,
@@ -29,6 +29,7 @@ from iterview.data.layout import (
 )
 from iterview.geometry.cameras import DEFAULT_FOV, focal_length, look_at
 from iterview.io import atomic_path, remove_partials
+from iterview.seeds import derive_seed
 
 # Sorted, so that the official label rule (sorted class folders) gives label == category index.
 CATEGORIES = ("box", "cone", "cylinder", "sphere")

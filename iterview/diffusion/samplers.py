@@ -1,7 +1,10 @@
 """Samplers as plain functions over a model_fn(x, t) -> ε, where t is (B,) network timesteps (0..T-1).
 
-An optional x0_fn(x0, t, t_prev) -> x0 lets guidance (replacement, depth hull) edit the predicted x0. Its t and
-t_prev are network timesteps too; t_prev = -1 marks the last step, whose result is the clean sample.
+Every sampler has the same signature, `(model_fn, x, schedule, steps, generator=None, x0_fn=None,
+callback=None, progress=False)`: x is the noise x_T (B, C, H, W), the result x_0. An optional
+x0_fn(x0, t, t_prev) -> x0 lets guidance (replacement, depth hull, clipping) edit the predicted x0. Its t and
+t_prev are network timesteps too; t_prev = -1 marks the last step, whose result is the clean sample. callback
+gets {"i", "t", "t_prev", "x", "pred_x0"} after every step.
 
 Numerics follow the official samplers: the float64 schedule coefficients are gathered and cast to float32 per
 step, and every update runs in float32 in the official order, which reproduces official trajectories exactly.
@@ -114,15 +117,18 @@ def ddim_step(
 
 def ddpm_sample(
     model_fn: ModelFn,
-    x_T: torch.Tensor,
+    x: torch.Tensor,
     schedule: DiffusionSchedule,
+    steps: int | None = None,
     generator: Generators = None,
+    x0_fn: X0Fn | None = None,
     callback: Callback | None = None,
     progress: bool = False,
-    x0_fn: X0Fn | None = None,
 ) -> torch.Tensor:
-    """Official DDPM over all T steps (T model calls). x_T: (B, C, H, W) noise → x_0 (B, C, H, W)."""
-    x = x_T
+    """Official DDPM over all T steps (T model calls; steps: None or T, as the official sampler walks every
+    step). x: (B, C, H, W) noise → x_0 (B, C, H, W)."""
+    if steps is not None and steps != schedule.num_timesteps:
+        raise ValueError(f"DDPM walks all {schedule.num_timesteps} steps, got steps={steps} (use DDIM for fewer)")
     for t in tqdm(range(schedule.num_timesteps - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
         eps = model_fn(x, _timestep_batch(x, t))
         out = ddpm_step(schedule, x, eps, t, randn_like(x, generator) if t > 0 else None, x0_fn)
@@ -134,17 +140,17 @@ def ddpm_sample(
 
 def ddim_sample(
     model_fn: ModelFn,
-    x_T: torch.Tensor,
+    x: torch.Tensor,
     schedule: DiffusionSchedule,
     steps: int = 50,
-    eta: float = 0.0,
     generator: Generators = None,
     x0_fn: X0Fn | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """Official DDIM with `steps` model calls on the official timestep pairs. x_T: (B, C, H, W) → x_0."""
-    x = x_T
+    """Official DDIM with `steps` model calls on the official timestep pairs (η = 0 deterministic; the generator
+    is drawn from only when eta > 0). x: (B, C, H, W) noise → x_0."""
     pairs = ddim_timesteps(steps, schedule.num_timesteps)
     for i, (t, t_prev) in enumerate(tqdm(pairs, desc="DDIM", disable=not progress, leave=False)):
         eps = model_fn(x, _timestep_batch(x, t))
@@ -175,7 +181,7 @@ def dpmpp_timesteps(schedule: DiffusionSchedule, steps: int) -> list[int]:
 
 def dpmpp_2m_sample(
     model_fn: ModelFn,
-    x_T: torch.Tensor,
+    x: torch.Tensor,
     schedule: DiffusionSchedule,
     steps: int = 20,
     generator: Generators = None,
@@ -186,12 +192,12 @@ def dpmpp_2m_sample(
     """DPM-Solver++(2M) (Lu et al. 2022): the multistep second-order exponential integrator of the
     probability-flow ODE in data-prediction form, on the discrete schedule, `steps` model calls at
     `dpmpp_timesteps`; the last call's x0 prediction is the sample. Deterministic (generator unused, kept for
-    a uniform signature). x0_fn edits each data prediction, as in DDIM. x_T: (B, C, H, W) → x_0."""
+    the common signature). x0_fn edits each data prediction, as in DDIM. x: (B, C, H, W) noise → x_0."""
     timesteps = dpmpp_timesteps(schedule, steps)
     alpha = schedule.sqrt_alphas_cumprod.tolist()
     sigma = schedule.sqrt_one_minus_alphas_cumprod.tolist()
     lam = _log_snr(schedule).tolist()
-    x, x0_prev, h_prev = x_T, None, 0.0
+    x0_prev, h_prev = None, 0.0
     for i, t in enumerate(tqdm(timesteps, desc="DPM-Solver++", disable=not progress, leave=False)):
         t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         eps = model_fn(x, _timestep_batch(x, t))

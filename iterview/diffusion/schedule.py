@@ -91,6 +91,7 @@ class DiffusionSchedule:
 
     @property
     def num_timesteps(self) -> int:
+        """T, the number of diffusion steps."""
         return len(self.betas)
 
     @classmethod
@@ -137,7 +138,14 @@ class DiffusionSchedule:
         """
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         noise = randn_like(x0, generator)
-        error = (model_fn(self.q_sample(x0, t, noise), t).float() - noise.float()).square()
+        return self.eps_loss(model_fn(self.q_sample(x0, t, noise), t), noise, t, min_snr_gamma)
+
+    def eps_loss(
+        self, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, min_snr_gamma: float | None = None
+    ) -> torch.Tensor:
+        """ε-MSE of a prediction eps against the noise that made x_t (both (B, ...); t: (B,)), in float32, mean
+        over all elements; with min_snr_gamma each sample is weighted by min(SNR, γ) / SNR. Returns a scalar."""
+        error = (eps.float() - noise.float()).square()
         if min_snr_gamma is None:
             return error.mean()
         snr = self.alphas_cumprod / (1 - self.alphas_cumprod)

@@ -126,7 +126,7 @@ def novel_view_metrics(
             scene = result.scene(row, pipeline.geometry, seed=index).to("cpu")
             scene.save(out / "scenes" / f"scene_{index:04d}")
             totals += _truth_errors(result, row, truth, pipeline.geometry.near, pipeline.geometry.far)
-            consistency.append(scene_consistency(scene, atol=pipeline.geometry.atol, rtol=pipeline.geometry.rtol))
+            consistency.append(scene_consistency(scene))
             if index < 4:
                 _save_grids(scene, truth, out / "grids", index)
     return _summarise(totals, consistency) | {"seconds_per_scene": seconds / scenes}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -71,10 +70,8 @@ def evaluate(
 ) -> None:
     """Evaluate generated samples: FID / KID (and IS) against real images, and 3D consistency of scenes.
 
-    Image metrics follow the official protocol (TF-Inception features, torch-fidelity's formulas), offline.
-
-    Consistency warps each view's nearest views into it: colour PSNR, depth AbsRel and coverage.
-    """
+    Image metrics follow the official protocol (TF-Inception features, torch-fidelity's formulas), offline;
+    consistency warps each view's nearest views into it: colour PSNR, depth AbsRel and coverage."""
     from iterview.eval.report import evaluate_samples, print_metrics
 
     if benchmark is not None:
@@ -121,10 +118,9 @@ def evaluate(
 
 def _write(metrics: dict, output: Path | None) -> None:
     if output is not None:
-        from iterview.io import atomic_path
+        from iterview.io import write_json
 
-        with atomic_path(output) as tmp:
-            tmp.write_text(json.dumps(metrics, indent=1))
+        write_json(metrics, output)
 
 
 def _benchmark(
@@ -165,45 +161,3 @@ def _benchmark(
         )
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
-
-
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("demo"),
-    models: Annotated[
-        str, typer.Option(help="Shipped model set (synth) or a folder holding g_u/ and g_c/ training runs.")
-    ] = "synth",
-    train: Annotated[
-        bool, typer.Option("--train", help="Train G_u and G_c from scratch first (synth_u / synth_c recipe).")
-    ] = False,
-    steps_uncond: Annotated[int | None, typer.Option(help="With --train: G_u training steps.")] = None,
-    steps_cond: Annotated[int | None, typer.Option(help="With --train: G_c training steps.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A reduced run of seconds (for CI).")] = False,
-    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU even when a GPU is present.")] = False,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: all cores; 1 is faster on a busy machine).")
-    ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-) -> None:
-    """Show the method working in minutes on a CPU: 3x9 scenes of every class from the shipped synth models, a
-    fusion video, novel views of held-out scenes against the truth, class accuracy and FID, in an HTML report.
-
-    Re-running the same command resumes it. `--train` trains the models from scratch first (hours on a CPU).
-    """
-    from dataclasses import replace
-
-    import torch
-
-    from iterview.demo import FULL, QUICK, run_demo
-
-    if threads is not None:
-        if threads < 1:
-            raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    config = QUICK if quick else FULL
-    for name, value in (("steps_uncond", steps_uncond), ("steps_cond", steps_cond)):
-        if value is not None:
-            if value < 1:
-                raise typer.BadParameter(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-            config = replace(config, **{name: value})
-    report = run_demo(out, config, models=models, train=train, cpu=cpu, progress=progress)
-    typer.echo(f"report: {report}")

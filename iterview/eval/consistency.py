@@ -1,6 +1,7 @@
 """3D consistency of a generated multi-view RGBD set, in plain PyTorch.
 
-Each view's nearest neighbours are meshed (official meshing, discontinuity faces flagged) and rendered into it.
+Each view's nearest neighbours are meshed (official meshing with the scene's geometry, discontinuity faces
+flagged) and rendered into it at the geometry's condition SSAA.
 Where the warped surface is visible in the target view, colour and depth should agree: colour PSNR and depth
 AbsRel are pooled over those co-visible pixels, and coverage is the share of each view that at least one
 neighbour sees. A pixel where the target is clearly nearer than the warped surface is an occlusion (the target
@@ -23,7 +24,7 @@ from iterview.geometry.cameras import camera_center
 from iterview.geometry.imageops import coverage_mask, subsample_center
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.warp import render_simple
-from iterview.pipeline.scene import Scene
+from iterview.pipeline.scene import Scene, find_scenes
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Consistency:
     view_coverage: list[float]
 
     def to_dict(self) -> dict:
+        """Plain JSON-ready values."""
         return asdict(self)
 
 
@@ -60,18 +62,13 @@ class Warp:
     mask: torch.Tensor
 
 
-def warp_views(
-    scene: Scene,
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    ssaa: int = 3,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-) -> Warp:
-    """Mesh views `sources` (P,) and render them into views `targets` (P,) with `ssaa`× supersampling."""
-    size = scene.rgbd.shape[-1]
+def warp_views(scene: Scene, sources: torch.Tensor, targets: torch.Tensor) -> Warp:
+    """Mesh views `sources` (P,) and render them into views `targets` (P,), with the scene geometry's
+    tolerances and condition_ssaa× supersampling."""
+    size, g = scene.rgbd.shape[-1], scene.geometry
+    ssaa = g.condition_ssaa
     depth = scene.depth[sources, 0]
-    mesh = depth_to_mesh(depth, scene.modelviews[sources], fov=scene.fov, atol=atol, rtol=rtol)
+    mesh = depth_to_mesh(depth, scene.modelviews[sources], fov=g.fov, atol=g.atol, rtol=g.rtol)
     texture = _colors(scene.rgbd[sources])
     render = render_simple(mesh, texture, scene.modelviews[targets], size * ssaa)
     covered = render.mask.float()
@@ -85,13 +82,9 @@ def scene_consistency(
     scene: Scene,
     neighbours: int = 4,
     occlusion_tolerance: float = 0.05,
-    ssaa: int = 3,
     batch_size: int = 16,
-    atol: float = 0.03,
-    rtol: float = 0.03,
 ) -> Consistency:
-    """Reprojection consistency of every view with its `neighbours` nearest views (all ordered pairs);
-    atol / rtol: the meshing tolerances the scene was made with."""
+    """Reprojection consistency of every view with its `neighbours` nearest views (all ordered pairs)."""
     if len(scene) < 2:
         raise ValueError(f"consistency needs a scene with at least 2 views, got {len(scene)}")
     views, device = len(scene), scene.rgbd.device
@@ -104,7 +97,7 @@ def scene_consistency(
     squared, absrel, counted = torch.zeros(3, views, dtype=torch.float64, device=device)
     seen = torch.zeros(views, 1, *scene.rgbd.shape[-2:], dtype=torch.int32, device=device)
     for t, s in zip(targets.split(batch_size), sources.split(batch_size), strict=True):
-        warp = warp_views(scene, s, t, ssaa, atol, rtol)
+        warp = warp_views(scene, s, t)
         occluded = target_depth[t] < warp.depth * (1 - occlusion_tolerance)
         valid = warp.mask & ~occluded
         weight = valid.double()
@@ -158,17 +151,6 @@ def ground_truth_error(
     }
 
 
-def find_scenes(folder: str | Path) -> list[Path]:
-    """Scene files (.json with a sibling .npz) under folder, recursively and sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"scene folder not found: {folder}")
-    found = sorted(p for p in folder.rglob("*.json") if p.with_suffix(".npz").is_file())
-    if not found:
-        raise ValueError(f"no scenes (a .json + .npz pair each) found under {folder}")
-    return found
-
-
 def folder_consistency(
     folder: str | Path,
     neighbours: int = 4,
@@ -178,8 +160,7 @@ def folder_consistency(
     """Mean consistency over every scene under folder: psnr, depth_absrel, coverage and the scene count."""
     results = []
     for path in tqdm(find_scenes(folder), desc="consistency", unit="scene", disable=not progress):
-        scene = Scene.load(path)
-        scene = Scene(scene.rgbd.to(device), scene.modelviews.to(device), scene.fov, scene.near, scene.far)
+        scene = Scene.load(path).to(device)
         results.append(scene_consistency(scene, neighbours))
     return {
         "psnr": sum(r.psnr for r in results) / len(results),

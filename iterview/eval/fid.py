@@ -124,6 +124,7 @@ class FeatureStats:
 
     @classmethod
     def from_features(cls, features: Features, **meta) -> FeatureStats:
+        """Mean and covariance (float64) of the pool features; meta records their count and provenance."""
         pool = features.pool.double()
         sigma = torch.cov(pool.T) if len(pool) > 1 else torch.zeros(FEATURE_DIM, FEATURE_DIM, dtype=torch.float64)
         return cls(pool.mean(0), sigma, features.pool, {"count": len(pool), **meta})
@@ -139,6 +140,7 @@ class FeatureStats:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:
+        """Read statistics written by `save`; a missing or foreign file is a clear error."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"statistics file not found: {path}")
@@ -245,23 +247,30 @@ def real_stats(
     batch_size: int = 50,
     num_workers: int = 0,
     progress: bool = True,
+    num_samples: int | None = None,
+    seed: int = 0,
 ) -> FeatureStats:
-    """Statistics of every image under real_dir (crop + LANCZOS to image_size), read from / written to cache.
-    A cache is only used for the folder and image size it was made from; real_dir may be None to just read it."""
+    """Statistics of the images under real_dir (crop + LANCZOS to image_size; all of them, or a seeded subset of
+    num_samples as `seeded_subset`), read from / written to cache. A cache is only used for the folder, image
+    size and subset it was made from; real_dir may be None to just read it."""
+    subset = None if num_samples is None else [num_samples, seed]
     if cache is not None and Path(cache).is_file():
         stats = FeatureStats.load(cache)
         if stats.meta.get("image_size") != image_size:
             found = stats.meta.get("image_size")
             raise ValueError(f"cached statistics {cache} are for image size {found}, not {image_size}")
+        if stats.meta.get("subset") != subset:
+            raise ValueError(f"cached statistics {cache} are of subset {stats.meta.get('subset')}, not {subset}")
         source = stats.meta.get("source")
         if real_dir is not None and source is not None and Path(source).resolve() != Path(real_dir).resolve():
             raise ValueError(f"cached statistics {cache} were computed from {source}, not {real_dir}: remove the file")
         return stats
     if real_dir is None:
         raise ValueError(f"no real images given and no cached statistics at {cache}")
-    dataset = ImageFiles(list_images(real_dir), image_size, real=True)
+    dataset = ImageFiles(seeded_subset(list_images(real_dir), num_samples, seed), image_size, real=True)
     features = extract_features(model, dataset, batch_size, num_workers, progress, desc="real images")
-    stats = FeatureStats.from_features(features, image_size=image_size, source=str(Path(real_dir).resolve()))
+    meta = {"image_size": image_size, "source": str(Path(real_dir).resolve())} | ({"subset": subset} if subset else {})
+    stats = FeatureStats.from_features(features, **meta)
     if cache is not None:
         stats.save(cache)
     return stats
@@ -271,11 +280,16 @@ def generated_images(
     fake_dir: str | Path, image_size: int = 128, num_samples: int | None = 10_000, seed: int = 0
 ) -> ImageFiles:
     """A seeded random subset (up to num_samples) of the generated images under fake_dir, size-checked."""
-    paths = list_images(fake_dir)
-    if num_samples is not None and num_samples < len(paths):
-        order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_samples]
-        paths = [paths[i] for i in order.tolist()]
-    return ImageFiles(paths, image_size, real=False)
+    return ImageFiles(seeded_subset(list_images(fake_dir), num_samples, seed), image_size, real=False)
+
+
+def seeded_subset(paths: Sequence[Path], num_samples: int | None, seed: int = 0) -> list[Path]:
+    """Up to num_samples of paths, drawn by a seeded permutation (in its order); all of them when None or more."""
+    paths = list(paths)
+    if num_samples is None or num_samples >= len(paths):
+        return paths
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    return [paths[i] for i in order.tolist()]
 
 
 def image_metrics(

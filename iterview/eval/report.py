@@ -50,9 +50,11 @@ def evaluate_samples(
     neighbours: int = 4,
     device: torch.device | str | None = None,
     progress: bool = True,
+    num_real: int | None = None,
 ) -> dict[str, dict]:
     """Image metrics of `fake` against `real` (or cached `real_stats`) and consistency of the scenes under
-    `scenes`; either part may be absent. Returns {"images": {...}, "consistency": {...}}."""
+    `scenes`; either part may be absent. num_samples / num_real: seeded subsets of the generated / real images
+    (None: all). Returns {"images": {...}, "consistency": {...}}."""
     from iterview.eval.consistency import folder_consistency
     from iterview.eval.fid import extract_features, generated_images, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
@@ -67,7 +69,9 @@ def evaluate_samples(
     if fake is not None:
         generated = generated_images(fake, image_size, num_samples, seed)  # checked before any slow work
         model = load_inception(inception_weights, device)
-        reference = compute_real_stats(model, real, image_size, real_stats, batch_size, workers, progress)
+        reference = compute_real_stats(
+            model, real, image_size, real_stats, batch_size, workers, progress, num_real, seed
+        )
         features = extract_features(model, generated, batch_size, workers, progress, desc="generated images")
         metrics["images"] = image_metrics(features, reference, kid_subsets, kid_subset_size)
     if scenes is not None:
@@ -123,6 +127,7 @@ class Report:
         return path
 
     def html(self) -> str:
+        """The report as one self-contained HTML page (images and videos inlined)."""
         parts = [f"<h1>{html.escape(self.title)}</h1>"]
         for section in self.sections:
             parts.append(f"<h2>{html.escape(section.title)}</h2>")

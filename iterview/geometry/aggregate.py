@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from iterview.geometry.cameras import camera_center, linear_to_zbuffer
+from iterview.geometry.cameras import camera_center, check_modelview, linear_to_zbuffer
 from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
-from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh
 from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
 
 # Official aggregation shader constants.
@@ -93,7 +94,7 @@ def aggregate_render(
         select = slice(start, start + group)
         compositor = Compositor(len(modelview[select]), size, modelview.device)
         for mesh, texture in zip(meshes, textures, strict=True):
-            view = Mesh(**{k: v[select] if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
+            view = map_mesh(mesh, lambda v, select=select: v[select])
             compositor.add(shade_view(view, texture[select].to(torch.float32), modelview[select], size, near, far))
         parts.append(compositor.result(near, far))
     if len(parts) == 1:
@@ -106,35 +107,28 @@ def aggregate_conditions(
     textures: Sequence[torch.Tensor],
     modelview: torch.Tensor,
     image_size: int,
-    ssaa: int = 3,
-    near: float = 0.6,
-    far: float = 5.0,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-    erode_rgb: int = 3,
-    renderer_near: float = 0.01,
-    renderer_far: float = 200.0,
+    geometry: InferenceGeometry = OFFICIAL_GEOMETRY,
     allow_blind: bool = False,
 ) -> Conditions:
     """Official aggregate_conditions (§3.8) for target cameras modelview (B, 4, 4).
 
-    The aggregation is rendered at image_size·ssaa and brought back to image size: LANCZOS for colour, the
-    centre sample for depth, "more than ¾ of the block" for the two masks. mask also drops depth edges
-    (atol, rtol); mask_rgb must sit inside mask eroded by a (2·erode_rgb - 1)² square. depth_convex is the
-    unmasked depth, the free-space hull: where only weak samples exist it is the farthest of them.
+    The aggregation is rendered at image_size·condition_ssaa (the geometry's renderer near, far) and brought
+    back to image size: LANCZOS for colour, the centre sample for depth (a z-buffer of the geometry's near, far),
+    "more than ¾ of the block" for the two masks. mask also drops depth edges (atol, rtol); mask_rgb must sit
+    inside mask eroded by a (2·erode_rgb - 1)² square. depth_convex is the unmasked depth, the free-space hull:
+    where only weak samples exist it is the farthest of them.
 
     A target camera that sees no source view is an error, unless `allow_blind` (sampling a 360° orbit, where
     such a camera gets an empty condition, as officially).
     """
-    if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 1:
-        raise ValueError(f"erode_rgb must be an integer >= 1, got {erode_rgb!r}")
-    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, renderer_near, renderer_far)
+    g, ssaa = geometry, geometry.condition_ssaa
+    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, g.renderer_near, g.renderer_far)
     if not allow_blind:
         _check_seen(render)
     color = lanczos_downsample(render.color, image_size)
-    depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), near, far)
-    mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, atol, rtol)
-    mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * erode_rgb - 1)
+    depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), g.near, g.far)
+    mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, g.atol, g.rtol)
+    mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * g.erode_rgb - 1)
     mask, mask_rgb = mask.to(depth.dtype), mask_rgb.to(depth.dtype)
     return Conditions(color=color * mask_rgb, depth=depth * mask, mask=mask, mask_rgb=mask_rgb, depth_convex=depth)
 
@@ -144,17 +138,16 @@ def fusion_render(
     textures: Sequence[torch.Tensor],
     modelview: torch.Tensor,
     image_size: int,
-    ssaa: int = 5,
-    near: float = 0.1,
-    far: float = 200.0,
+    geometry: InferenceGeometry = OFFICIAL_GEOMETRY,
 ) -> FusionFrame:
-    """Official free-view fusion rendering (inference/render.py): aggregate all views at image_size·ssaa
-    (renderer near 0.1, far 200), LANCZOS down to image size, depth and mask at the centre sample.
+    """Official free-view fusion rendering (inference/render.py): aggregate all views at image_size·fusion_ssaa
+    (official renderer near 0.1, far 200), LANCZOS down to image size, depth and mask at the centre sample.
 
     Unlike the official code, colour is clipped to [0, 1] before quantisation, so out-of-range values saturate
     instead of wrapping around.
     """
-    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+    ssaa = geometry.fusion_ssaa
+    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, geometry.fusion_near, geometry.fusion_far)
     _check_seen(render)
     return FusionFrame(
         color=lanczos_downsample(render.color, image_size),
@@ -261,12 +254,5 @@ def _check_sources(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor], mod
             raise ValueError(f"texture {i} must be (B={batch}, 3, N, N), got shape {tuple(texture.shape)}")
         if not torch.isfinite(texture).all():
             raise ValueError(f"texture {i} contains NaN or inf")
-    if (
-        modelview.shape[-2:] != (4, 4)
-        or modelview.ndim not in (2, 3)
-        or (modelview.ndim == 3 and len(modelview) != batch)
-    ):
-        raise ValueError(f"modelview must be (B={batch}, 4, 4) or (4, 4), got shape {tuple(modelview.shape)}")
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    check_modelview(modelview, batch)
     return batch

@@ -92,3 +92,16 @@ def linear_to_zbuffer(z: torch.Tensor, near: float, far: float) -> torch.Tensor:
 def zbuffer_to_linear(d: torch.Tensor, near: float, far: float) -> torch.Tensor:
     """Official linearize_depth: n·f / (f - (f - n)·clip(d, 1e-6, 1 - 1e-6))."""
     return near * far / (far - (far - near) * d.clamp(1e-6, 1 - 1e-6))
+
+
+def check_modelview(modelview: torch.Tensor, batch: int) -> torch.Tensor:
+    """Validate world->camera matrices for a batch of `batch`: (4, 4) or (B, 4, 4), finite. Returns them as
+    (B, 4, 4) (an expanded view, same dtype and device)."""
+    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
+        found = f"shape {tuple(modelview.shape)}" if isinstance(modelview, torch.Tensor) else type(modelview).__name__
+        raise ValueError(f"modelview must be (B={batch}, 4, 4) or (4, 4), got {found}")
+    if modelview.ndim == 3 and modelview.shape[0] != batch:
+        raise ValueError(f"modelview batch {modelview.shape[0]} does not match the batch {batch}")
+    if not torch.isfinite(modelview).all():
+        raise ValueError("modelview contains NaN or inf")
+    return modelview.expand(batch, 4, 4)

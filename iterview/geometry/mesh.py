@@ -7,15 +7,17 @@ top; faces come quad by quad, two per quad, split along the shorter 3D diagonal 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from iterview.geometry.cameras import focal_length
+from iterview.geometry.cameras import check_modelview, focal_length, zbuffer_to_linear
 from iterview.geometry.imageops import erode
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 
 FLAG_EDGE = 1
 FLAG_PADDING = 2
@@ -23,6 +25,9 @@ FLAG_ERODED = 4
 
 # The official 'frustum' padding pulls the ring onto the plane z_cam = -0.1, closing the view frustum.
 FRUSTUM_DEPTH = 0.1
+# Official meshing: 'frustum' skirts while sampling (§6.2), numeric padding 32 px when re-fusing saved scenes (§6.5).
+SAMPLING_PADDING = "frustum"
+FUSION_PADDING = 32
 
 
 @dataclass
@@ -98,6 +103,29 @@ def depth_to_mesh(
         fov=float(fov),
         normal=normal,
     )
+
+
+def rgbd_to_mesh(
+    rgbd: torch.Tensor,
+    modelview: torch.Tensor,
+    geometry: InferenceGeometry = OFFICIAL_GEOMETRY,
+    padding: int | Literal["frustum"] | None = SAMPLING_PADDING,
+) -> tuple[Mesh, torch.Tensor]:
+    """Official meshing of generated views. rgbd: (B, 4, N, N) in [-1, 1], depth channel = z-buffer of the
+    geometry's (near, far); modelview: (B, 4, 4). Returns the mesh (with normals, discontinuities and erosion
+    by the geometry's atol, rtol, erode_rgb) and its texture (B, 3, N, N) = rgb·0.5 + 0.5, unclipped as in the
+    official code."""
+    g = geometry
+    x = rgbd * 0.5 + 0.5
+    depth = zbuffer_to_linear(x[:, 3], g.near, g.far)
+    mesh = depth_to_mesh(depth, modelview, g.fov, padding, g.atol, g.rtol, g.erode_rgb, compute_normals=True)
+    return mesh, x[:, :3]
+
+
+def map_mesh(mesh: Mesh, fn: Callable[[torch.Tensor], torch.Tensor]) -> Mesh:
+    """Apply fn to every batched tensor of a mesh (e.g. to slice or expand the batch)."""
+    tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
+    return replace(mesh, **{k: fn(v) for k, v in tensors.items() if v is not None})
 
 
 def image_uv(size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
@@ -233,12 +261,7 @@ def _validate(
             f"depth must be linear z, finite and > 0; found {int(bad.sum())} invalid value(s), "
             f"e.g. {depth[b, i, j].item()} at (batch {b}, row {i}, column {j})"
         )
-    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
-        raise ValueError(f"modelview must be a (B, 4, 4) or (4, 4) tensor, got {_describe(modelview)}")
-    if modelview.ndim == 3 and modelview.shape[0] != depth.shape[0]:
-        raise ValueError(f"modelview batch {modelview.shape[0]} does not match depth batch {depth.shape[0]}")
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    modelview = check_modelview(modelview, depth.shape[0])
     if not 0 < fov < 180:
         raise ValueError(f"fov must be in (0, 180) degrees, got {fov}")
     numeric = isinstance(padding, Real) and not isinstance(padding, bool)
@@ -249,7 +272,7 @@ def _validate(
             raise ValueError(f"{name} must be None or a finite value >= 0, got {value}")
     if isinstance(erode_rgb, bool) or not isinstance(erode_rgb, int) or erode_rgb < 0:
         raise ValueError(f"erode_rgb must be an integer >= 0, got {erode_rgb!r}")
-    return modelview.to(device=depth.device, dtype=depth.dtype).expand(depth.shape[0], 4, 4).clone()
+    return modelview.to(device=depth.device, dtype=depth.dtype).clone()
 
 
 def _describe(value: object) -> str:

@@ -1,4 +1,5 @@
-"""Simple warps (official SimpleRenderer) and the forward-backward warp that makes training pairs."""
+"""Simple warps (official SimpleRenderer) and the forward-backward warp that training pairs are made of
+(the recipe around it, cameras and augmentations, is `iterview.data.pairs`)."""
 
 from __future__ import annotations
 
@@ -6,27 +7,19 @@ from dataclasses import dataclass
 
 import torch
 
-from iterview.geometry.cameras import linear_to_zbuffer, look_at, orbit_camera, orbit_eye, zbuffer_to_linear
+from iterview.geometry.cameras import check_modelview, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
 from iterview.geometry.imageops import (
     coverage_mask,
     depth_edge,
-    erode,
-    gaussian_blur3,
     lanczos_downsample,
     subsample_center,
 )
 from iterview.geometry.mesh import FLAG_EDGE, Mesh, depth_to_mesh
 from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
 
-TRAIN_AUGMENTS = ("prewarp_noise", "blur", "erode_rgb")
-
-# Official SimpleRenderer projection and the training warp's constants (§3.6, §3.7).
+# Official SimpleRenderer projection and the training warp's discontinuity tolerances (§3.6).
 RENDER_NEAR, RENDER_FAR = 0.1, 200.0
 WARP_ATOL = WARP_RTOL = 0.02
-NOISE_STD = 0.005
-BLUR_PROBABILITY = 0.8
-ERODE_KERNELS = (1, 3, 5, 7, 9)
-TARGET_STD, RADIUS_STD = 0.05, 0.1
 
 
 @dataclass
@@ -88,7 +81,7 @@ def forward_backward_warp(
     and rendered back. What the side camera could not see comes back as holes: mask = (at least 7 of 9 samples
     covered, for ssaa 3) AND no depth edge. Colour and depth are multiplied by the mask.
     """
-    batch, size = _check_rgbd(rgbd, low=None)
+    batch, size = check_rgbd(rgbd, low=None)
     modelview = _check_modelview(modelview, batch)
     if isinstance(ssaa, bool) or not isinstance(ssaa, int) or ssaa < 1:
         raise ValueError(f"ssaa must be a positive integer, got {ssaa!r}")
@@ -109,86 +102,7 @@ def forward_backward_warp(
     return WarpResult(color=lanczos_downsample(back.color, size) * mask, depth=zbuffer * mask, mask=mask)
 
 
-def sample_training_cameras(
-    batch: int, generator: torch.Generator | None = None, std: float = 0.15
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random side cameras as in training: returns modelview (B, 4, 4) and pose (B, 2) = (theta, phi).
-
-    theta, phi ~ N(0, std²); radius 1 + N(0, 0.1²); look-at target N(0, 0.05²) per axis; up +y. Drawn on the
-    generator's device (CPU by default), so a seed gives the same cameras on any device.
-    """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    if not std >= 0:
-        raise ValueError(f"std must be >= 0, got {std}")
-    device = generator.device if generator is not None else torch.device("cpu")
-    noise = torch.randn(batch, 6, generator=generator, device=device)
-    theta, phi = noise[:, 0] * std, noise[:, 1] * std
-    eye = orbit_eye(theta, phi, 1 + RADIUS_STD * noise[:, 2])
-    return look_at(eye, TARGET_STD * noise[:, 3:]), torch.stack([theta, phi], dim=1)
-
-
-def make_training_pair(
-    rgbd: torch.Tensor,
-    generator: torch.Generator | None = None,
-    augments: tuple[str, ...] = TRAIN_AUGMENTS,
-    std: float = 0.15,
-    pixel_scale: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """One G_c training pair per image. rgbd: (B, 4, H, W) in [-1, 1] (dataset x_0).
-    Returns y (B, 4, H, W) in [-1, 1] (masked = -1), mask (B, 1, H, W), mask_rgb (B, 1, H, W), pose (B, 2).
-
-    The official WarpDataset steps, in order: a random side camera; pre-warp noise N(0, (0.005·U)²) on all four
-    channels; the forward-backward warp; with probability 0.8 the warped RGB replaced by the clean RGB blurred
-    (3×3 Gaussian, σ = U + 1e-3); the RGB mask eroded by a k×k square, k uniform in {1, 3, 5, 7, 9}. Without
-    "erode_rgb", mask_rgb is the mask. All randomness comes from `generator` (drawn on its device).
-
-    pixel_scale: how many official (128-px) pixels one pixel spans, e.g. 4 at 32 px. The discontinuity
-    tolerances grow and the erosion radii shrink by it, so a smaller image is cut and eroded like the official
-    one; 1 is the official recipe.
-    """
-    unknown = set(augments) - set(TRAIN_AUGMENTS)
-    if unknown:
-        raise ValueError(f"unknown augments {sorted(unknown)}; expected a subset of {TRAIN_AUGMENTS}")
-    batch, _ = _check_rgbd(rgbd, low=-1.0)
-    device = generator.device if generator is not None else torch.device("cpu")
-
-    def uniform() -> torch.Tensor:
-        return torch.rand(batch, generator=generator, device=device).to(rgbd.device)
-
-    clean = rgbd * 0.5 + 0.5
-    modelview, pose = sample_training_cameras(batch, generator, std)
-    warped = clean
-    if "prewarp_noise" in augments:
-        sigma = NOISE_STD * uniform()
-        noise = torch.randn(clean.shape, generator=generator, device=device).to(rgbd)
-        warped = clean + sigma[:, None, None, None] * noise
-    tolerance = WARP_ATOL * pixel_scale
-    warp = forward_backward_warp(warped, modelview.to(rgbd), atol=tolerance, rtol=tolerance)
-    color, mask = warp.color, warp.mask
-    if "blur" in augments:
-        blurred = gaussian_blur3(clean[:, :3], uniform() + 1e-3)
-        color = torch.where((uniform() < BLUR_PROBABILITY)[:, None, None, None], blurred, color)
-    mask_rgb = mask
-    if "erode_rgb" in augments:
-        radius = torch.randint(len(ERODE_KERNELS), (batch,), generator=generator, device=device)
-        kernel = 2 * torch.round(radius / pixel_scale).long() + 1
-        mask_rgb = _erode_each(mask.bool(), kernel.tolist()).to(mask.dtype)
-        color = color * mask_rgb
-    y = torch.cat([color, warp.depth], dim=1) * mask * 2 - 1
-    return {"y": y, "mask": mask, "mask_rgb": mask_rgb, "pose": pose.to(rgbd.device)}
-
-
-def _erode_each(mask: torch.Tensor, kernels: list[int]) -> torch.Tensor:
-    """Erode each image of mask (B, 1, H, W) bool by its own square kernel size."""
-    out = mask.clone()
-    for kernel in set(kernels):
-        chosen = torch.tensor([k == kernel for k in kernels], device=mask.device)
-        out[chosen] = erode(mask[chosen], kernel)
-    return out
-
-
-def _check_rgbd(rgbd: torch.Tensor, low: float | None) -> tuple[int, int]:
+def check_rgbd(rgbd: torch.Tensor, low: float | None) -> tuple[int, int]:
     """Validate an RGBD batch (B, 4, N, N) with depth in [low, 1] (unchecked if low is None); returns (B, N)."""
     if not isinstance(rgbd, torch.Tensor) or not rgbd.is_floating_point() or rgbd.ndim != 4 or rgbd.shape[1] != 4:
         shape = tuple(rgbd.shape) if isinstance(rgbd, torch.Tensor) else type(rgbd).__name__
@@ -208,14 +122,7 @@ def _check_rgbd(rgbd: torch.Tensor, low: float | None) -> tuple[int, int]:
 
 def _check_modelview(modelview: torch.Tensor, batch: int) -> torch.Tensor:
     """Validate world->camera matrices, (4, 4) or (B, 4, 4); returns (B, 4, 4) float32."""
-    if not isinstance(modelview, torch.Tensor) or modelview.shape[-2:] != (4, 4) or modelview.ndim not in (2, 3):
-        shape = tuple(modelview.shape) if isinstance(modelview, torch.Tensor) else type(modelview).__name__
-        raise ValueError(f"modelview must be (B, 4, 4) or (4, 4), got {shape}")
-    if modelview.ndim == 3 and modelview.shape[0] != batch:
-        raise ValueError(f"modelview batch {modelview.shape[0]} does not match the image batch {batch}")
-    modelview = modelview.to(torch.float32).expand(batch, 4, 4)
-    if not torch.isfinite(modelview).all():
-        raise ValueError("modelview contains NaN or inf")
+    modelview = check_modelview(modelview, batch).to(torch.float32)
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], device=modelview.device)
     if not torch.allclose(modelview[:, 3], bottom.expand(batch, 4)):
         raise ValueError("modelview must be a rigid world->camera transform with last row (0, 0, 0, 1)")

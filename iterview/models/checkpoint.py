@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from iterview.config import CONFIG_VERSION, ADMConfig
+from iterview.config import CONFIG_VERSION, ADMConfig, tiny_adm_config
 from iterview.io import atomic_path
 from iterview.models.adm import ADMUNet
 
@@ -24,6 +24,21 @@ def build_model(config: ADMConfig, device: torch.device | str | None = None) -> 
     """Instantiate an ADMUNet from a config (randomly initialised, official init; `device="meta"` for shapes)."""
     with torch.device(device or "cpu"):
         return ADMUNet(**config.to_dict())
+
+
+def tiny_adm(seed: int = 0, perturb: bool = True, **config) -> ADMUNet:
+    """A `tiny_adm_config(**config)` U-Net initialised from seed (the global RNG is left untouched). perturb:
+    move every parameter by 0.05·N(0, 1), so that the official zero-initialised output layers let ε depend on
+    the input, as in a trained model."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(tiny_adm_config(**config))
+    if perturb:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator).to(parameter.dtype))
+    return model
 
 
 def save_model(model: ADMUNet, config: ADMConfig, directory: str | Path) -> Path:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import torch
 
+from iterview.diffusion.presets import SamplerChoice, resolve_samplers
+from iterview.geometry.inference import InferenceGeometry
 from iterview.models.checkpoint import load_model
 from iterview.models.shipped import inference_settings, resolve_model
-from iterview.pipeline.multiview import Guidance, InferenceGeometry, MultiViewPipeline, SamplerChoice
+from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.training.state import weights_dir
 
 
@@ -31,8 +33,6 @@ def load_pipeline(
 ) -> MultiViewPipeline:
     """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
     clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength."""
-    from iterview.pipeline.commands import resolve_samplers
-
     settings = inference_settings(cond if cond is not None else uncond)
     choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
     clip = bool(settings.get("clip_denoised", False))
@@ -40,7 +40,12 @@ def load_pipeline(
     strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
     g_u = load_network(uncond, "uncond", device=device) if uncond is not None else None
     g_c = load_network(cond, "cond", device=device) if cond is not None else None
-    geometry = InferenceGeometry(**settings.get("geometry", {}))
+    size = (g_u if g_u is not None else g_c).image_size
+    geometry = (
+        InferenceGeometry.from_dict(settings["geometry"])
+        if "geometry" in settings
+        else InferenceGeometry.for_size(size)
+    )
     return MultiViewPipeline(
         g_u, g_c, None, choice_u, choice_c, Guidance(strength=strength), geometry, progress=progress
     )

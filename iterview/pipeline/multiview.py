@@ -14,63 +14,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from iterview.diffusion.guidance import classifier_free, clip_denoised, inpaint_input, replacement_guidance
-from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
-from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
+from iterview.diffusion.guidance import classifier_free, inpaint_model, replacement_guidance
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.schedule import DiffusionSchedule, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
-from iterview.geometry.mesh import Mesh
-from iterview.pipeline.scene import Scene, rgbd_to_mesh
-
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """name: 'ddpm' (ancestral, always all T steps), 'ddim' (η = 0) or 'dpmpp' (DPM-Solver++ 2M, steps >= 2);
-    clip: clip the predicted x0 to [-1, 1] before any guidance (off in the official code)."""
-
-    name: str = "ddim"
-    steps: int = 50
-    clip: bool = False
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}: expected one of {', '.join(SAMPLERS)}")
-        if self.steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
-
-    def sample(
-        self,
-        model_fn: ModelFn,
-        x_T: torch.Tensor,
-        schedule: DiffusionSchedule,
-        generator: Generators = None,
-        x0_fn: X0Fn | None = None,
-    ) -> torch.Tensor:
-        if self.clip:
-            x0_fn = clip_denoised(x0_fn)
-        if self.name == "ddpm":
-            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
-        if self.name == "ddim":
-            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
-        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
-
-
-OFFICIAL_UNCOND = SamplerChoice("ddpm", 1000)
-OFFICIAL_COND = SamplerChoice("ddim", 50)
-
-
-@dataclass(frozen=True)
-class InferenceGeometry:
-    """Official inference constants (§6.2, §3.8): depth channel = z-buffer of (near, far); meshing tolerances."""
-
-    fov: float = 45.0
-    near: float = 0.6
-    far: float = 5.0
-    atol: float = 0.03
-    rtol: float = 0.03
-    erode_rgb: int = 3
-    ssaa: int = 3
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.mesh import Mesh, rgbd_to_mesh
+from iterview.pipeline.scene import Scene
 
 
 @dataclass(frozen=True)
@@ -83,7 +33,6 @@ class Guidance:
     w_hull: float = 0.5
 
 
-OFFICIAL_GEOMETRY = InferenceGeometry()
 OFFICIAL_GUIDANCE = Guidance()
 
 
@@ -104,7 +53,7 @@ class MultiViewResult:
         for k, cond in enumerate(self.conditions, start=1):
             known[k] = cond.mask[index] > 0.5
         label = None if self.classes is None else int(self.classes[index])
-        return Scene(rgbd, self.modelviews[index], geometry.fov, geometry.near, geometry.far, label, seed, known)
+        return Scene(rgbd, self.modelviews[index], geometry, label, seed, known)
 
 
 class MultiViewPipeline:
@@ -147,8 +96,8 @@ class MultiViewPipeline:
         first_view: torch.Tensor | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
-        the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1] to start from a
-        given view 0 (e.g. a photo) instead of sampling it with G_u."""
+        the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1], view 0 given
+        instead of sampled by G_u (e.g. a real image with its depth)."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
@@ -190,20 +139,7 @@ class MultiViewPipeline:
     ) -> Conditions:
         """Official aggregate_conditions of all previous views into the cameras modelview (B, 4, 4). A camera
         that sees none of them (e.g. the far side of a coarse 360° orbit) gets an empty condition."""
-        g = self.geometry
-        return aggregate_conditions(
-            meshes,
-            textures,
-            modelview,
-            self.image_size,
-            g.ssaa,
-            g.near,
-            g.far,
-            g.atol,
-            g.rtol,
-            g.erode_rgb,
-            allow_blind=True,
-        )
+        return aggregate_conditions(meshes, textures, modelview, self.image_size, self.geometry, allow_blind=True)
 
     def next_view(
         self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
@@ -212,17 +148,12 @@ class MultiViewPipeline:
         known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
         hull = cond.depth_convex * 2 - 1
         x_T = self.initial_noise(generators)
-        network = classifier_free(self.g_c, classes, self.guidance.strength)
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
-            return network(inpaint_input(x_t, known, cond.mask, cond.mask_rgb, generators), t)
-
         w = self.guidance
+        # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
+        model_fn = inpaint_model(self.g_c, known, cond.mask, cond.mask_rgb, classes, w.strength, generators)
         x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
         return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn)
 
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""
-        g = self.geometry
-        return rgbd_to_mesh(x, modelview, g.near, g.far, g.fov, "frustum", g.atol, g.rtol, g.erode_rgb)
+        return rgbd_to_mesh(x, modelview, self.geometry)

@@ -15,18 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.io import colorize_depth, make_grid, save_png
-from iterview.pipeline.multiview import (
-    OFFICIAL_COND,
-    OFFICIAL_GEOMETRY,
-    OFFICIAL_GUIDANCE,
-    OFFICIAL_UNCOND,
-    Guidance,
-    InferenceGeometry,
-    MultiViewPipeline,
-    MultiViewResult,
-    SamplerChoice,
-)
+from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline, MultiViewResult
 from iterview.pipeline.viewsets import Viewset, make_viewset, viewset_name
 
 SUBFOLDERS = ("grids", "conds", "results", "scenes")
@@ -62,6 +54,7 @@ def run_name(viewset: str, sampler_uncond: SamplerChoice, sampler_cond: SamplerC
 
 
 def instance_suffix(seed: int, label: int | None) -> str:
+    """Official file suffix: `class{label:03d}_seed{seed:05d}`, or `seed{seed:05d}` without a label."""
     return (f"class{label:03d}_" if label is not None else "") + f"seed{seed:05d}"
 
 
@@ -77,6 +70,7 @@ class Instance:
 
     @property
     def suffix(self) -> str:
+        """The instance's file suffix."""
         return instance_suffix(self.seed, self.label)
 
 
@@ -118,10 +112,12 @@ def check_classes(classes: str, count: int) -> None:
 
 
 def scene_path(root: Path, suffix: str) -> Path:
+    """Stem of an instance's scene file under the run folder root."""
     return root / "scenes" / f"scene_{suffix}"
 
 
 def is_finished(root: Path, suffix: str) -> bool:
+    """Whether the instance's scene JSON (written last) exists."""
     return scene_path(root, suffix).with_suffix(".json").is_file()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -13,42 +12,14 @@ import numpy as np
 import torch
 
 from iterview.geometry.cameras import zbuffer_to_linear
-from iterview.geometry.mesh import Mesh, depth_to_mesh
-from iterview.io import atomic_path
+from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.mesh import FUSION_PADDING, Mesh, map_mesh, rgbd_to_mesh
+from iterview.io import atomic_path, write_json
 
 SCENE_FORMAT = "iterview.scene"
-SCENE_VERSION = 1
-# Official meshing: 'frustum' skirts while sampling (§6.2), numeric padding 32 px when re-fusing saved scenes (§6.5).
-SAMPLING_PADDING = "frustum"
-FUSION_PADDING = 32
-
-
-def rgbd_to_mesh(
-    rgbd: torch.Tensor,
-    modelview: torch.Tensor,
-    near: float = 0.6,
-    far: float = 5.0,
-    fov: float = 45.0,
-    padding: int | Literal["frustum"] | None = SAMPLING_PADDING,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-    erode_rgb: int = 3,
-) -> tuple[Mesh, torch.Tensor]:
-    """Official meshing of generated views. rgbd: (B, 4, N, N) in [-1, 1], depth channel = z-buffer (near, far);
-    modelview: (B, 4, 4). Returns the mesh (with normals) and its texture (B, 3, N, N) = rgb·0.5 + 0.5, unclipped
-    as in the official code."""
-    x = rgbd * 0.5 + 0.5
-    depth = zbuffer_to_linear(x[:, 3], near, far)
-    mesh = depth_to_mesh(
-        depth, modelview, fov=fov, padding=padding, atol=atol, rtol=rtol, erode_rgb=erode_rgb, compute_normals=True
-    )
-    return mesh, x[:, :3]
-
-
-def map_mesh(mesh: Mesh, fn: Callable[[torch.Tensor], torch.Tensor]) -> Mesh:
-    """Apply fn to every batched tensor of a mesh (e.g. to slice or expand the batch)."""
-    tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
-    return replace(mesh, **{k: fn(v) for k, v in tensors.items() if v is not None})
+# Version 2 records the inference geometry; version 1 files carry only fov, near and far (the rest official).
+SCENE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -68,7 +39,8 @@ def _stem(path: str | Path) -> Path:
 
 @dataclass
 class Scene:
-    """rgbd: (V, 4, H, W) in [-1, 1], depth channel = z-buffer for (near, far); modelviews: (V, 4, 4).
+    """rgbd: (V, 4, H, W) in [-1, 1], depth channel = z-buffer of the geometry's (near, far); modelviews:
+    (V, 4, 4); geometry: how the views were sampled, and so how they are meshed, rendered and measured.
 
     known: optional (V, 1, H, W) bool, the pixels of each view that were conditioned on earlier views (the
     aggregation mask); seed: the instance's seed.
@@ -76,9 +48,7 @@ class Scene:
 
     rgbd: torch.Tensor
     modelviews: torch.Tensor
-    fov: float = 45.0
-    near: float = 0.6
-    far: float = 5.0
+    geometry: InferenceGeometry = OFFICIAL_GEOMETRY
     label: int | None = None
     seed: int | None = None
     known: torch.Tensor | None = None
@@ -95,27 +65,37 @@ class Scene:
     def __len__(self) -> int:
         return self.rgbd.shape[0]
 
-    def to(self, device: torch.device | str) -> Scene:
-        """The same scene with its tensors on device (every field kept)."""
-        known = None if self.known is None else self.known.to(device)
-        return replace(self, rgbd=self.rgbd.to(device), modelviews=self.modelviews.to(device), known=known)
+    @property
+    def fov(self) -> float:
+        """Field of view in degrees."""
+        return self.geometry.fov
+
+    @property
+    def near(self) -> float:
+        """Near plane of the depth channel's z-buffer."""
+        return self.geometry.near
+
+    @property
+    def far(self) -> float:
+        """Far plane of the depth channel's z-buffer."""
+        return self.geometry.far
 
     @property
     def depth(self) -> torch.Tensor:
         """Linear depth along -z: (V, 1, H, W)."""
         return zbuffer_to_linear(self.rgbd[:, 3:] * 0.5 + 0.5, self.near, self.far)
 
+    def to(self, device: torch.device | str) -> Scene:
+        """The same scene (every field) with its tensors on device."""
+        known = None if self.known is None else self.known.to(device)
+        return replace(self, rgbd=self.rgbd.to(device), modelviews=self.modelviews.to(device), known=known)
+
     def meshes(
-        self,
-        padding: int | Literal["frustum"] | None = FUSION_PADDING,
-        atol: float = 0.03,
-        rtol: float = 0.03,
-        erode_rgb: int = 3,
+        self, padding: int | Literal["frustum"] | None = FUSION_PADDING
     ) -> tuple[list[Mesh], list[torch.Tensor]]:
-        """One mesh (batch 1) and texture (1, 3, N, N) per view; defaults as the official `load_scene`."""
-        mesh, texture = rgbd_to_mesh(
-            self.rgbd, self.modelviews, self.near, self.far, self.fov, padding, atol, rtol, erode_rgb
-        )
+        """One mesh (batch 1) and texture (1, 3, N, N) per view, meshed with the scene's geometry; the default
+        padding as the official `load_scene`."""
+        mesh, texture = rgbd_to_mesh(self.rgbd, self.modelviews, self.geometry, padding)
         return [map_mesh(mesh, lambda v, i=view: v[i : i + 1]) for view in range(len(self))], list(texture.split(1))
 
     def save(self, path: str | Path) -> Path:
@@ -132,15 +112,12 @@ class Scene:
             "version": SCENE_VERSION,
             "views": len(self),
             "image_size": self.rgbd.shape[-1],
-            "fov": self.fov,
-            "near": self.near,
-            "far": self.far,
+            "geometry": self.geometry.to_dict(),
             "label": self.label,
             "seed": self.seed,
             "modelviews": self.modelviews.detach().float().cpu().tolist(),
         }
-        with atomic_path(stem.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(meta, indent=1))
+        write_json(meta, stem.with_suffix(".json"))
         return stem.with_suffix(".npz")
 
     @classmethod
@@ -153,7 +130,7 @@ class Scene:
         meta = json.loads(stem.with_suffix(".json").read_text())
         if meta.get("format") != SCENE_FORMAT:
             raise ValueError(f"{stem}.json: expected format {SCENE_FORMAT!r}, got {meta.get('format')!r}")
-        if meta.get("version") != SCENE_VERSION:
+        if meta.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"{stem}.json: unsupported scene version {meta.get('version')} (expected {SCENE_VERSION})")
         with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
             if "rgbd" not in data:
@@ -163,10 +140,36 @@ class Scene:
         return cls(
             rgbd=rgbd,
             modelviews=torch.tensor(meta["modelviews"], dtype=torch.float32),
-            fov=float(meta["fov"]),
-            near=float(meta["near"]),
-            far=float(meta["far"]),
+            geometry=_read_geometry(meta, stem),
             label=meta.get("label"),
             seed=meta.get("seed"),
             known=known,
         )
+
+
+def _read_geometry(meta: dict, stem: Path) -> InferenceGeometry:
+    """The scene's geometry; a version 1 file records only fov, near and far, the rest is official."""
+    values = meta.get("geometry", {k: meta[k] for k in ("fov", "near", "far") if k in meta})
+    if not isinstance(values, dict):
+        raise ValueError(f"{stem}.json: 'geometry' must be an object, got {type(values).__name__}")
+    try:
+        return InferenceGeometry.from_dict(values)
+    except ValueError as error:
+        raise ValueError(f"{stem}.json: {error}") from error
+
+
+def find_scenes(path: str | Path) -> list[Path]:
+    """Scene stems (a .json with its .npz) of a scene file, or under a folder recursively, sorted."""
+    path = Path(path)
+    if path.suffix in (".npz", ".json"):
+        stem = path.with_suffix("")
+        for file in (stem.with_suffix(".npz"), stem.with_suffix(".json")):
+            if not file.is_file():
+                raise FileNotFoundError(f"scene file not found: {file} (a scene is a .npz + .json pair)")
+        return [stem]
+    if not path.is_dir():
+        raise FileNotFoundError(f"expected a scene file, a scenes folder or a run folder, found nothing at {path}")
+    stems = sorted(p.with_suffix("") for p in path.rglob("*.json") if p.with_suffix(".npz").is_file())
+    if not stems:
+        raise FileNotFoundError(f"no scenes (a .json + .npz pair each) under {path}")
+    return stems

@@ -3,7 +3,6 @@ NeRF / 3D Gaussian Splatting folder (images, depths, transforms.json)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from PIL import Image
 
 from iterview.geometry.cameras import focal_length
 from iterview.geometry.mesh import FLAG_EDGE
-from iterview.io import atomic_path, save_png
+from iterview.io import atomic_path, save_png, write_json
 from iterview.pipeline.scene import Scene
 
 FORMATS = ("ply", "glb", "nerf")
@@ -34,11 +33,12 @@ class SurfacePoints:
     faces: np.ndarray
 
 
-def scene_surface(scene: Scene, atol: float = 0.03, rtol: float = 0.03) -> SurfacePoints:
+def scene_surface(scene: Scene) -> SurfacePoints:
     """Fuse the views into one surface: each view contributes the pixels it generated itself (outside the
-    aggregation mask, when the scene records it) away from depth discontinuities, so overlapping views are
-    not stacked twice and occlusion boundaries do not become stretched triangles."""
-    meshes, textures = scene.meshes(padding=None, atol=atol, rtol=rtol, erode_rgb=0)
+    aggregation mask, when the scene records it) away from depth discontinuities (the scene geometry's atol,
+    rtol), so overlapping views are not stacked twice and occlusion boundaries do not become stretched
+    triangles."""
+    meshes, textures = scene.meshes(padding=None)
     positions, colors, normals, faces = [], [], [], []
     offset = 0
     for view, (mesh, texture) in enumerate(zip(meshes, textures, strict=True)):
@@ -108,9 +108,27 @@ def export_nerf(scene: Scene, directory: str | Path, surface: SurfacePoints | No
         with atomic_path(directory / "depths" / f"{name}.png") as tmp:
             Image.fromarray(depth_mm[view]).save(tmp, format="PNG")
         frames.append({"name": name, "transform_matrix": camera_to_world[view]})
-    focal = focal_length(scene.fov) * size
     angle = math.radians(scene.fov)
-    nerfstudio = {
+    nerfstudio = _nerfstudio_transforms(frames, size, scene.fov)
+    blender = {
+        "camera_angle_x": angle,
+        "frames": [{"file_path": f"images/{f['name']}", "transform_matrix": f["transform_matrix"]} for f in frames],
+    }
+    for name, content in (
+        ("transforms.json", nerfstudio),
+        ("transforms_train.json", blender),
+        ("transforms_test.json", blender),
+    ):
+        write_json(content, directory / name)
+    export_point_cloud(surface if surface is not None else scene_surface(scene), directory / "points3d.ply")
+    return directory
+
+
+def _nerfstudio_transforms(frames: list[dict], size: int, fov: float) -> dict:
+    """nerfstudio / instant-ngp transforms.json: pixel intrinsics of a square pinhole camera, image, depth and
+    point-cloud paths; frames: {"name", "transform_matrix"} per view."""
+    focal, angle = focal_length(fov) * size, math.radians(fov)
+    return {
         "camera_model": "OPENCV",
         "w": size,
         "h": size,
@@ -135,31 +153,16 @@ def export_nerf(scene: Scene, directory: str | Path, surface: SurfacePoints | No
             for f in frames
         ],
     }
-    blender = {
-        "camera_angle_x": angle,
-        "frames": [{"file_path": f"images/{f['name']}", "transform_matrix": f["transform_matrix"]} for f in frames],
-    }
-    for name, content in (
-        ("transforms.json", nerfstudio),
-        ("transforms_train.json", blender),
-        ("transforms_test.json", blender),
-    ):
-        with atomic_path(directory / name) as tmp:
-            tmp.write_text(json.dumps(content, indent=1))
-    export_point_cloud(surface if surface is not None else scene_surface(scene), directory / "points3d.ply")
-    return directory
 
 
-def export_scene(
-    scene: Scene, output_dir: str | Path, formats: Sequence[str] = FORMATS, atol: float = 0.03, rtol: float = 0.03
-) -> list[Path]:
+def export_scene(scene: Scene, output_dir: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write the requested formats into output_dir: 'ply' (pointcloud.ply, mesh.ply), 'glb' (mesh.glb),
     'nerf' (nerf/). Returns the paths written."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export format(s) {sorted(unknown)}: expected some of {', '.join(FORMATS)}")
     output_dir = Path(output_dir)
-    surface = scene_surface(scene, atol, rtol)
+    surface = scene_surface(scene)
     written = []
     if "ply" in formats:
         written.append(export_point_cloud(surface, output_dir / "pointcloud.ply"))

@@ -1,5 +1,6 @@
 """Fusion-based free-view rendering of saved scenes (official `inference/render.py`): every view's mesh is
-re-fused by the aggregation compositor into each trajectory camera at 5× SSAA, then written as mp4 videos."""
+re-fused by the aggregation compositor into each trajectory camera at the scene geometry's fusion SSAA (official
+5×), then written as mp4 videos."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from tqdm.auto import tqdm
 
 from iterview.geometry.aggregate import fusion_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
+from iterview.geometry.mesh import FUSION_PADDING, map_mesh
 from iterview.io import atomic_path, colorize_depth, save_png, to_uint8
-from iterview.pipeline.scene import FUSION_PADDING, Scene, map_mesh
+from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
 
 TRAJECTORIES = ("swing", "orbit", "random")
-# Official render.py: AggregationRenderer(128·5, near 0.1, far 200), 60 frames at 30 fps.
-FUSION_SSAA = 5
-FUSION_NEAR, FUSION_FAR = 0.1, 200.0
+# Official render.py: 60 frames at 30 fps (the renderer's SSAA, near and far are in InferenceGeometry).
 SWING_YAW, SWING_PITCH = 0.6, 0.15
 
 
@@ -68,20 +68,16 @@ class FusionFrames:
 def render_fusion(
     scene: Scene,
     modelviews: torch.Tensor,
-    ssaa: int = FUSION_SSAA,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-    erode_rgb: int = 3,
     chunk: int = 4,
     progress: bool = False,
     size: int | None = None,
 ) -> FusionFrames:
     """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes rebuilt
-    with numeric padding 32, aggregation at `ssaa`× the frame size (default: the scene's image size), colour
+    with numeric padding 32 and the scene's geometry, aggregation at its fusion_ssaa× the image size, colour
     LANCZOS-downsampled (clipped first, where the official 8-bit cast wraps around). Depth is expressed with the
-    scene's (near, far), not the official video's training (0.5, 100)."""
+    scene's (near, far), not the official video's training (0.5, 100). `size`: frame size (default: the scene's)."""
     size = size or scene.rgbd.shape[-1]
-    meshes, textures = scene.meshes(FUSION_PADDING, atol, rtol, erode_rgb)
+    meshes, textures = scene.meshes(FUSION_PADDING)
     modelviews = modelviews.to(scene.rgbd.device)
     frames = []
     for start in tqdm(range(0, len(modelviews), chunk), desc="frames", disable=not progress, leave=False):
@@ -93,9 +89,7 @@ def render_fusion(
                 [t.expand(n, *t.shape[1:]) for t in textures],
                 cameras,
                 size,
-                ssaa,
-                FUSION_NEAR,
-                FUSION_FAR,
+                scene.geometry,
             )
         )
     return FusionFrames(
@@ -134,20 +128,16 @@ def render_scene_video(
     trajectory: str = "swing",
     frames: int = 60,
     fps: int = 30,
-    ssaa: int = FUSION_SSAA,
     generator: torch.Generator | None = None,
     progress: bool = False,
     size: int | None = None,
-    atol: float = 0.03,
-    rtol: float = 0.03,
-    erode_rgb: int = 3,
 ) -> list[Path]:
     """Render `scene` along a trajectory: `videos/<name>.mp4` and `videos/<name>_depth.mp4` (inverted inferno,
     empty pixels black) under output_dir; the `random` trajectory writes one image `results/<name>.png`, the
-    official fusion evaluation set. `size`: frame size (default: the scene's). Returns the files written."""
+    official fusion evaluation set. Returns the files written."""
     output_dir = Path(output_dir)
     cameras = make_trajectory(trajectory, frames, generator)
-    fused = render_fusion(scene, cameras, ssaa, atol, rtol, erode_rgb, progress=progress, size=size)
+    fused = render_fusion(scene, cameras, progress=progress, size=size)
     if trajectory == "random":
         return [save_png(fused.color[0], output_dir / "results" / f"{name}.png")]
     depth = colorize_depth(fused.depth) * fused.mask

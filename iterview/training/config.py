@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from iterview.config import ADMConfig, read_mapping
+from iterview.config import ADMConfig, read_mapping, tiny_adm_config
+from iterview.data.pairs import TRAIN_AUGMENTS
 from iterview.data.synth import CATEGORIES
-from iterview.geometry.warp import TRAIN_AUGMENTS
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 _NUMBER_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
@@ -183,19 +183,7 @@ def _official_model(in_channels: int, model_channels: int, num_classes: int | No
 
 def _tiny_model(in_channels: int) -> ADMConfig:
     """A 32-px class-conditional U-Net for CPU runs on the synthetic dataset (one class per category)."""
-    return ADMConfig(
-        image_size=32,
-        in_channels=in_channels,
-        model_channels=32,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[16],
-        channel_mult=[1, 2],
-        num_classes=len(CATEGORIES),
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=16,
-    )
+    return tiny_adm_config(32, in_channels, 32, num_classes=len(CATEGORIES))
 
 
 def _synth_model(in_channels: int) -> ADMConfig:

@@ -52,10 +52,12 @@ def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    """The folder of the checkpoint at step."""
     return Path(output_dir) / CHECKPOINTS / f"step_{step:07d}"
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder, or None."""
     dirs = checkpoint_dirs(output_dir)
     return dirs[-1] if dirs else None
 

@@ -6,10 +6,10 @@ fine-tune weights; every epoch reshuffles (set_epoch); micro-batch losses are av
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from iterview.data.datasets import RGBDDataset, WarpPairDataset
 from iterview.diffusion.guidance import inpaint_input
-from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.diffusion.schedule import DiffusionSchedule, ModelFn, randn_like
 from iterview.io import save_png
 from iterview.models.checkpoint import build_model, expand_input_channels, load_weights, read_state_dict
+from iterview.seeds import derive_seed
 from iterview.training.config import TrainConfig
 from iterview.training.ema import ema_copy, update_ema
 from iterview.training.samples import sample_grid
@@ -73,6 +74,23 @@ def train(
         AcceleratorState._reset_state()  # so a later train() in this process may pick another precision
 
 
+@dataclass
+class Run:
+    """Everything the loop works with, set up fresh or resumed: model is the prepared (DDP/compiled) module,
+    net the bare one; batches yields (batch, epoch, next batch index); sample_batch: the grids' fixed inputs
+    (main process only)."""
+
+    model: nn.Module
+    net: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: DiffusionSchedule
+    generator: torch.Generator
+    state: TrainState
+    batches: Iterator[tuple[dict[str, torch.Tensor], int, int]]
+    sample_batch: dict[str, torch.Tensor] | None
+
+
 def _run(
     accelerator: Accelerator,
     config: TrainConfig,
@@ -81,11 +99,59 @@ def _run(
     init_from: str | Path | None,
     progress: bool,
 ) -> Path:
+    run = setup_run(accelerator, config, output_dir, resume, init_from)
+    state, device = run.state, accelerator.device
+    images_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+    bar = tqdm(
+        total=config.max_steps, initial=state.step, unit="step", disable=not (progress and accelerator.is_main_process)
+    )
+    window = LossWindow(torch.zeros((), device=device))
+    while state.step < config.max_steps:
+        tick = time.perf_counter()
+        micro_batches = []
+        for _ in range(config.grad_accum):
+            batch, state.epoch, state.batch = next(run.batches)
+            micro_batches.append(batch)
+        rate = min(config.ema_rate, (1 + state.step) / (10 + state.step)) if config.ema_warmup else config.ema_rate
+        loss = train_step(
+            accelerator,
+            run.model,
+            run.net,
+            run.ema,
+            run.optimizer,
+            run.schedule,
+            micro_batches,
+            config,
+            run.generator,
+            rate,
+        )
+        state.step += 1
+        window.add(loss, time.perf_counter() - tick)
+        bar.update()
+
+        if state.step % config.log_every == 0 or state.step == config.max_steps:
+            record = window.record(accelerator, state, run.optimizer, images_per_step)
+            _write_log(accelerator, output_dir / LOG_FILE, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+        if state.step % config.sample_every == 0 and accelerator.is_main_process:
+            generator = _sample_generator(config, device)
+            grid = sample_grid(run.net, run.schedule, run.sample_batch, config.sample_steps, config.guidance, generator)
+            save_png(grid, output_dir / "samples" / f"step_{state.step:07d}.png")
+        if state.step % config.save_every == 0 or state.step == config.max_steps:
+            _save(accelerator, output_dir, state, run.net, run.ema, config, run.optimizer, run.generator)
+    bar.close()
+    return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
+
+
+def setup_run(
+    accelerator: Accelerator, config: TrainConfig, output_dir: Path, resume: bool, init_from: str | Path | None
+) -> Run:
+    """Build the dataset, model, EMA, optimiser and generator, restored from the newest checkpoint when resuming
+    (init_from only seeds a fresh run); writes the run's config and trims its log to the resumed step."""
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     checkpoint = latest_checkpoint(output_dir) if resume else None
     if not resume and checkpoint_dirs(output_dir):
         raise ValueError(f"{output_dir} already holds checkpoints: pass resume (--resume) or another output folder")
-
     dataset = make_dataset(config)
     if len(dataset) // world < config.batch_size:
         raise ValueError(
@@ -99,86 +165,101 @@ def _run(
         init_weights(net, init_from)
     elif init_from is not None:
         accelerator.print(f"resuming from {checkpoint.name}: init_from {init_from} is not used")
-    ema = ema_copy(net)
-    optimizer = make_optimizer(net, config)
-    generator = torch.Generator(device)
-    state = TrainState(world_size=world)
-    if checkpoint is not None:
-        state, rng = load_checkpoint(checkpoint, net, ema, optimizer)
-        _restore_rng(rng, state, generator, rank, world, device, config.seed)
-        for group in optimizer.param_groups:  # the config decides: `--resume --set learning_rate=…` takes effect
-            group["lr"], group["weight_decay"] = config.learning_rate, config.weight_decay
-    else:
-        generator.manual_seed(_seed(config.seed, rank, 0))
+    ema, optimizer, generator = ema_copy(net), make_optimizer(net, config), torch.Generator(device)
+    state = _restore(accelerator, checkpoint, net, ema, optimizer, generator, config)
     model, optimizer = accelerator.prepare(net, optimizer)
     if accelerator.scaler is not None and state.scaler is not None:
         accelerator.scaler.load_state_dict(state.scaler)
+
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config.save(output_dir / CONFIG_FILE)
+        _truncate_log(output_dir / LOG_FILE, state.step)
+    accelerator.init_trackers("iterview")
+    accelerator.print(
+        f"training {sum(p.numel() for p in net.parameters()):,} parameters on {world} × {device}, "
+        f"{config.batch_size * config.grad_accum * world} images per step, from step {state.step}"
+    )
+    return Run(
+        model=model,
+        net=net,
+        ema=ema,
+        optimizer=optimizer,
+        schedule=DiffusionSchedule.linear(config.timesteps),
+        generator=generator,
+        state=state,
+        batches=_batches(dataset, config, rank, world, state.epoch, state.batch, device),
+        sample_batch=_sample_batch(dataset, config, device) if accelerator.is_main_process else None,
+    )
+
+
+def _restore(
+    accelerator: Accelerator,
+    checkpoint: Path | None,
+    net: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    config: TrainConfig,
+) -> TrainState:
+    """Load the checkpoint (if any) into net, ema, optimizer and the RNGs; a run resumed on another number of
+    processes keeps its position in images, not batches. The optimiser takes lr and weight decay from config."""
+    seed, learning_rate, weight_decay = config.seed, config.learning_rate, config.weight_decay
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if checkpoint is None:
+        generator.manual_seed(derive_seed(seed, rank, 0))
+        return TrainState(world_size=world)
+    state, rng = load_checkpoint(checkpoint, net, ema, optimizer)
+    _restore_rng(rng, state, generator, rank, world, device, seed)
+    for group in optimizer.param_groups:  # the config decides: `--resume --set learning_rate=…` takes effect
+        group["lr"], group["weight_decay"] = learning_rate, weight_decay
     if state.world_size != world:
         accelerator.print(f"resuming a {state.world_size}-process run on {world}: data order and noise will differ")
         state.batch = state.batch * state.world_size // world
         state.world_size = world
+    return state
 
-    log_path = output_dir / LOG_FILE
+
+@dataclass
+class LossWindow:
+    """Losses (on device: summing never waits for the GPU) and step times since the last log record."""
+
+    loss: torch.Tensor
+    steps: int = 0
+    seconds: float = 0.0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, seconds: float) -> None:
+        """Count one step's mean loss and duration."""
+        self.loss += loss
+        self.steps += 1
+        self.seconds += seconds
+
+    def record(
+        self, accelerator: Accelerator, state: TrainState, optimizer: torch.optim.Optimizer, images_per_step: int
+    ) -> dict[str, float]:
+        """The log record of the window (loss averaged over processes), then an empty window."""
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": accelerator.reduce(self.loss, "mean").item() / self.steps,
+            "images_per_s": images_per_step * self.steps / self.seconds,
+            "elapsed_s": time.perf_counter() - self.start,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if accelerator.scaler is not None:
+            record["loss_scale"] = accelerator.scaler.get_scale()
+        self.loss.zero_()
+        self.steps, self.seconds = 0, 0.0
+        return record
+
+
+def _write_log(accelerator: Accelerator, path: Path, record: dict[str, float]) -> None:
+    """Append the record to log.jsonl (main process) and to the trackers (TensorBoard)."""
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(output_dir / CONFIG_FILE)
-        _truncate_log(log_path, state.step)
-    accelerator.init_trackers("iterview")
-    schedule = DiffusionSchedule.linear(config.timesteps)
-    sample_batch = _sample_batch(dataset, config, device) if accelerator.is_main_process else None
-    batches = _batches(dataset, config, rank, world, state.epoch, state.batch, device)
-    images_per_step = config.batch_size * config.grad_accum * world
-    accelerator.print(
-        f"training {sum(p.numel() for p in net.parameters()):,} parameters on {world} × {device}, "
-        f"{images_per_step} images per step, from step {state.step}"
-    )
-
-    bar = tqdm(
-        total=config.max_steps, initial=state.step, unit="step", disable=not (progress and accelerator.is_main_process)
-    )
-    window_loss, window_steps, window_time, start = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
-    while state.step < config.max_steps:
-        tick = time.perf_counter()
-        micro_batches = []
-        for _ in range(config.grad_accum):
-            batch, state.epoch, state.batch = next(batches)
-            micro_batches.append(batch)
-        ema_rate = min(config.ema_rate, (1 + state.step) / (10 + state.step)) if config.ema_warmup else config.ema_rate
-        window_loss += train_step(
-            accelerator, model, net, ema, optimizer, schedule, micro_batches, config, generator, ema_rate
-        )
-        state.step += 1
-        window_steps += 1
-        window_time += time.perf_counter() - tick
-        bar.update()
-
-        if state.step % config.log_every == 0 or state.step == config.max_steps:
-            record = {
-                "step": state.step,
-                "epoch": state.epoch,
-                "loss": accelerator.reduce(window_loss, "mean").item() / window_steps,
-                "images_per_s": images_per_step * window_steps / window_time,
-                "elapsed_s": time.perf_counter() - start,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            if accelerator.scaler is not None:
-                record["loss_scale"] = accelerator.scaler.get_scale()
-            if accelerator.is_main_process:
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=state.step)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            window_loss.zero_()
-            window_steps, window_time = 0, 0.0
-        if state.step % config.sample_every == 0 and accelerator.is_main_process:
-            grid = sample_grid(
-                net, schedule, sample_batch, config.sample_steps, config.guidance, _sample_generator(config, device)
-            )
-            save_png(grid, output_dir / "samples" / f"step_{state.step:07d}.png")
-        if state.step % config.save_every == 0 or state.step == config.max_steps:
-            _save(accelerator, output_dir, state, net, ema, config, optimizer, generator)
-    bar.close()
-    return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
 def train_step(
@@ -194,12 +275,18 @@ def train_step(
     ema_rate: float,
 ) -> torch.Tensor:
     """One optimiser step over grad_accum micro-batches, then the EMA update; returns the mean loss (on device,
-    so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one."""
+    so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one.
+
+    Per micro-batch, the official ε-prediction step: label dropout (and the G_c input) in `conditioned_model`,
+    t ~ U{0..T-1}, noise, x_t = q_sample(x_0, t, noise), the (Min-SNR-weighted) ε-MSE, backward."""
     model.train()
     total = torch.zeros((), device=accelerator.device)
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            loss = diffusion_loss(model, schedule, batch, config.p_uncond, generator, config.min_snr_gamma)
+            model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
+            t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+            noise = randn_like(x0, generator)
+            loss = schedule.eps_loss(model_fn(schedule.q_sample(x0, t, noise), t), noise, t, config.min_snr_gamma)
             accelerator.backward(loss)
             if config.grad_clip is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -217,30 +304,22 @@ def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused)
 
 
-def diffusion_loss(
-    model: nn.Module,
-    schedule: DiffusionSchedule,
-    batch: dict[str, torch.Tensor],
-    p_uncond: float,
-    generator: torch.Generator,
-    min_snr_gamma: float | None = None,
-) -> torch.Tensor:
-    """Official ε-MSE with label dropout to the null class (-1). G_u batch: "x_0" (B, 4, S, S) in [-1, 1],
-    optional "classes" (B,); G_c adds "y" (B, 4, S, S), "mask" and "mask_rgb" (B, 1, S, S)."""
+def conditioned_model(
+    model: nn.Module, batch: dict[str, torch.Tensor], p_uncond: float, generator: torch.Generator
+) -> ModelFn:
+    """The model as model_fn(x_t, t) -> ε on one batch: classes dropped to the null class (-1) with probability
+    p_uncond (drawn now), and for G_c the official 10-channel input with fresh hole noise at every call.
+    G_u batch: "x_0" (B, 4, S, S) in [-1, 1], optional "classes" (B,); G_c adds "y" (B, 4, S, S), "mask" and
+    "mask_rgb" (B, 1, S, S)."""
     classes = batch.get("classes")
     if classes is not None and p_uncond > 0:
         drop = torch.rand(classes.shape, generator=generator, device=classes.device) < p_uncond
         classes = classes.masked_fill(drop, -1)
     if "y" in batch:
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(inpaint_input(x_t, batch["y"], batch["mask"], batch["mask_rgb"], generator), t, classes)
-    else:
-
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(x_t, t, classes)
-
-    return schedule.training_loss(model_fn, batch["x_0"], generator, min_snr_gamma)
+        return lambda x_t, t: model(
+            inpaint_input(x_t, batch["y"], batch["mask"], batch["mask_rgb"], generator), t, classes
+        )
+    return lambda x_t, t: model(x_t, t, classes)
 
 
 def make_dataset(config: TrainConfig) -> RGBDDataset:
@@ -294,7 +373,7 @@ def _batches(
             sampler=indices[start * size : count * size],
             num_workers=config.num_workers,
             pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(_seed(config.seed, rank, epoch)),  # else it draws global RNG
+            generator=torch.Generator().manual_seed(derive_seed(config.seed, rank, epoch)),  # else it draws global RNG
         )
         for index, batch in enumerate(loader, start + 1):
             yield (
@@ -322,11 +401,6 @@ def _sample_generator(config: TrainConfig, device: torch.device) -> torch.Genera
     return torch.Generator(device).manual_seed(config.seed)
 
 
-def _seed(seed: int, rank: int, step: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{rank}/{step}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def _rng_states(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
     """This process's RNG states: our generator (noise, timesteps, label dropout) and torch's global ones
     (dropout layers)."""
@@ -346,7 +420,7 @@ def _restore_rng(
     seed: int,
 ) -> None:
     if state.world_size != world:
-        generator.manual_seed(_seed(seed, rank, state.step))
+        generator.manual_seed(derive_seed(seed, rank, state.step))
         return
     generator.set_state(rng["generator"][rank].cpu())
     torch.set_rng_state(rng["torch"][rank].cpu())
