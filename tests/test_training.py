@@ -102,10 +102,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_pat
 
 
 def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):
-    """G_c fine-tunes from an official-format G_u .pt: x_t channels keep the weights, the 6 new condition
+    """G_c fine-tunes from an official-format G_u .pt: x_t channels keep the weights, the new condition
     channels start at zero, and the EMA starts from these weights (the official trainer kept its own)."""
     official = reference / "adm_small_uncond" / "checkpoint.pt"
-    g_c = {**ADMConfig.from_json(reference / "adm_small_uncond" / "config.json").to_dict(), "in_channels": 10}
+    g_u = ADMConfig.from_json(reference / "adm_small_uncond" / "config.json")
+    channels = ADMConfig.from_json(reference / "adm_small_cond" / "config.json").in_channels
+    g_c = {**g_u.to_dict(), "in_channels": channels}
     fields = {f"model.{k}": v for k, v in g_c.items()}
     config = small_config(synth, preset="tiny_cond", **fields, max_steps=1, learning_rate=0.0, sample_every=1)
     weights = trainer.train(config, tmp_path / "gc", init_from=official, progress=False)
@@ -114,13 +116,13 @@ def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):
     for name in ("model", "ema"):
         tuned = read_state_dict(weights.parent / name)
         first = tuned["input_blocks.0.0.weight"]
-        assert first.shape[1] == 10
-        assert torch.equal(first[:, :4], source["input_blocks.0.0.weight"])
-        assert not first[:, 4:].any()
+        assert first.shape[1] == channels
+        assert torch.equal(first[:, : g_u.in_channels], source["input_blocks.0.0.weight"])
+        assert not first[:, g_u.in_channels :].any()
         assert all(torch.equal(tuned[k], v) for k, v in source.items() if k != "input_blocks.0.0.weight"), name
     grid = Image.open(tmp_path / "gc" / "samples" / "step_0000001.png")
     # columns: num_samples items; rows: condition RGB/depth, sample RGB/depth, target RGB/depth
-    assert grid.size == (config.num_samples * 32, 6 * 32)
+    assert grid.size == (config.num_samples * g_u.image_size, 6 * g_u.image_size)
 
 
 def test_two_processes_keep_identical_weights(synth, tmp_path):
