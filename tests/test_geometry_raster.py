@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from geometry_support import load_warping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,11 +13,6 @@ from iterview.geometry.raster import interpolate, rasterize, sample_nearest, win
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def warping(reference):
-    return load_warping(reference)
 
 
 def ray_cast(vertices, faces, size, fov, near, far):
