@@ -124,3 +124,32 @@ def test_sampling_killed_mid_instance_resumes_to_the_uninterrupted_result(tmp_pa
     result = CliRunner().invoke(app, [*base, "--output-dir", str(killed)])
     assert result.exit_code == 0, result.output
     assert digests(killed / run) == digests(straight / run), "same files, same bytes, nothing extra"
+
+
+def test_accelerate_launch_of_sampling_splits_the_seeds_and_matches_one_process(tmp_path):
+    """`accelerate launch` with two processes sharing the seeds: together they write exactly the
+    files, byte for byte, of a single-process run."""
+    import socket
+
+    from test_pipeline import tiny
+
+    from iterview.models.checkpoint import save_model
+
+    g_u, g_c = save_model(*tiny(4, 1), tmp_path / "gu"), save_model(*tiny(10, 2), tmp_path / "gc")
+    base = ["sample", "--uncond", str(g_u), "--cond", str(g_c), "--viewset", "random", "--seeds", "0-3"]
+    base += ["--sampler", "fast", "--steps-uncond", "2", "--steps-cond", "2", "--batch-size", "1", "--cpu"]
+    single, launched = tmp_path / "single", tmp_path / "launched"
+    result = CliRunner().invoke(app, [*base, "--output-dir", str(single)])
+    assert result.exit_code == 0, result.output
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(port), "-m", "iterview", *base, "--output-dir", str(launched)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = [p.name for p in single.iterdir()]
+    assert digests(launched / run) == digests(single / run)
