@@ -1,5 +1,6 @@
-"""A training run and a sampling run killed with SIGKILL at a known point, then rerun: the result is the one of an
-uninterrupted run, with nothing duplicated, lost or left half-written."""
+"""Runs in real separate processes: a training run and a sampling run killed with SIGKILL at a known point, then
+rerun, give the result of an uninterrupted run with nothing duplicated, lost or left half-written; sampling under
+`accelerate launch` gives the single-process files."""
 
 from __future__ import annotations
 
