@@ -3,7 +3,7 @@
 The official training pair costs at least one forward-backward warp (`warping/official_cpu_timing.json`: moderngl
 with software OpenGL on a 2-core CPU, 128², before loading and augmentations); its pairs/s is printed beside ours.
 Prints one JSON line. Run from the project root: python benchmarks/bench_data.py [--size 128] [--count 64]
-[--workers 2]
+[--workers 2] [--quick]
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: 8 images of 32 px, 1 worker")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.count, args.workers = 32, 8, 1
     official_s = OFFICIAL_FALLBACK_S
     if OFFICIAL_TIMING.is_file():
         official_s = json.loads(OFFICIAL_TIMING.read_text())["forward_backward_warp_128_ssaa3_s"]

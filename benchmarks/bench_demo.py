@@ -10,9 +10,11 @@ CUDA for sampling and metrics, so on a CPU-only machine its figure is null. The 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +35,8 @@ def main() -> None:
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} is not empty: a resumed run would not time every stage")
     start = time.perf_counter()
-    report = run_demo(out, QUICK if args.quick else FULL, cpu=args.cpu, progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # the stages' own messages: stdout keeps the one JSON line
+        report = run_demo(out, QUICK if args.quick else FULL, cpu=args.cpu, progress=False)
     total = time.perf_counter() - start
     timings = json.loads(report.with_suffix(".json").read_text())["timings_s"]
     line = {

@@ -2,7 +2,7 @@
 
 Prints one JSON line: ms per mesh for batch 1 and 16 on each available device, the official CPU figure
 (`warping/official_cpu_timing.json`, numpy on a 2-core CPU) and the speed-up ratios.
-Run: python benchmarks/bench_mesh.py [--repeats 20]
+Run: python benchmarks/bench_mesh.py [--repeats 20] [--quick]
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ def time_per_mesh(batch: int, device: torch.device, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: one repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     official_s = OFFICIAL_FALLBACK_S
     if OFFICIAL_TIMING.is_file():
         official_s = json.loads(OFFICIAL_TIMING.read_text())["depth_to_mesh_128_frustum_normals_flags_s"]

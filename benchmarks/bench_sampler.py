@@ -5,7 +5,7 @@ far each deterministic sampler lands from the probability-flow ODE solution (DDI
 start noise (relative L2 error), so speed is read next to accuracy. Also times classifier-free guidance as the
 official two forward passes vs our one batched pass. Runs in about half a minute on an idle CPU.
 
-    python benchmarks/bench_sampler.py [--device cuda] [--batch 2] [--threads 1]
+    python benchmarks/bench_sampler.py [--device cuda] [--batch 2] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: a 50-step schedule, batch 1")
     args = parser.parse_args()
+    if args.quick:
+        args.batch = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = tiny_adm(model_channels=32).to(device).eval()
-    schedule = DiffusionSchedule.linear()
+    schedule = DiffusionSchedule.linear(50 if args.quick else 1000)
     classes = torch.arange(args.batch, device=device) % 10
     calls = [0]
 
@@ -55,7 +58,7 @@ def main() -> None:
         "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator=generator),
         "ddim50": lambda: ddim_sample(model_fn, x_T, schedule, steps=50),
         "dpmpp2m20": lambda: dpmpp_2m_sample(model_fn, x_T, schedule, steps=20),
-        "ode1000": lambda: ddim_sample(model_fn, x_T, schedule, steps=1000),
+        "ode1000": lambda: ddim_sample(model_fn, x_T, schedule, steps=schedule.num_timesteps),
     }
     results, samples = {}, {}
     for name, run in runs.items():
@@ -74,7 +77,7 @@ def main() -> None:
         return 4 * model(x_T, t, classes) - 3 * model(x_T, t, None)
 
     batched = classifier_free(model, classes, 3.0)
-    repeats = 20
+    repeats = 2 if args.quick else 20
     _, official_cfg = timed(lambda: torch.stack([two_passes() for _ in range(repeats)]))
     _, ours_cfg = timed(lambda: torch.stack([batched(x_T, t) for _ in range(repeats)]))
 

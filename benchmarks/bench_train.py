@@ -7,6 +7,7 @@ training_losses): label dropout, t ~ U{0..999}, the G_c input assembly, ε-MSE, 
 
     python benchmarks/bench_train.py                        # GPU: single-category G_u (105M) at 128 px
     python benchmarks/bench_train.py --preset tiny --batch-size 8 --precisions no
+    python benchmarks/bench_train.py --quick                # seconds: checks that it runs, times nothing useful
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def main() -> None:
     parser.add_argument("--precisions", default=None, help="ours: comma list of no,bf16,fp16 (default no,bf16)")
     parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile (bf16)")
     parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: tiny, batch 2, one step, fp32")
     args = parser.parse_args()
+    if args.quick:
+        args.preset, args.batch_size, args.steps, args.warmup, args.precisions = "tiny", 2, 1, 1, "no"
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     config = get_preset(args.preset or ("rgbd_singlecategory_adm_128_small" if device.type == "cuda" else "tiny"))

@@ -5,7 +5,7 @@ and 16), aggregations per second (aggregate_conditions over 26 source views at 1
 fusion frame (26 views at 640², 5× SSAA), next to the official figures of `warping/official_cpu_timing.json`
 (moderngl on Mesa llvmpipe, 2 CPU cores) and the speed-up ratios (official time / our wall time). Process CPU
 time per item is printed too: on a busy machine it shows what the work costs when the wall clock does not.
-Run: python benchmarks/bench_warp.py [--repeats 5] [--threads N]
+Run: python benchmarks/bench_warp.py [--repeats 5] [--threads N] [--quick]
 """
 
 from __future__ import annotations
@@ -117,7 +117,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: 32 px, one repeat")
     args = parser.parse_args()
+    if args.quick:
+        global SIZE
+        SIZE, args.repeats = 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     official = dict(OFFICIAL_FALLBACK_S)

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+
+def reference_root() -> Path:
+    """The reference folder: `ITERVIEW_REFERENCE` if set (another set of the same format), else the default."""
+    return Path(os.environ.get("ITERVIEW_REFERENCE") or DEFAULT_REFERENCE)
+
+
+def reference_required() -> bool:
+    """On CI (`CI` set) or with `ITERVIEW_REQUIRE_REFERENCE=1` a missing reference is a failure, never a skip."""
+    flag = os.environ.get("ITERVIEW_REQUIRE_REFERENCE", "").strip().lower()
+    if flag in ("1", "true", "yes"):
+        return True
+    ci = os.environ.get("CI", "").strip().lower()
+    return flag not in ("0", "false", "no") and ci not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    """The official reference data folder; tests that need it skip with a clear reason if it is absent."""
-    if not REFERENCE.is_dir():
-        pytest.skip(f"official reference data not found at {REFERENCE}")
-    return REFERENCE
+    """The official reference data folder. Locally, tests that need it skip with the reason if it is absent; where
+    the reference is required (see `reference_required`) they fail instead, so a lost folder cannot turn CI green."""
+    root = reference_root()
+    if not root.is_dir():
+        message = f"official reference data not found at {root}"
+        if reference_required():
+            pytest.fail(f"{message} (required: CI or ITERVIEW_REQUIRE_REFERENCE is set)", pytrace=False)
+        pytest.skip(message)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,9 @@ issue-2 acceptance check of renders against the official reference data."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +19,24 @@ DEPTH_TOLERANCE = 1e-3
 def load_warping(reference):
     """The official warping reference arrays."""
     return load_file(reference / "warping" / "warping.safetensors")
+
+
+def load_warping_meta(reference) -> dict:
+    """warping.json: `image_size`, `fov_degrees`, every camera's parameters and every array's shape."""
+    return json.loads((reference / "warping" / "warping.json").read_text())
+
+
+def indices(arrays: dict, pattern: str) -> list[int]:
+    """The sorted numbers N of the stored arrays whose name matches `pattern` with N at `(\\d+)`, e.g.
+    `source(\\d+)_modelview`: which views, cameras or targets this reference set holds."""
+    return sorted({int(m[1]) for key in arrays if (m := re.fullmatch(pattern, key))})
+
+
+def size_of(arrays: dict, key: str) -> int:
+    """The side of a stored square H×W×C image."""
+    height, width = arrays[key].shape[:2]
+    assert height == width, key
+    return height
 
 
 def to_image(array: torch.Tensor) -> torch.Tensor:

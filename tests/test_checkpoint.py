@@ -40,7 +40,8 @@ def test_config_reads_official_forms(reference, tmp_path):
     shipped = json.loads((reference / "adm_shapes" / "rgbd_imagenet_adm_128_large_cond.json").read_text())["config"]
     assert shipped["num_heads"] is None
     config = ADMConfig.from_dict(shipped)
-    assert (config.num_heads, config.num_head_channels, config.in_channels, config.use_fp16) == (1, 64, 10, True)
+    expected = (1, shipped["num_head_channels"], shipped["in_channels"], shipped["use_fp16"])
+    assert (config.num_heads, config.num_head_channels, config.in_channels, config.use_fp16) == expected
     path = tmp_path / "experiment.json"
     path.write_text(json.dumps(experiment))
     assert ADMConfig.from_json(path) == plain
@@ -73,7 +74,7 @@ def test_load_official_pt_with_official_json(reference, tmp_path):
     experiment = tmp_path / "rgbd_small_cfg.json"
     experiment.write_text(json.dumps({"backbone": {"name": "AdmUnet2d", "args": official_args(reference)}}))
     model, config = load_model(reference / "adm_small_uncond" / "checkpoint.pt", experiment)
-    assert config.num_classes == 10 and not model.training
+    assert config.num_classes == official_args(reference)["num_classes"] and not model.training
     assert golden_error(model, reference) <= 1e-5
 
 
@@ -90,7 +91,11 @@ def test_save_load_round_trip(reference, tmp_path):
     directory = save_model(model, config, tmp_path / "ckpt")
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
     saved = json.loads((directory / "config.json").read_text())
-    assert saved["format"] == "iterview.adm" and saved["version"] == 1 and saved["model"]["model_channels"] == 32
+    assert (
+        saved["format"] == "iterview.adm"
+        and saved["version"] == 1
+        and saved["model"]["model_channels"] == config.model_channels
+    )
     loaded, loaded_config = load_model(directory)
     assert loaded_config == config
     for key, tensor in model.state_dict().items():
@@ -114,10 +119,17 @@ def test_fp16_config_keeps_official_dtypes(reference, tmp_path):
     assert golden_error(fp32, reference) <= 1e-2
 
 
+def wider_args(reference) -> dict:
+    """The small official config with twice the channels: every weight shape differs."""
+    args = official_args(reference)
+    return {**args, "model_channels": 2 * args["model_channels"]}
+
+
 def test_wrong_shape_names_first_mismatched_key(reference):
-    with pytest.raises(ValueError, match=r"'input_blocks\.0\.0\.weight' has shape \(32, 10, 3, 3\)"):
+    shape = tuple(read_state_dict(reference / "adm_small_cond" / "checkpoint.pt")["input_blocks.0.0.weight"].shape)
+    with pytest.raises(ValueError, match=rf"'input_blocks\.0\.0\.weight' has shape \({', '.join(map(str, shape))}\)"):
         load_model(reference / "adm_small_cond" / "checkpoint.pt", reference / "adm_small_uncond" / "config.json")
-    wider = ADMConfig.from_dict({**official_args(reference), "model_channels": 64})
+    wider = ADMConfig.from_dict(wider_args(reference))
     with pytest.raises(ValueError, match=r"'time_embed\.0\.freqs'"):
         load_model(reference / "adm_small_uncond" / "checkpoint.pt", wider)
 
@@ -152,21 +164,22 @@ def test_foreign_files_are_rejected(tmp_path, reference):
 
 @torch.no_grad()
 def test_expand_input_channels_is_the_official_zero_padding(reference):
-    uncond, _ = load_model(
+    uncond, config = load_model(
         reference / "adm_small_uncond" / "checkpoint.pt", reference / "adm_small_uncond" / "config.json"
     )
-    cond = build_model(ADMConfig.from_dict(official_args(reference, "adm_small_cond")))
+    cond_config = ADMConfig.from_dict(official_args(reference, "adm_small_cond"))
+    cond = build_model(cond_config)
     state = expand_input_channels(uncond.state_dict(), cond)
     load_weights(cond, state)
     weight = cond.input_blocks[0][0].weight
-    assert torch.equal(weight[:, :4], uncond.input_blocks[0][0].weight) and weight[:, 4:].abs().max() == 0
-    x, t, c = torch.randn(2, 4, 32, 32), torch.tensor([5, 600]), torch.tensor([1, -1])
-    condition = torch.randn(2, 6, 32, 32)
+    channels, size = config.in_channels, config.image_size
+    assert torch.equal(weight[:, :channels], uncond.input_blocks[0][0].weight)
+    assert weight[:, channels:].abs().max() == 0
+    x, t, c = torch.randn(2, channels, size, size), torch.tensor([5, 600]), torch.tensor([1, -1])
+    condition = torch.randn(2, cond_config.in_channels - channels, size, size)
     torch.testing.assert_close(cond.eval()(torch.cat([x, condition], 1), t, c), uncond(x, t, c))
-    narrow_args = {**official_args(reference), "model_channels": 16, "num_head_channels": 8}
-    narrow = build_model(ADMConfig.from_dict(narrow_args))
     with pytest.raises(ValueError, match="time_embed"):
-        expand_input_channels(uncond.state_dict(), narrow)
+        expand_input_channels(uncond.state_dict(), build_model(ADMConfig.from_dict(wider_args(reference))))
 
 
 def test_convert_command_writes_our_format(reference, tmp_path):

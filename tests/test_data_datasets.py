@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from iterview.data.datasets import RGBDDataset, disparity_to_zbuffer
-from iterview.data.layout import read_index, save_depth
+from iterview.data.layout import read_index, save_depth, write_index
 
 COLOUR_ATOL = 2 / 255 + 1e-6  # one 8-bit level in [-1, 1] where a LANCZOS implementation rounds differently
 
@@ -27,10 +27,18 @@ def _expected(reference: Path, name: str) -> dict[str, torch.Tensor]:
     return expected
 
 
+def _golden_size(expected: dict[str, torch.Tensor]) -> int:
+    """The image size the golden items were made at, read from their (4, S, S) shape."""
+    (size,) = {tuple(x.shape) for x in expected.values()}
+    assert len(size) == 3 and size[1] == size[2], size
+    return size[1]
+
+
 @pytest.mark.parametrize("name", ["single_category", "imagenet_style"])
 def test_items_match_the_official_loader(reference, name):
     expected = _expected(reference, name)
-    dataset = RGBDDataset(reference / "dataset" / name, image_size=32)
+    size = _golden_size(expected)
+    dataset = RGBDDataset(reference / "dataset" / name, image_size=size)
     meta = json.loads((reference / "dataset" / f"{name}.json").read_text())
     order = meta["order"] if "order" in meta else [Path(item["image"]).name for item in meta["items"]]
     assert [Path(p).name for p in dataset.index.images] == order
@@ -38,15 +46,32 @@ def test_items_match_the_official_loader(reference, name):
     for index, image_path in enumerate(dataset.index.images):
         item = dataset[index]
         target = expected[Path(image_path).stem]
-        assert item["x_0"].shape == (4, 32, 32) and item["x_0"].dtype == torch.float32
+        assert item["x_0"].shape == target.shape and item["x_0"].dtype == torch.float32
         torch.testing.assert_close(item["x_0"][:3], target[:3], atol=COLOUR_ATOL, rtol=0)
-        torch.testing.assert_close(item["x_0"][3], target[3], atol=1e-6, rtol=0)
-        if name == "imagenet_style":
+        assert torch.equal(item["x_0"][3], target[3]), f"{image_path}: depth is exact"
+        if "items" in meta:
             assert item["classes"].dtype == torch.long and item["classes"].ndim == 0
             assert int(item["classes"]) == meta["items"][index]["class"]
         else:
             assert "classes" not in item
-    assert dataset.num_classes == (2 if name == "imagenet_style" else None)
+    assert dataset.num_classes == (len(set(meta["labels"].values())) if "labels" in meta else None)
+
+
+@pytest.mark.parametrize("name", ["single_category", "imagenet_style"])
+def test_index_written_is_the_official_dataset_json(reference, name, tmp_path):
+    """A fresh scan writes the dataset.json the official loader writes (single category) and its labels map."""
+    meta = json.loads((reference / "dataset" / f"{name}.json").read_text())
+    root = tmp_path / name
+    shutil.copytree(reference / "dataset" / name, root)
+    (root / "dataset.json").unlink(missing_ok=True)
+    index = read_index(root)
+    written = json.loads(write_index(root, index).read_text())
+    if "dataset_json" in meta:
+        assert written == meta["dataset_json"]
+    else:
+        assert written["images"] == [item["image"] for item in meta["items"]]
+        assert written["labels"] == meta["labels"]
+        assert [index.label_of(i) for i in range(len(index.images))] == [item["class"] for item in meta["items"]]
 
 
 def test_official_dataset_json_is_read(reference, tmp_path):
@@ -58,7 +83,7 @@ def test_official_dataset_json_is_read(reference, tmp_path):
     (root / "dataset.json").write_text(json.dumps(official))
     dataset = RGBDDataset(root, image_size=16)
     assert dataset.index.images == official["images"]
-    assert len(dataset) == 6 and dataset[0]["x_0"].shape == (4, 16, 16)
+    assert len(dataset) == len(official["images"]) and dataset[0]["x_0"].shape == (4, 16, 16)
 
 
 def test_zbuffer_preprocessing_follows_the_official_rule():

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, load_warping, to_image
+from geometry_support import assert_agrees, indices, load_warping, load_warping_meta, size_of, to_image
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 INFERENCE_MESH = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
+SCENE_PADDING = 32  # the official video's load_scene pads every mesh by 32 pixels, whatever the image size
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,20 @@ def warping(reference):
     return load_warping(reference)
 
 
-def source_views(warping, padding="frustum", device="cpu"):
-    """The three official source views as meshes (inference settings) and textures."""
+@pytest.fixture(scope="module")
+def fov(reference):
+    return load_warping_meta(reference)["fov_degrees"]
+
+
+def source_views(warping, fov, padding="frustum", device="cpu"):
+    """The official source views as meshes (inference settings) and textures."""
     meshes, textures = [], []
-    for i in range(3):
+    for i in indices(warping, r"infer_rgbd(\d+)"):
         rgbd = to_image(warping[f"infer_rgbd{i}"]).to(device)
         depth = zbuffer_to_linear(rgbd[:, 3], 0.6, 5)
         modelview = warping[f"source{i}_modelview"][None].to(device)
-        meshes.append(depth_to_mesh(depth, modelview, **{**INFERENCE_MESH, "padding": padding}))
+        options = {**INFERENCE_MESH, "padding": padding, "fov": fov}
+        meshes.append(depth_to_mesh(depth, modelview, **options))
         textures.append(rgbd[:, :3])
     return meshes, textures
 
@@ -47,12 +54,21 @@ def zbuffer(depth):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("target", [0, 1, 2])
-def test_aggregation_matches_official(warping, device, target):
-    meshes, textures = source_views(warping, device=device)
+def test_aggregation_matches_official(warping, fov, device):
+    meshes, textures = source_views(warping, fov, device=device)
+    targets = indices(warping, r"agg_target(\d+)_color")
+    assert targets, "no agg_target*_ arrays in the reference"
+    for target in targets:
+        check_aggregation(warping, meshes, textures, device, target)
+
+
+def check_aggregation(warping, meshes, textures, device, target):
     views = target + 1  # the official autoregressive order: sources 0..k into target k
     modelview = warping[f"agg_target{target}_modelview"][None].to(device)
-    render = aggregate_render(meshes[:views], textures[:views], modelview, 192)
+    size = size_of(warping, f"agg_target{target}_color")
+    render = aggregate_render(
+        meshes[:views], textures[:views], modelview, size_of(warping, f"agg_target{target}_raw_color")
+    )
     raw = {name: to_image(warping[f"agg_target{target}_raw_{name}"]) for name in ("color", "depth")}
     mask_color, mask_depth = (to_image(warping[f"agg_target{target}_raw_mask_{n}"]) for n in ("color", "depth"))
     assert_agrees(render.mask_color, mask_color, render.color, raw["color"])
@@ -62,7 +78,7 @@ def test_aggregation_matches_official(warping, device, target):
     assert_agrees(everywhere, everywhere, depth=zbuffer(render.depth), ref_depth=zbuffer(raw["depth"]))
     assert (~render.mask_depth & (render.depth > 0.011)).any()  # hull pixels exist in this scene
 
-    conditions = aggregate_conditions(meshes[:views], textures[:views], modelview, 64)
+    conditions = aggregate_conditions(meshes[:views], textures[:views], modelview, size)
     final = {name: to_image(warping[f"agg_target{target}_{name}"]) for name in ("color", "depth", "mask", "mask_rgb")}
     assert_agrees(conditions.mask, final["mask"], depth=conditions.depth, ref_depth=final["depth"])
     assert_agrees(conditions.mask_rgb, final["mask_rgb"], conditions.color, final["color"])
@@ -75,16 +91,19 @@ def test_aggregation_matches_official(warping, device, target):
     ).all()
 
 
-def test_fusion_render_matches_official(warping):
-    meshes, textures = source_views(warping, padding=32)
+def test_fusion_render_matches_official(warping, fov):
+    meshes, textures = source_views(warping, fov, padding=SCENE_PADDING)
     modelview = warping["fusion_modelview"][None]
-    render = aggregate_render(meshes, textures, modelview, 320, near=0.1, far=200.0)
+    size, render_size = size_of(warping, "infer_rgbd0"), size_of(warping, "fusion_raw_color")
+    ssaa = render_size // size
+    assert ssaa * size == render_size
+    render = aggregate_render(meshes, textures, modelview, render_size, near=0.1, far=200.0)
     raw = {name: to_image(warping[f"fusion_raw_{name}"]) for name in ("color", "depth", "mask_color", "mask_depth")}
     assert_agrees(render.mask_color, raw["mask_color"], render.color, raw["color"])
     assert_agrees(render.mask_depth, raw["mask_depth"], depth=zbuffer(render.depth), ref_depth=zbuffer(raw["depth"]))
-    frame = fusion_render(meshes, textures, modelview, 64)
-    assert frame.color.shape == (1, 3, 64, 64) and frame.depth.shape == frame.mask.shape == (1, 1, 64, 64)
-    torch.testing.assert_close(frame.depth, render.depth[..., 2::5, 2::5])
+    frame = fusion_render(meshes, textures, modelview, size, ssaa=ssaa)
+    assert frame.color.shape == (1, 3, size, size) and frame.depth.shape == frame.mask.shape == (1, 1, size, size)
+    torch.testing.assert_close(frame.depth, render.depth[..., ssaa // 2 :: ssaa, ssaa // 2 :: ssaa])
 
 
 @settings(max_examples=8, deadline=None)
@@ -168,8 +187,8 @@ def test_identity_conditions_return_the_view():
     torch.testing.assert_close(conditions.depth_convex, zbuffer(zbuffer_to_linear(conditions.depth_convex, 0.6, 5)))
 
 
-def test_batch_elements_aggregate_independently(warping, monkeypatch):
-    meshes, textures = source_views(warping)
+def test_batch_elements_aggregate_independently(warping, fov, monkeypatch):
+    meshes, textures = source_views(warping, fov)
     # Batch 2: the official views, and the same views with their order reversed.
     batched_meshes = []
     for mesh, other in zip(meshes, meshes[::-1], strict=True):
@@ -177,9 +196,10 @@ def test_batch_elements_aggregate_independently(warping, monkeypatch):
             k: torch.cat([getattr(mesh, k), getattr(other, k)])
             for k in ("position", "uv", "flag", "faces", "modelview", "normal")
         }
-        batched_meshes.append(type(mesh)(fov=45.0, **fields))
+        batched_meshes.append(type(mesh)(fov=fov, **fields))
     batched_textures = [torch.cat([t, o]) for t, o in zip(textures, textures[::-1], strict=True)]
-    cameras = torch.cat([warping["agg_target2_modelview"][None], warping["fusion_modelview"][None]])
+    last = indices(warping, r"agg_target(\d+)_modelview")[-1]
+    cameras = torch.cat([warping[f"agg_target{last}_modelview"][None], warping["fusion_modelview"][None]])
     batch = aggregate_render(batched_meshes, batched_textures, cameras, 96)
     single = aggregate_render(meshes[::-1], textures[::-1], cameras[1:], 96)
     monkeypatch.setattr(aggregate, "_MAX_PIXELS", 96 * 96)  # one target at a time
@@ -189,15 +209,15 @@ def test_batch_elements_aggregate_independently(warping, monkeypatch):
         assert torch.equal(getattr(batch, name), getattr(grouped, name)), name
 
 
-def test_out_of_range_colour_saturates_in_fusion_frames(warping):
-    meshes, textures = source_views(warping, padding=32)
+def test_out_of_range_colour_saturates_in_fusion_frames(warping, fov):
+    meshes, textures = source_views(warping, fov, padding=SCENE_PADDING)
     bright = [t * 0 + 1.2 for t in textures]
     frame = fusion_render(meshes, bright, warping["fusion_modelview"][None], 32)
     assert (frame.color[frame.mask.expand(-1, 3, -1, -1)] == 1).all()  # the official cast would wrap to 50/255
 
 
-def test_bad_input_raises_clear_errors(warping):
-    meshes, textures = source_views(warping)
+def test_bad_input_raises_clear_errors(warping, fov):
+    meshes, textures = source_views(warping, fov)
     camera = warping["agg_target0_modelview"][None]
     with pytest.raises(ValueError, match="no normals"):
         no_normals = depth_to_mesh(zbuffer_to_linear(textures[0][:, 0] * 0 + 0.5, 0.6, 5), camera)

@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from geometry_support import indices, size_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -65,12 +66,16 @@ def test_lanczos_ssaa3_batch_equals_pil(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_fbw_and_aggregation_colours_match_official(warping, device):
-    for cam in (0, 1):
-        colour = lanczos_downsample(chw(warping[f"fbw_cam{cam}_pass1_color"], device), 64)
+    cameras, targets = indices(warping, r"fbw_cam(\d+)_color"), indices(warping, r"agg_target(\d+)_color")
+    assert cameras and targets
+    for cam in cameras:
+        size = size_of(warping, f"fbw_cam{cam}_color")
+        colour = lanczos_downsample(chw(warping[f"fbw_cam{cam}_pass1_color"], device), size)
         expected = chw(warping[f"fbw_cam{cam}_color"], device)
         assert torch.equal(colour * chw(warping[f"fbw_cam{cam}_mask"], device), expected)
-    for target in range(3):
-        colour = lanczos_downsample(chw(warping[f"agg_target{target}_raw_color"], device), 64)
+    for target in targets:
+        size = size_of(warping, f"agg_target{target}_color")
+        colour = lanczos_downsample(chw(warping[f"agg_target{target}_raw_color"], device), size)
         expected = chw(warping[f"agg_target{target}_color"], device)
         assert torch.equal(colour * chw(warping[f"agg_target{target}_mask_rgb"], device), expected)
 

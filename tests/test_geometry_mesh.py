@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -17,6 +18,11 @@ def warping(reference):
     return load_file(reference / "warping" / "warping.safetensors")
 
 
+@pytest.fixture(scope="module")
+def fov(reference):
+    return json.loads((reference / "warping" / "warping.json").read_text())["fov_degrees"]
+
+
 def assert_matches_reference(mesh, arrays, prefix, normals=False):
     assert torch.equal(mesh.faces[0].cpu(), arrays[f"{prefix}_faces"])
     assert torch.equal(mesh.flag[0].cpu(), arrays[f"{prefix}_flag"][:, 0].long())
@@ -28,20 +34,22 @@ def assert_matches_reference(mesh, arrays, prefix, normals=False):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("name", "tol"), [("noflags", None), ("flags", 0.02)])
-def test_simple_meshes_match_official(warping, device, name, tol):
+def test_simple_meshes_match_official(warping, fov, device, name, tol):
     depth = zbuffer_to_linear(warping["train_rgbd"][..., 3], 0.5, 100)[None].to(device)
-    mesh = depth_to_mesh(depth, orbit_camera(0.0, 0.0).to(device), atol=tol, rtol=tol)
+    camera = warping["source0_modelview"][None].to(device)  # the training view: lookAt((0, 0, 1) → origin)
+    mesh = depth_to_mesh(depth, camera, fov=fov, atol=tol, rtol=tol)
     assert_matches_reference(mesh, warping, f"simple_mesh_{name}")
     if tol is not None:
         assert (mesh.flag == FLAG_EDGE).any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_frustum_mesh_with_normals_and_erosion_matches_official(warping, device):
+def test_frustum_mesh_with_normals_and_erosion_matches_official(warping, fov, device):
     depth = zbuffer_to_linear(warping["infer_rgbd0"][..., 3], 0.6, 5)[None].to(device)
     mesh = depth_to_mesh(
         depth,
-        orbit_camera(0.0, 0.0)[None].to(device),
+        warping["source0_modelview"][None].to(device),
+        fov=fov,
         padding="frustum",
         atol=0.03,
         rtol=0.03,
@@ -55,7 +63,7 @@ def test_frustum_mesh_with_normals_and_erosion_matches_official(warping, device)
 def test_batch_equals_single_images(warping):
     z0 = zbuffer_to_linear(warping["infer_rgbd0"][..., 3], 0.6, 5)
     z1 = zbuffer_to_linear(warping["infer_rgbd1"][..., 3], 0.6, 5)
-    cameras = torch.stack([orbit_camera(0.0, 0.0), orbit_camera(0.15, 0.0)])
+    cameras = torch.stack([warping["source0_modelview"], warping["source1_modelview"]])
     options = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
     batch = depth_to_mesh(torch.stack([z0, z1]), cameras, **options)
     assert not torch.equal(batch.faces[0], batch.faces[1])  # the diagonal choice is per image

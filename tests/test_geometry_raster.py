@@ -1,24 +1,19 @@
 import math
+import sys
 
 import pytest
 import torch
-from geometry_support import load_warping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iterview.geometry.raster as raster
 from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.mesh import depth_to_mesh
-from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
+from iterview.geometry.raster import Fragments, interpolate, rasterize, sample_nearest, window_to_linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def warping(reference):
-    return load_warping(reference)
 
 
 def ray_cast(vertices, faces, size, fov, near, far):
@@ -248,3 +243,32 @@ def test_bad_input_raises_clear_errors():
         rasterize(torch.full((1, 3, 3), math.nan), faces, camera, 8)
     with pytest.raises(ValueError, match="face_mask"):
         rasterize(vertices, faces, camera, 8, face_mask=torch.ones(2, dtype=torch.bool))
+
+
+def _python_calls_of_a_render(n: int) -> tuple[int, Fragments]:
+    """Python function calls made while rasterising an n² depth mesh (padding ring) at 3n² (3× SSAA)."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    depth = (1.5 + 0.1 * torch.sin(3 * x) * torch.cos(2 * y))[None]
+    camera = orbit_camera(torch.zeros(1), torch.zeros(1))
+    mesh = depth_to_mesh(depth, camera, padding=n)
+    calls = [0]
+
+    def count(frame, event, arg):
+        calls[0] += event == "call"
+
+    sys.setprofile(count)
+    try:
+        fragments = rasterize(mesh.position, mesh.faces, camera, 3 * n)
+    finally:
+        sys.setprofile(None)
+    return calls[0], fragments
+
+
+def test_384_render_of_a_128_mesh_loops_over_no_triangle_in_python():
+    """The training warp's scale (128² mesh, 32k triangles, rendered at 384²): the Python work does not grow
+    with the triangle count (4× the triangles of the 64² case), and every pixel is covered by the padded mesh."""
+    small, _ = _python_calls_of_a_render(64)
+    large, fragments = _python_calls_of_a_render(128)
+    assert fragments.face.shape == (1, 384, 384) and (fragments.face >= 0).all()
+    assert large <= 1.5 * small + 50, (small, large)
+    assert large < 2 * 128 * 128, "far fewer Python calls than triangles"

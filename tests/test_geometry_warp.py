@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
-from geometry_support import assert_agrees, load_warping, smooth_scene, to_image
+from geometry_support import assert_agrees, indices, load_warping, load_warping_meta, size_of, smooth_scene, to_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_to_linear
-from iterview.geometry.imageops import depth_edge, erode, lanczos_downsample, subsample_center
-from iterview.geometry.mesh import Mesh, depth_to_mesh
+from iterview.data.pairs import make_training_pair, sample_training_cameras
+from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
+from iterview.geometry.imageops import depth_edge, erode, gaussian_blur3, lanczos_downsample, subsample_center
+from iterview.geometry.mesh import Mesh, depth_to_mesh, unproject
 from iterview.geometry.warp import forward_backward_warp, render_simple
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,7 +22,12 @@ def warping(reference):
     return load_warping(reference)
 
 
-def reference_mesh(warping, name):
+@pytest.fixture(scope="module")
+def meta(reference):
+    return load_warping_meta(reference)
+
+
+def reference_mesh(warping, meta, name):
     prefix = f"simple_mesh_{name}"
     return Mesh(
         position=warping[f"{prefix}_position"][None],
@@ -29,7 +35,7 @@ def reference_mesh(warping, name):
         flag=warping[f"{prefix}_flag"][None, :, 0].long(),
         faces=warping[f"{prefix}_faces"][None],
         modelview=warping["source0_modelview"][None],
-        fov=45.0,
+        fov=meta["fov_degrees"],
     )
 
 
@@ -37,16 +43,30 @@ def window(depth_linear, near=0.1, far=200.0):
     return linear_to_zbuffer(depth_linear, near, far)
 
 
+def simple_renders(warping, flags: str) -> list[tuple[str, int]]:
+    """Every stored simple warp of one mesh: (key prefix, warp camera), render sizes read from the arrays."""
+    return [
+        (f"simple_ssaa{ssaa}_{flags}_cam{camera}", camera)
+        for ssaa in indices(warping, rf"simple_ssaa(\d+)_{flags}_cam0_color")
+        for camera in indices(warping, rf"simple_ssaa{ssaa}_{flags}_cam(\d+)_color")
+    ]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("flags", ["noflags", "flags"])
-@pytest.mark.parametrize(("ssaa", "size"), [("ssaa1", 64), ("ssaa3", 192)])
-@pytest.mark.parametrize("camera", [0, 1, 2])
-def test_simple_warps_match_official(warping, device, flags, ssaa, size, camera):
-    mesh = reference_mesh(warping, flags)
+def test_simple_warps_match_official(warping, meta, device, flags):
+    renders = simple_renders(warping, flags)
+    assert renders, f"no simple_*_{flags}_* renders in the reference"
+    for key, camera in renders:
+        check_simple_warp(warping, meta, device, flags, key, camera)
+
+
+def check_simple_warp(warping, meta, device, flags, key, camera):
+    mesh = reference_mesh(warping, meta, flags)
     mesh = Mesh(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(mesh).items()})
     texture = to_image(warping["train_rgbd"][..., :3]).to(device)
+    size = size_of(warping, f"{key}_color")
     render = render_simple(mesh, texture, warping[f"warp{camera}_modelview"][None].to(device), size)
-    key = f"simple_{ssaa}_{flags}_cam{camera}"
     ref_depth = to_image(warping[f"{key}_depth_linear"])
     assert_agrees(
         render.mask,
@@ -62,12 +82,21 @@ def test_simple_warps_match_official(warping, device, flags, ssaa, size, camera)
         assert (covered & ~render.mask).any()
 
 
-@pytest.mark.parametrize("camera", [0, 1])
-def test_forward_backward_warp_matches_official(warping, camera):
+def test_forward_backward_warp_matches_official(warping):
+    cameras = indices(warping, r"fbw_cam(\d+)_color")
+    assert cameras, "no fbw_cam*_ arrays in the reference"
+    for camera in cameras:
+        check_forward_backward_warp(warping, camera)
+
+
+def check_forward_backward_warp(warping, camera):
     rgbd = to_image(warping["train_rgbd"])
     modelview = warping[f"warp{camera}_modelview"][None]
     key = f"fbw_cam{camera}"
-    result = forward_backward_warp(rgbd, modelview)
+    size, render_size = size_of(warping, "train_rgbd"), size_of(warping, f"{key}_pass0_color")
+    ssaa = render_size // size
+    assert ssaa * size == render_size
+    result = forward_backward_warp(rgbd, modelview, ssaa=ssaa)
     assert_agrees(
         result.mask,
         to_image(warping[f"{key}_mask"]),
@@ -81,14 +110,15 @@ def test_forward_backward_warp_matches_official(warping, camera):
 
     # The two passes, from the official intermediate renders.
     front = warping["source0_modelview"][None]
-    mesh0 = depth_to_mesh(zbuffer_to_linear(rgbd[:, 3], 0.5, 100), front, padding=64)
-    pass0 = render_simple(mesh0, rgbd[:, :3], modelview, 192)
+    # The official training dataset pads view 0 by the image size.
+    mesh0 = depth_to_mesh(zbuffer_to_linear(rgbd[:, 3], 0.5, 100), front, padding=size)
+    pass0 = render_simple(mesh0, rgbd[:, :3], modelview, render_size)
     ref0 = {name: to_image(warping[f"{key}_pass0_{name}"]) for name in ("color", "mask", "depth_linear")}
     assert_agrees(
         pass0.mask, ref0["mask"], pass0.color, ref0["color"], window(pass0.depth), window(ref0["depth_linear"])
     )
-    mesh1 = depth_to_mesh(subsample_center(ref0["depth_linear"][:, 0], 3), modelview, atol=0.02, rtol=0.02)
-    pass1 = render_simple(mesh1, lanczos_downsample(ref0["color"], 64), front, 192)
+    mesh1 = depth_to_mesh(subsample_center(ref0["depth_linear"][:, 0], ssaa), modelview, atol=0.02, rtol=0.02)
+    pass1 = render_simple(mesh1, lanczos_downsample(ref0["color"], size), front, render_size)
     ref1 = {name: to_image(warping[f"{key}_pass1_{name}"]) for name in ("color", "mask", "depth_linear")}
     assert_agrees(
         pass1.mask, ref1["mask"], pass1.color, ref1["color"], window(pass1.depth), window(ref1["depth_linear"])
@@ -144,11 +174,109 @@ def test_warp_to_a_camera_and_back_returns_the_input_where_kept(seed, yaw, pitch
     assert color_error.mean() < 0.02 and (color_error < 0.1).float().mean() > 0.99
 
 
-def test_bad_input_raises_clear_errors(warping):
+def hidden_from(side: torch.Tensor, depth: torch.Tensor, front: torch.Tensor) -> torch.Tensor:
+    """Which pixels of view 0 (linear depth (1, N, N) of a backdrop with one fronto-parallel box in front, camera
+    `front`) the side camera surely cannot see: the segment from its centre to the pixel's 3D point crosses the box
+    plane at least a pixel inside the box. Exact geometry, independent of any renderer. Returns (1, 1, N, N)."""
+    size = depth.shape[-1]
+    box = depth < 1.0  # smooth_scene: backdrop at 1.2 ± 0.05, box at 0.8-0.9
+    box_depth = depth[box].mean()
+    points = unproject(depth, 45.0)[0].permute(1, 2, 0)  # (N, N, 3) in view 0's camera frame
+    centre = (front[0] @ torch.cat([camera_center(side)[0], torch.ones(1)]))[:3]
+    s = (-box_depth - centre[2]) / (points[..., 2] - centre[2])
+    crossing = centre + s[..., None] * (points - centre)
+    f = 0.5 / math.tan(math.radians(22.5))
+    j = ((crossing[..., 0] / -crossing[..., 2]) * f + 0.5) * size - 0.5
+    i = (0.5 - (crossing[..., 1] / -crossing[..., 2]) * f) * size - 0.5
+    inside = (i.round() >= 0) & (i.round() < size) & (j.round() >= 0) & (j.round() < size)
+    ii, jj = i.round().long().clamp(0, size - 1), j.round().long().clamp(0, size - 1)
+    core = erode(box[:, None], 3)[0, 0]  # box pixels whose neighbours are all box
+    return (~box[0] & (s > 0) & (s < 1) & inside & core[ii, jj])[None, None]
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), yaw=st.sampled_from([-0.3, -0.2, 0.2, 0.3]), pitch=st.floats(-0.1, 0.1))
+def test_warp_and_back_with_depth_edges_drops_what_the_side_camera_cannot_see(seed, yaw, pitch):
+    """A box in front of a backdrop: backdrop pixels the box hides from the side camera (exact geometry) come back
+    as holes, and every pixel kept comes back with its own depth and colour, not the box's."""
+    size = 32
+    rgbd = smooth_scene(size, seed, edge=True)
+    front = orbit_camera(torch.zeros(1), torch.zeros(1))
+    side = orbit_camera(torch.tensor([yaw]), torch.tensor([pitch]))
+    result = forward_backward_warp(rgbd, side)
+    hidden = hidden_from(side, zbuffer_to_linear(rgbd[:, 3], 0.5, 100), front)
+    assert hidden.any(), "the box hides part of the backdrop from this camera"
+    assert not result.mask.bool()[hidden].any()
+    valid = result.mask.bool()
+    assert valid[..., 2:-2, 2:-2].float().mean() > 0.6
+    depth_error = (result.depth - rgbd[:, 3:]).abs()[valid]
+    assert depth_error.max() < 1e-2 and (depth_error < 1e-3).float().mean() > 0.99
+    color_error = (result.color - rgbd[:, :3]).abs()[valid.expand(-1, 3, -1, -1)]
+    assert color_error.mean() < 0.02 and (color_error < 0.1).float().mean() > 0.99
+
+
+def test_training_cameras_follow_the_official_distribution():
+    modelview, pose = sample_training_cameras(20000, torch.Generator().manual_seed(0))
+    assert modelview.shape == (20000, 4, 4) and pose.shape == (20000, 2)
+    assert pose.std(0).sub(0.15).abs().max() < 0.005 and pose.mean(0).abs().max() < 0.005
+    eye = camera_center(modelview)
+    radius = eye.norm(dim=1)
+    assert abs(radius.mean().item() - 1) < 0.005 and abs(radius.std().item() - 0.1) < 0.005
+    torch.testing.assert_close(torch.atan2(eye[:, 0], eye[:, 2]), pose[:, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.asin(eye[:, 1] / radius), pose[:, 1], atol=1e-4, rtol=0)
+    rotation = modelview[:, :3, :3]
+    torch.testing.assert_close(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(20000, 3, 3), atol=1e-5, rtol=0)
+    # The look-at target is jittered with std 0.05 per axis: across the optical axis that moves the origin off
+    # the axis by a 2D Gaussian offset, mean square 2 · 0.05².
+    axis = modelview[:, 2, :3]  # unit, pointing backwards
+    offset = -eye - (-eye * axis).sum(1, keepdim=True) * axis
+    assert abs(offset.square().sum(1).mean().item() - 2 * 0.05**2) < 2e-4
+    again, _ = sample_training_cameras(20000, torch.Generator().manual_seed(0))
+    assert torch.equal(modelview, again)
+
+
+def test_training_pair_without_augments_is_the_forward_backward_warp():
+    rgbd = torch.cat([smooth_scene(24, 1), smooth_scene(24, 2)]) * 2 - 1
+    pair = make_training_pair(rgbd, torch.Generator().manual_seed(5), augments=())
+    modelview, pose = sample_training_cameras(2, torch.Generator().manual_seed(5))
+    warp = forward_backward_warp(rgbd * 0.5 + 0.5, modelview)
+    torch.testing.assert_close(pair["y"], torch.cat([warp.color, warp.depth], 1) * 2 - 1)
+    assert torch.equal(pair["mask"], warp.mask) and torch.equal(pair["mask_rgb"], warp.mask)
+    assert torch.equal(pair["pose"], pose)
+
+
+def test_training_pair_augments_are_seeded_and_official():
+    rgbd = torch.cat([smooth_scene(24, s) for s in range(8)])
+    rgbd[:, :3] = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))  # detail tells blur apart
+    rgbd = rgbd * 2 - 1
+    pair = make_training_pair(rgbd, torch.Generator().manual_seed(3))
+    again = make_training_pair(rgbd, torch.Generator().manual_seed(3))
+    other = make_training_pair(rgbd, torch.Generator().manual_seed(4))
+    assert all(torch.equal(pair[k], again[k]) for k in pair)
+    assert not torch.equal(pair["y"], other["y"])
+    assert set(pair) == {"y", "mask", "mask_rgb", "pose"}
+    assert pair["y"].shape == (8, 4, 24, 24) and pair["mask"].shape == pair["mask_rgb"].shape == (8, 1, 24, 24)
+
+    mask, mask_rgb, y = pair["mask"].bool(), pair["mask_rgb"].bool(), pair["y"]
+    assert (y[~mask.expand_as(y)] == -1).all()
+    assert (y[:, :3][~mask_rgb.expand(-1, 3, -1, -1)] == -1).all()
+    for b in range(8):  # mask_rgb is the mask eroded by one of the official kernels
+        assert any(torch.equal(mask_rgb[b : b + 1], erode(mask[b : b + 1], k)) for k in (1, 3, 5, 7, 9))
+
+    # Blur: the RGB is either the noisy double warp or the clean image blurred with some sigma in [1e-3, 1.001).
+    rgb = (y[:, :3] + 1) / 2
+    blurred = [gaussian_blur3(rgbd[:, :3] * 0.5 + 0.5, torch.full((8,), s)) for s in torch.linspace(1e-3, 1.001, 201)]
+    close = torch.stack([((b - rgb).abs() * mask_rgb).amax((1, 2, 3)) for b in blurred]).amin(0)
+    assert (close < 0.01).sum() >= 4  # with p = 0.8 and this seed most samples are blurred
+    assert (close > 0.1).any()  # ... but not all
+
+
+def test_bad_input_raises_clear_errors(warping, meta):
     rgbd = to_image(warping["train_rgbd"])
+    size = rgbd.shape[-1]
     side = orbit_camera(torch.tensor([0.1]), torch.tensor([0.0]))
     with pytest.raises(ValueError, match="square"):
-        forward_backward_warp(rgbd[..., :60], side)
+        forward_backward_warp(rgbd[..., :-4], side)
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         forward_backward_warp(rgbd[:, :3], side)
     for bad in (math.nan, math.inf):
@@ -166,4 +294,4 @@ def test_bad_input_raises_clear_errors(warping):
         with pytest.raises(ValueError, match="sees nothing"):
             forward_backward_warp(rgbd, camera)
     with pytest.raises(ValueError, match="texture"):
-        render_simple(reference_mesh(warping, "flags"), rgbd[:, :3, :32], side, 64)
+        render_simple(reference_mesh(warping, meta, "flags"), rgbd[:, :3, : size // 2], side, size)

@@ -329,5 +329,6 @@ def test_official_checkpoints_and_experiment_configs_load_unchanged(reference, t
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     root = tmp_path / "viewset_random_steps_udpmpp2_cdpmpp2_guidance0.5"
-    assert Image.open(root / "results" / "rgb_class000_seed00000.png").size == (32, 32)
-    assert Scene.load(root / "scenes" / "scene_class000_seed00000").rgbd.shape == (2, 4, 32, 32)
+    size = json.loads((reference / "adm_small_uncond" / "config.json").read_text())["image_size"]
+    assert Image.open(root / "results" / "rgb_class000_seed00000.png").size == (size, size)
+    assert Scene.load(root / "scenes" / "scene_class000_seed00000").rgbd.shape[1:] == (4, size, size)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
+from iterview.geometry.cameras import linear_to_zbuffer
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FLAG_EDGE, FLAG_PADDING, rgbd_to_mesh
 from iterview.io import atomic_path, colorize_depth, make_grid, to_uint8
@@ -111,7 +111,7 @@ def test_sampling_mesh_matches_the_official_mesh(reference):
     """rgbd_to_mesh on the official inference RGBD gives the official sampling mesh (frustum skirt, normals)."""
     data = load_file(str(reference / "warping" / "warping.safetensors"))
     rgbd = data["infer_rgbd0"].permute(2, 0, 1)[None] * 2 - 1
-    mesh, texture = rgbd_to_mesh(rgbd, orbit_camera(0.0, 0.0)[None])
+    mesh, texture = rgbd_to_mesh(rgbd, data["source0_modelview"][None])
     assert torch.equal(mesh.faces[0], data["agg_mesh0_faces"])
     assert torch.equal(mesh.flag[0], data["agg_mesh0_flag"][:, 0].long())
     assert torch.allclose(mesh.position[0], data["agg_mesh0_position"], atol=1e-5)

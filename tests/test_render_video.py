@@ -2,9 +2,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from geometry_support import indices, size_of
 from safetensors.torch import load_file
 
-from iterview.geometry.cameras import camera_center, linear_to_zbuffer
+from iterview.data.synth import random_scene
+from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera
 from iterview.geometry.imageops import lanczos_downsample
 from iterview.pipeline.scene import Scene
 from iterview.render.video import make_trajectory, orbit_trajectory, random_camera, render_fusion, swing_trajectory
@@ -47,16 +50,46 @@ def test_custom_trajectory_file_and_unknown_names(tmp_path):
 
 def test_fusion_render_matches_the_official_video_renderer(reference):
     """render_fusion rebuilds the saved views' meshes as the official load_scene (padding 32) and fuses them at
-    5× SSAA like the official render.py: compare with the official raw 320² render, subsampled / downsampled."""
+    SSAA like the official render.py: compare with the official raw render, subsampled / downsampled. Sizes, views
+    and cameras are read from the reference."""
     data = load_file(str(reference / "warping" / "warping.safetensors"))
-    rgbd = torch.stack([data[f"infer_rgbd{i}"] for i in range(3)]).permute(0, 3, 1, 2) * 2 - 1
-    scene = Scene(rgbd, torch.stack([data[f"source{i}_modelview"] for i in range(3)]))
-    fused = render_fusion(scene, data["fusion_modelview"][None])
+    views = indices(data, r"infer_rgbd(\d+)")
+    rgbd = torch.stack([data[f"infer_rgbd{i}"] for i in views]).permute(0, 3, 1, 2) * 2 - 1
+    scene = Scene(rgbd, torch.stack([data[f"source{i}_modelview"] for i in views]))
+    size, raw_size = rgbd.shape[-1], size_of(data, "fusion_raw_color")
+    ssaa = raw_size // size
+    fused = render_fusion(scene, data["fusion_modelview"][None], ssaa=ssaa)
     raw_color = data["fusion_raw_color"].permute(2, 0, 1)[None]
-    color_agrees = ((fused.color - lanczos_downsample(raw_color, 64)).abs().amax(1) <= 2 / 255).float().mean()
-    assert color_agrees >= 0.99
-    raw_mask = data["fusion_raw_mask_depth"][2::5, 2::5, 0].bool()
+    centre = slice(ssaa // 2, None, ssaa)
+    raw_mask = data["fusion_raw_mask_depth"][centre, centre, 0].bool()
     assert (fused.mask[0, 0] == raw_mask).float().mean() >= 0.99
-    raw_depth = linear_to_zbuffer(data["fusion_raw_depth"][2::5, 2::5, 0], 0.6, 5.0)
-    both = fused.mask[0, 0] & raw_mask
-    assert ((fused.depth[0, 0] - raw_depth).abs()[both] <= 1e-3).float().mean() >= 0.99
+    # Colour where a strong sample lands (mask 1). Elsewhere the official blend keeps only the farthest edge or
+    # padding fragment, a sliver of a stretched triangle: no scene content, decided by how a rasteriser covers it.
+    strong = fused.mask[0, 0] & raw_mask
+    color_error = (fused.color - lanczos_downsample(raw_color, size)).abs().amax(1)[0]
+    assert (color_error[strong] <= 2 / 255).float().mean() >= 0.99
+    raw_depth = linear_to_zbuffer(data["fusion_raw_depth"][centre, centre, 0], 0.6, 5.0)
+    assert ((fused.depth[0, 0] - raw_depth).abs()[strong] <= 1e-3).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fusion_depth_is_the_analytic_scene_depth(seed):
+    """Fuse three exact RGBD views of an analytic scene into a new camera and compare the fused depth with the
+    scene's exact depth there (z-buffer units). Away from depth discontinuities, where a mesh edge lies between
+    pixel centres, planes come out exact and curved surfaces within their chord error (measured: ≥ 98.5 % of the
+    pixels within 1e-3, all within 1.1e-2)."""
+    size, near, far = 48, 0.6, 5.0
+    truth = random_scene(torch.Generator().manual_seed(seed))
+    cameras = orbit_camera(torch.tensor([0.0, 0.15, -0.15]), torch.tensor([0.0, 0.0, 0.15]))
+    rgb, depth = truth.render(cameras, size, ssaa=1)
+    rgbd = torch.cat([rgb, linear_to_zbuffer(depth.clamp(near, far), near, far)], 1) * 2 - 1
+    target = orbit_camera(torch.tensor([0.3]), torch.tensor([0.05]))
+    fused = render_fusion(Scene(rgbd, cameras, near=near, far=far), target)
+    exact = truth.render(target, size, ssaa=1)[1].clamp(near, far)
+    low, high = -F.max_pool2d(-exact, 3, 1, 1), F.max_pool2d(exact, 3, 1, 1)
+    discontinuity = F.max_pool2d(((high - low) > 0.1 * low).float(), 3, 1, 1).bool()  # jumps of over 10 %
+    valid = fused.mask.bool() & ~discontinuity
+    assert valid.float().mean() >= 0.5, "most of the frame is seen and smooth"
+    error = (fused.depth - linear_to_zbuffer(exact, near, far)).abs()[valid]
+    assert error.median() <= 1e-5, "planes are meshed exactly"
+    assert (error <= 1e-3).float().mean() >= 0.97 and error.max() <= 2e-2, (error.max(), error.median())

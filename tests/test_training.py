@@ -102,10 +102,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_pat
 
 
 def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):
-    """G_c fine-tunes from an official-format G_u .pt: x_t channels keep the weights, the 6 new condition
+    """G_c fine-tunes from an official-format G_u .pt: x_t channels keep the weights, the new condition
     channels start at zero, and the EMA starts from these weights (the official trainer kept its own)."""
     official = reference / "adm_small_uncond" / "checkpoint.pt"
-    g_c = {**ADMConfig.from_json(reference / "adm_small_uncond" / "config.json").to_dict(), "in_channels": 10}
+    g_u = ADMConfig.from_json(reference / "adm_small_uncond" / "config.json")
+    channels = ADMConfig.from_json(reference / "adm_small_cond" / "config.json").in_channels
+    g_c = {**g_u.to_dict(), "in_channels": channels}
     fields = {f"model.{k}": v for k, v in g_c.items()}
     config = small_config(synth, preset="tiny_cond", **fields, max_steps=1, learning_rate=0.0, sample_every=1)
     weights = trainer.train(config, tmp_path / "gc", init_from=official, progress=False)
@@ -114,13 +116,13 @@ def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):
     for name in ("model", "ema"):
         tuned = read_state_dict(weights.parent / name)
         first = tuned["input_blocks.0.0.weight"]
-        assert first.shape[1] == 10
-        assert torch.equal(first[:, :4], source["input_blocks.0.0.weight"])
-        assert not first[:, 4:].any()
+        assert first.shape[1] == channels
+        assert torch.equal(first[:, : g_u.in_channels], source["input_blocks.0.0.weight"])
+        assert not first[:, g_u.in_channels :].any()
         assert all(torch.equal(tuned[k], v) for k, v in source.items() if k != "input_blocks.0.0.weight"), name
     grid = Image.open(tmp_path / "gc" / "samples" / "step_0000001.png")
     # columns: num_samples items; rows: condition RGB/depth, sample RGB/depth, target RGB/depth
-    assert grid.size == (config.num_samples * 32, 6 * 32)
+    assert grid.size == (config.num_samples * g_u.image_size, 6 * g_u.image_size)
 
 
 def test_two_processes_keep_identical_weights(synth, tmp_path):
@@ -129,7 +131,10 @@ def test_two_processes_keep_identical_weights(synth, tmp_path):
         port = s.getsockname()[1]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(port), "-m", "iterview", "train", "--preset", "tiny", "--cpu"]
+    dump = tmp_path / "ranks"
+    dump.mkdir()
+    script = str(Path(__file__).with_name("ddp_rank_weights.py"))
+    launch += ["--main_process_port", str(port), script, str(dump), "--", "train", "--preset", "tiny", "--cpu"]
     launch += ["--output", str(tmp_path / "ddp"), "--no-progress"]
     for item in overrides(synth, max_steps=3, save_every=2, batch_size=2, grad_accum=2):
         launch += ["--set", item]
@@ -139,8 +144,16 @@ def test_two_processes_keep_identical_weights(synth, tmp_path):
     for step in (2, 3):
         state = json.loads((tmp_path / "ddp" / "checkpoints" / f"step_{step:07d}" / "state.json").read_text())
         assert state["world_size"] == 2
-        # sum and sum of squares of every tensor of each rank's replica, compared across ranks
         assert state["consistency"] == {"model": 0.0, "ema": 0.0}
+        # each rank's own replica, written by that rank: identical across ranks and to the saved checkpoint
+        for name in ("model", "ema"):
+            saved = load_file(tmp_path / "ddp" / "checkpoints" / f"step_{step:07d}" / name / "model.safetensors")
+            for rank in (0, 1):
+                replica = load_file(dump / f"{name}_rank{rank}_step{step}.safetensors")
+                assert replica.keys() == saved.keys(), (name, rank)
+                assert all(torch.equal(replica[k], saved[k]) for k in saved), (name, rank, step)
+    first = load_file(dump / "ema_rank1_step2.safetensors")
+    assert any(not torch.equal(first[k], v) for k, v in load_file(dump / "ema_rank1_step3.safetensors").items())
     # 16 items / (2 ranks × batch 2) = 4 micro-batches per rank and epoch, 2 per step: step 3 is in epoch 1
     assert (state["epoch"], state["batch"]) == (1, 2)
     assert len(losses(tmp_path / "ddp")) == 3
@@ -152,9 +165,16 @@ def test_two_processes_keep_identical_weights(synth, tmp_path):
 
 
 def test_bf16_mixed_precision_trains_on_cpu(synth, tmp_path):
+    """bf16 autocast sees the same batches, timesteps and noise as float32: its losses are the float32 losses up to
+    bf16 rounding (the first is equal: the zero-initialised head predicts ε = 0 in any precision), yet not all equal
+    (autocast ran), and the weights it saves stay float32."""
+    trainer.train(small_config(synth, max_steps=2), tmp_path / "fp32", progress=False)
     trainer.train(small_config(synth, max_steps=2, mixed_precision="bf16"), tmp_path / "bf16", progress=False)
-    curve = losses(tmp_path / "bf16")
-    assert len(curve) == 2 and all(0 < x < 10 for x in curve)
+    reference, curve = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert len(curve) == len(reference) == 2 and curve != reference
+    assert all(abs(b - f) <= 0.02 * f for b, f in zip(curve, reference, strict=True)), (curve, reference)
+    weights = load_file(checkpoint_dirs(tmp_path / "bf16")[-1] / "ema" / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.float32}
 
 
 def test_train_command_runs_resumes_and_refuses_to_overwrite(synth, tmp_path):

@@ -1,0 +1,50 @@
+"""Every benchmark script runs: `--quick` (seconds, same code path with fewer iterations and smaller sizes) exits 0
+and prints exactly one JSON line with the keys its full run reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
+EXPECTED_KEYS = {
+    "bench_data.py": {"benchmark", "synth_images_per_s", "rgbd_items_per_s", "pairs_per_s_workers0"},
+    "bench_demo.py": {"bench", "mode", "total_s", "stages_s", "within_budget"},
+    "bench_mesh.py": {"benchmark", "official_cpu_ms_per_mesh", "ours_cpu_b1_ms_per_mesh", "speedup_cpu_b16"},
+    "bench_pipeline.py": {"bench", "official", "fast", "speedup"},
+    "bench_sampler.py": {"bench", "official", "ours", "speedup_vs_ddpm1000", "cfg_step_seconds"},
+    "bench_train.py": {"bench", "images_per_s", "speedup_vs_official_fp32"},
+    "bench_warp.py": {
+        "benchmark",
+        "cpu_warps_per_s_b1",
+        "cpu_aggregations_per_s_26_views",
+        "cpu_fusion_s_per_frame_26_views",
+    },
+}
+# The quick demo trains two models and renders videos: a minute or two, so it is the one slow entry.
+SLOW = {"bench_demo.py"}
+
+
+def test_every_benchmark_is_covered():
+    assert set(SCRIPTS) == set(EXPECTED_KEYS)
+
+
+@pytest.mark.parametrize(
+    "script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in sorted(EXPECTED_KEYS)]
+)
+def test_benchmark_quick_mode_prints_one_json_line(script):
+    arguments = ["--quick", "--cpu"] if script in ("bench_demo.py", "bench_train.py") else ["--quick"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *arguments]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stdout[-3000:]
+    record = json.loads(lines[0])
+    assert EXPECTED_KEYS[script] <= set(record), sorted(EXPECTED_KEYS[script] - set(record))
