@@ -31,6 +31,7 @@ class DemoConfig:
     first_views: int = 64  # class-conditional G_u samples for class accuracy and FID
     real_images: int = 256  # held-out real images for FID
     sampler: str = "fast"
+    sampler_steps: int | None = None  # None: the preset's (DPM-Solver++ 20 for "fast")
     frames: int = 48  # fusion video frames (swing)
     video_size: int = 96
     train_images: int = 10_000  # --train: training split size
@@ -41,6 +42,7 @@ class DemoConfig:
 
 FULL = DemoConfig()
 QUICK = DemoConfig(
+    sampler_steps=3,
     heldout_scenes=1,
     first_views=16,
     real_images=16,
@@ -65,13 +67,14 @@ def _stage(name: str, timings: dict[str, float]) -> Iterator[None]:
 def run_demo(
     out_dir: str | Path,
     config: DemoConfig = FULL,
-    models: str | Path = "synth",
+    uncond: str | Path = "synth",
+    cond: str | Path = "synth",
     train: bool = False,
     cpu: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Run every stage into out_dir and return the HTML report's path. `models`: a shipped set or a pair of
-    training runs' parent folder (`<models>/g_u`, `<models>/g_c`); `train`: train them into out_dir first."""
+    """Run every stage into out_dir and return the HTML report's path. uncond / cond: G_u and G_c (a shipped set,
+    training runs or model folders); `train`: train both from scratch into out_dir first and use them."""
     from iterview.data.benchmark import write_benchmark
     from iterview.eval.benchmark import novel_view_metrics, uncond_metrics
     from iterview.eval.classifier import load_classifier
@@ -89,10 +92,10 @@ def run_demo(
     )
     with _stage("held-out benchmark scenes", timings):
         data = write_benchmark(out / "data", recipe)
-    uncond = cond = models
     if train:
         uncond, cond = _train(out, data, config, cpu, progress, timings)
-    pipeline = load_pipeline(uncond, cond, config.sampler, device=device, progress=progress)
+    steps = config.sampler_steps
+    pipeline = load_pipeline(uncond, cond, config.sampler, steps, steps, device=device, progress=progress)
     with _stage("sample 3x9 viewsets of every class", timings):
         scenes = _sample_scenes(out / "samples", pipeline, config, progress)
     with _stage("render a fusion video", timings):
@@ -214,9 +217,10 @@ def _report(
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("demo"),
-    models: Annotated[
-        str, typer.Option(help="Shipped model set (synth) or a folder holding g_u/ and g_c/ training runs.")
+    uncond: Annotated[
+        str, typer.Option(help="G_u: a shipped set (synth), a training run or a model folder.")
     ] = "synth",
+    cond: Annotated[str, typer.Option(help="G_c: a shipped set (synth), a training run or a model folder.")] = "synth",
     train: Annotated[
         bool, typer.Option("--train", help="Train G_u and G_c from scratch first (synth_u / synth_c recipe).")
     ] = False,
@@ -244,5 +248,5 @@ def demo(
             if value < 1:
                 raise typer.BadParameter(f"--{name.replace('_', '-')} must be >= 1, got {value}")
             config = replace(config, **{name: value})
-    report = run_demo(out, config, models=models, train=train, cpu=cpu, progress=progress)
+    report = run_demo(out, config, uncond, cond, train=train, cpu=cpu, progress=progress)
     typer.echo(f"report: {report}")

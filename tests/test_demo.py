@@ -1,4 +1,4 @@
-"""`iterview demo --quick` end to end: every stage runs and the report holds its media and finite metrics."""
+"""`iterview demo --quick` end to end on the shipped models, and its from-scratch `--train` path."""
 
 from __future__ import annotations
 
@@ -8,25 +8,37 @@ import math
 from typer.testing import CliRunner
 
 from iterview.cli import app
+from iterview.data.synth import CATEGORIES
 
 
-def test_quick_demo_runs_end_to_end_and_writes_the_report(tmp_path, one_thread):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--cpu", "--no-progress", "--out", str(out)])
+def _run(out, *extra):
+    result = CliRunner().invoke(app, ["demo", "--quick", "--cpu", "--no-progress", "--out", str(out), *extra])
     assert result.exit_code == 0, result.output
-    report = out / "report.html"
-    assert report.is_file() and f"report: {report}" in result.output
-    page = report.read_text()
-    # one scene's colour and depth grids, the true-scene grids (generated / true, colour / depth), two videos
-    assert page.count("data:image/png;base64,") == 6 and page.count("data:video/mp4;base64,") == 2
-    results = json.loads((out / "report.json").read_text())
-    images, consistency = results["metrics"]["images"], results["metrics"]["consistency"]
-    assert all(math.isfinite(images[key]) for key in ("fid", "kid_mean", "kid_std"))
-    assert all(math.isfinite(consistency[key]) for key in ("psnr", "depth_absrel", "coverage"))
-    assert consistency["scenes"] == 1 and 0 <= consistency["coverage"] <= 1
-    truth = results["metrics"]["ground_truth"]
-    assert math.isfinite(truth["psnr"]) and math.isfinite(truth["depth_absrel"])
-    assert set(results["timings_s"]) >= {"synthetic dataset", "train G_u (first view)", "evaluate"}
+    return json.loads((out / "report.json").read_text())
+
+
+def test_quick_demo_shows_every_class_and_measures_it(tmp_path, one_thread):
+    out = tmp_path / "demo"
+    results = _run(out)
+    page = (out / "report.html").read_text()
+    classes = len(CATEGORIES)
+    # each class's colour and depth grids, a held-out scene (generated and true), the first-view grid; two videos
+    assert page.count("data:image/png;base64,") == 2 * classes + 2 + 1
+    assert page.count("data:video/mp4;base64,") == 2
     scenes = sorted((out / "samples" / "scenes").glob("*.json"))
-    assert len(scenes) == 1 and len(json.loads(scenes[0].read_text())["modelviews"]) == 27
-    assert sorted(p.suffix for p in (out / "samples" / "videos").iterdir()) == [".mp4", ".mp4"]
+    labels = sorted(json.loads(p.read_text())["label"] for p in scenes)
+    assert labels == list(range(classes)) and all(len(json.loads(p.read_text())["modelviews"]) == 27 for p in scenes)
+    first, novel = results["metrics"]["first_views"], results["metrics"]["novel_views"]
+    assert 0 <= first["class_accuracy"] <= 1 and math.isfinite(first["fid"])
+    assert novel["scenes"] == 1 and 0 < novel["covered_share"] < 1 and math.isfinite(novel["psnr_all"])
+    assert results["metrics"]["sampling"]["sampler_cond"] == "dpmpp3+clip"
+    assert set(results["timings_s"]) >= {"sample 3x9 viewsets of every class", "render a fusion video"}
+
+
+def test_demo_trains_from_scratch_with_the_synth_recipe(tmp_path, one_thread):
+    out = tmp_path / "demo"
+    results = _run(out, "--train", "--steps-uncond", "2", "--steps-cond", "1")
+    assert {"train G_u (first view)", "train G_c (novel views, from G_u)"} <= set(results["timings_s"])
+    config = json.loads((out / "g_c" / "train_config.json").read_text())
+    assert config["warp_pixel_scale"] == 4.0 and config["max_steps"] == 1  # the synth_c preset, shortened
+    assert (out / "g_c" / "checkpoints" / "step_0000001" / "ema" / "model.safetensors").is_file()

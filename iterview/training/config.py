@@ -247,8 +247,6 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "tiny": TrainConfig(_tiny_model(4), **_TINY_TRAINER),
     "tiny_cond": TrainConfig(_tiny_model(10), **_TINY_TRAINER),
-    "synth_u": TrainConfig(_synth_model(4), max_steps=6000, **_SYNTH_TRAINER),
-    "synth_c": TrainConfig(
-        _synth_model(10), max_steps=4000, warp_pixel_scale=4.0, **{**_SYNTH_TRAINER, "learning_rate": 5e-4}
-    ),
+    "synth_u": TrainConfig(_synth_model(4), max_steps=2750, **_SYNTH_TRAINER),
+    "synth_c": TrainConfig(_synth_model(10), max_steps=2750, warp_pixel_scale=4.0, **_SYNTH_TRAINER),
 }
