@@ -26,6 +26,7 @@ from iterview.pipeline.multiview import MultiViewPipeline, MultiViewResult
 from iterview.pipeline.viewsets import GRID_3X9
 
 
+@torch.no_grad()
 def sample_first_views(
     pipeline: MultiViewPipeline, count: int, num_classes: int, seed: int, batch_size: int, progress: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:

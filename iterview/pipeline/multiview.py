@@ -123,6 +123,7 @@ class MultiViewPipeline:
         bar.close()
         return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
 
+    @torch.no_grad()
     def first_view(self, generators: Sequence[torch.Generator], classes: torch.Tensor | None) -> torch.Tensor:
         """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
         x_T = self.initial_noise(generators)
