@@ -27,17 +27,6 @@ class ClippedSampler(SamplerChoice):
         return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn))
 
 
-class GivenFirstView(MultiViewPipeline):
-    """The multi-view pipeline with view 0 given (B, 4, H, W) in [-1, 1] instead of sampled by G_u."""
-
-    def __init__(self, first: torch.Tensor, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.first = first
-
-    def first_view(self, generators, classes) -> torch.Tensor:
-        return self.first
-
-
 @dataclass(frozen=True)
 class DemoConfig:
     """Sizes of one demo run; the defaults take under 15 minutes on two CPU cores."""
@@ -249,8 +238,7 @@ def _true_scene_views(
     else:
         first = torch.cat([rgb[:1], linear_to_zbuffer(depth[:1], geometry.near, geometry.far)], 1) * 2 - 1
         guidance = _guidance(config)
-        pipeline = GivenFirstView(
-            first.to(device),
+        pipeline = MultiViewPipeline(
             g_u,
             g_c,
             sampler_uncond=sampler,
@@ -261,7 +249,8 @@ def _true_scene_views(
         )
         generator = torch.Generator(device).manual_seed(config.seed)
         label = torch.tensor([truth.category], device=device)
-        scene = pipeline(viewset.modelviews[None].to(device), [generator], label).scene(0, geometry)
+        result = pipeline(viewset.modelviews[None].to(device), [generator], label, first=first.to(device))
+        scene = result.scene(0, geometry)
         scene.save(path)
     scene = Scene(scene.rgbd.cpu(), scene.modelviews.cpu(), scene.fov, scene.near, scene.far)
     true_zbuffer = linear_to_zbuffer(depth, geometry.near, geometry.far)

@@ -1,13 +1,13 @@
 """Iterative multi-view generation (the paper's algorithm, official `sample_all`).
 
-View 0 comes from G_u (class + classifier-free guidance). Every further camera is rendered from ALL previous
-views by the aggregation compositor; G_c inpaints it under replacement and free-space-hull guidance; the new
-view is meshed and joins the set.
+View 0 comes from G_u (class + classifier-free guidance), or is given (a photo lifted to RGBD). Every further
+camera is rendered from ALL previous views by the aggregation compositor; G_c inpaints it under replacement and
+free-space-hull guidance; the new view is meshed and joins the set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -104,16 +104,17 @@ class MultiViewResult:
 
 
 class MultiViewPipeline:
-    """Sample views on per-instance camera paths: G_u for view 0, then G_c conditioned on the aggregation of
-    every previous view. Each instance draws all its random numbers from its own generator, so a seed gives
-    the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
+    """Sample views on per-instance camera paths: G_u for view 0 (unless given), then G_c conditioned on the
+    aggregation of every previous view. Each instance draws all its random numbers from its own generator, so a
+    seed gives the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
 
-    g_u: (B, 4, H, W) ε-model with optional classes; g_c: the 10-channel inpainting model (None for one view).
+    g_u: (B, 4, H, W) ε-model with optional classes (None when view 0 is always given); g_c: the 10-channel
+    inpainting model (None for one view).
     """
 
     def __init__(
         self,
-        g_u: nn.Module,
+        g_u: nn.Module | None,
         g_c: nn.Module | None = None,
         schedule: DiffusionSchedule | None = None,
         sampler_uncond: SamplerChoice = OFFICIAL_UNCOND,
@@ -123,11 +124,14 @@ class MultiViewPipeline:
         image_size: int | None = None,
         progress: bool = False,
     ) -> None:
-        self.g_u, self.g_c = g_u.eval(), g_c.eval() if g_c is not None else None
+        if g_u is None and g_c is None:
+            raise ValueError("a multi-view pipeline needs g_u, g_c or both")
+        self.g_u = g_u.eval() if g_u is not None else None
+        self.g_c = g_c.eval() if g_c is not None else None
         self.schedule = schedule or DiffusionSchedule.linear(1000)
         self.sampler_uncond, self.sampler_cond = sampler_uncond, sampler_cond
         self.guidance, self.geometry = guidance, geometry
-        self.image_size = image_size or g_u.image_size
+        self.image_size = image_size or (g_u if g_u is not None else g_c).image_size
         self.progress = progress
 
     @torch.no_grad()
@@ -136,24 +140,39 @@ class MultiViewPipeline:
         modelviews: torch.Tensor,
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
-        the models' device; classes: (B,) long or None."""
+        the models' device; classes: (B,) long or None; first: view 0 (B, 4, H, W) in [-1, 1] instead of a G_u
+        sample (no random number is drawn for it); callback(done_views, views) after each view."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
         if views > 1 and self.g_c is None:
             raise ValueError(f"{views} views need the conditional model g_c")
+        if first is None and self.g_u is None:
+            raise ValueError("view 0 must be given when there is no g_u")
+        if first is not None and first.shape != (batch, 4, self.image_size, self.image_size):
+            raise ValueError(
+                f"the given view 0 must be ({batch}, 4, {self.image_size}, {self.image_size}), got {tuple(first.shape)}"
+            )
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
-        x = self.first_view(generators, classes)
-        bar.update()
+
+        def done(count: int) -> None:
+            bar.update()
+            if callback is not None:
+                callback(count, views)
+
+        x = self.first_view(generators, classes) if first is None else first.to(modelviews.device)
+        done(1)
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []
         for k in range(1, views):
             cond = self.aggregate(meshes, textures, modelviews[:, k])
             x = self.next_view(cond, generators, classes)
-            bar.update()
+            done(k + 1)
             mesh, texture = self.mesh(x, modelviews[:, k])
             samples.append(x)
             meshes.append(mesh)

@@ -71,7 +71,8 @@ class Scene:
     """rgbd: (V, 4, H, W) in [-1, 1], depth channel = z-buffer for (near, far); modelviews: (V, 4, 4).
 
     known: optional (V, 1, H, W) bool, the pixels of each view that were conditioned on earlier views (the
-    aggregation mask); seed: the instance's seed.
+    aggregation mask); seed: the instance's seed; info: how the scene was made (JSON-serialisable, e.g. the
+    models and depth source of a lifted photo).
     """
 
     rgbd: torch.Tensor
@@ -82,6 +83,7 @@ class Scene:
     label: int | None = None
     seed: int | None = None
     known: torch.Tensor | None = None
+    info: dict | None = None
 
     def __post_init__(self) -> None:
         views = self.rgbd.shape[0]
@@ -134,6 +136,8 @@ class Scene:
             "seed": self.seed,
             "modelviews": self.modelviews.detach().float().cpu().tolist(),
         }
+        if self.info is not None:
+            meta["info"] = self.info
         with atomic_path(stem.with_suffix(".json")) as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
         return stem.with_suffix(".npz")
@@ -164,4 +168,5 @@ class Scene:
             label=meta.get("label"),
             seed=meta.get("seed"),
             known=known,
+            info=meta.get("info"),
         )
