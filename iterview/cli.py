@@ -21,7 +21,7 @@ app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our
 
 @app.callback()
 def main() -> None:
-    """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
+    """iterview: data preparation, training, multi-view sampling, lifting photos, rendering, export and evaluation."""
 
 
 app.command("prepare")(data_commands.prepare)
@@ -30,6 +30,7 @@ app.command("train")(train_command)
 app.command("sample")(pipeline_commands.sample)
 app.command("render")(pipeline_commands.render)
 app.command("export")(pipeline_commands.export)
+app.command("lift")(pipeline_commands.lift)
 app.command("eval")(eval_commands.evaluate)
 app.command("demo")(eval_commands.demo)
 
