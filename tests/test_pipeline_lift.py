@@ -202,6 +202,7 @@ def test_odd_photos_become_the_right_first_view(models, depth_model, tmp_path):
     assert torch.allclose(rgb["rgba"][:, :, -6:].mean((1, 2)), torch.ones(3), atol=0.02)  # over white
     assert torch.allclose(rgb["cmyk"].mean((1, 2)), torch.tensor([200, 30, 30]) / 255, atol=0.05)
     assert torch.allclose(rgb["deep"], torch.full_like(rgb["deep"], 40000 / 257 / 255), atol=0.01)
+    assert rgb["wide"][2].min() > 0.3 and rgb["wide"][2].max() < 0.7  # the centre 300 × 300 of the ramp
     wide = pad.first_view(photos["wide"])
     rows = wide.known[0].any(dim=1)
     assert torch.equal(rows, wide.known[0].all(dim=1)) and 4 <= int(rows.sum()) <= 6  # 300/1000 of 16 rows
@@ -249,6 +250,20 @@ def test_cli_batch_lifts_the_good_photos_and_reports_the_bad(models, depth_model
         scene = Scene.load(tmp_path / "out" / name / "scenes" / "scene_class002_seed00000")
         assert scene.label == 2 and len(scene) == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cmyk", "rotated"]
+    # A photo in a batch gives the scene it gives alone.
+    alone = lift_photo(
+        photos["cmyk"],
+        tmp_path / "alone",
+        models["g_c"],
+        depth_model=str(depth_model),
+        class_label=2,
+        viewset="swing:2",
+        sampler="fast",
+    )
+    for suffix in (".npz", ".json"):
+        batch = (tmp_path / "out" / "cmyk" / "scenes" / "scene_class002_seed00000").with_suffix(suffix)
+        single = (alone / "scenes" / "scene_class002_seed00000").with_suffix(suffix)
+        assert batch.read_bytes() == single.read_bytes()
 
 
 def _synth_photo(root: Path) -> tuple[Path, Path, int]:

@@ -268,7 +268,7 @@ def lift(
             guidance=guidance,
         )
         models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
-        lifter = PhotoLifter(models, settings, device)
+        lifter = PhotoLifter(models, settings, device, progress=True)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     views, failed = [], []

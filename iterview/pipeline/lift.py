@@ -34,6 +34,7 @@ from iterview.diffusion.guidance import classifier_free, replacement_guidance
 from iterview.geometry.aggregate import Conditions
 from iterview.models.adm import ADMUNet
 from iterview.models.checkpoint import load_model
+from iterview.pipeline.commands import resolve_samplers
 from iterview.pipeline.multiview import OFFICIAL_GEOMETRY, Guidance, MultiViewPipeline
 from iterview.pipeline.sampling import Instance, save_instance, scene_path
 from iterview.pipeline.viewsets import Viewset, make_viewset
@@ -184,14 +185,16 @@ def pad_input(image: Image.Image, disparity: np.ndarray, size: int) -> tuple[tor
 
 class PhotoLifter:
     """Lifts photos with loaded models: `first_view` reads and checks a photo and its depth (no sampling),
-    `lift` samples and writes its scene. The depth model is loaded once, on construction."""
+    `lift` samples and writes its scene. The depth model is loaded once, on construction; `progress` shows bars
+    for the views and the video frames."""
 
-    def __init__(self, models: LiftModels, settings: LiftSettings, device: torch.device | str = "cpu") -> None:
-        from iterview.pipeline.commands import resolve_samplers
-
+    def __init__(
+        self, models: LiftModels, settings: LiftSettings, device: torch.device | str = "cpu", progress: bool = False
+    ) -> None:
         if settings.depth_kind is not None and settings.depth_kind not in DEPTH_KINDS:
             raise ValueError(f"depth kind must be one of {', '.join(DEPTH_KINDS)}, got {settings.depth_kind!r}")
         self.models, self.settings, self.device = models, settings, torch.device(device)
+        self.progress = progress
         self.classes = class_labels(models.g_c, settings.class_label)
         if models.g_u is not None:
             class_labels(models.g_u, settings.class_label)
@@ -240,6 +243,7 @@ class PhotoLifter:
             # CFG between the null class and itself is the null class at twice the cost.
             guidance=Guidance(strength=strength),
             geometry=OFFICIAL_GEOMETRY,
+            progress=self.progress,
         )
 
     @torch.no_grad()
@@ -288,7 +292,7 @@ class PhotoLifter:
         name = f"scene_{suffix}"
         trajectory = "orbit" if self.viewset.name == "orbit" else "swing"
         scene.rgbd, scene.modelviews = scene.rgbd.to(self.device), scene.modelviews.to(self.device)
-        render_scene_video(scene, root, name, trajectory, VIDEO_FRAMES)
+        render_scene_video(scene, root, name, trajectory, VIDEO_FRAMES, progress=self.progress)
         export_scene(scene, root / "exports" / name)
         return root
 
