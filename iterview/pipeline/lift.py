@@ -107,7 +107,11 @@ def _load_checked(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: {what} model not found")
-    model = load_model(path, config, device)[0]
+    try:
+        model = load_model(path, config, device)[0]
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from None
     if model.in_channels != channels or model.out_channels != 4:
         raise ValueError(
             f"{path}: {what} must take {channels} input channels and predict 4, this model takes "
@@ -116,18 +120,18 @@ def _load_checked(
     return model
 
 
-def class_labels(model: ADMUNet, label: int | None) -> torch.Tensor | None:
+def class_labels(model: ADMUNet, label: int | None, what: str = "G_c") -> torch.Tensor | None:
     """The (1,) class tensor for `label` (None: the null class −1), or None for a model without classes."""
     if model.num_classes is None:
         if label is not None:
-            raise ValueError(f"--class {label}: this G_c has no classes")
+            raise ValueError(f"--class {label}: this {what} has no classes")
         return None
     if label is None:
         if not model.has_null_class:
-            raise ValueError(f"this G_c has {model.num_classes} classes and no null class: choose one with --class")
+            raise ValueError(f"this {what} has {model.num_classes} classes and no null class: choose one with --class")
         label = -1
     elif not 0 <= label < model.num_classes:
-        raise ValueError(f"--class {label} is outside this G_c's classes 0..{model.num_classes - 1}")
+        raise ValueError(f"--class {label} is outside this {what}'s classes 0..{model.num_classes - 1}")
     return torch.tensor([label])
 
 
@@ -197,7 +201,7 @@ class PhotoLifter:
         self.progress = progress
         self.classes = class_labels(models.g_c, settings.class_label)
         if models.g_u is not None:
-            class_labels(models.g_u, settings.class_label)
+            class_labels(models.g_u, settings.class_label, "G_u")
         self.viewset: Viewset = make_viewset(settings.viewset)
         self.sampler_uncond, self.sampler_cond = resolve_samplers(settings.sampler)
         self.estimator = None if settings.depth_model is None else _depth_estimator(settings.depth_model, device)

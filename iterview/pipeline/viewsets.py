@@ -1,6 +1,6 @@
-"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, the cameras of
-the swing video path, and custom
-files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the origin (view 0 at (0, 0, 1))."""
+"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, cameras on the
+swing video path, and custom files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the
+origin (view 0 at (0, 0, 1))."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def orbit_viewset(views: int = 16, pitch: float = 0.0, radius: float = 1.0) -> V
 def swing_viewset(views: int = 8) -> Viewset:
     """The front view, then `views` cameras on the swing video path at t = 2πk/views, generated nearest to the
     front first, so that the swing video looks only where views were generated. The grid is the 3x9 layout:
-    rows pitch −, 0, +, columns from +yaw to −yaw (empty tiles where no camera sits)."""
+    rows pitch −, 0, + (those with a camera), columns from +yaw to −yaw, empty tiles where no camera sits."""
     if views < 2:
         raise ValueError(f"a swing needs at least 2 cameras besides the front, got {views}")
     t = torch.arange(views) * (2 * math.pi / views)
@@ -89,7 +89,8 @@ def swing_viewset(views: int = 8) -> Viewset:
     for view, (y, p) in enumerate(yaw_pitch.tolist()):
         row = 1 if abs(p) < 1e-6 else (0 if p < 0 else 2)
         grid[row][columns.index(round(y, 6))] = view
-    return Viewset("swing", orbit_camera(yaw, pitch), tuple(tuple(row) for row in grid))
+    rows = tuple(tuple(row) for row in grid if max(row) >= 0)
+    return Viewset("swing", orbit_camera(yaw, pitch), rows)
 
 
 def load_cameras(path: str | Path) -> torch.Tensor:
