@@ -23,7 +23,7 @@ app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our
 
 @app.callback()
 def main() -> None:
-    """iterview: data preparation, training, multi-view sampling, rendering, export and evaluation."""
+    """iterview: data preparation, training, multi-view sampling, lifting photos, rendering, export and evaluation."""
 
 
 app.command("prepare")(data_commands.prepare)
@@ -32,6 +32,7 @@ app.command("train")(train_command)
 app.command("sample")(pipeline_commands.sample)
 app.command("render")(render_commands.render)
 app.command("export")(render_commands.export)
+app.command("lift")(pipeline_commands.lift)
 app.command("eval")(eval_commands.evaluate)
 app.command("demo")(demo.demo)
 

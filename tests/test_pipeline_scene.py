@@ -39,6 +39,9 @@ def test_scene_round_trip_is_exact_and_pickle_free(tmp_path):
     assert torch.equal(loaded.known, scene.known)
     assert (loaded.label, loaded.seed, loaded.near, loaded.far, loaded.fov) == (7, 42, 0.6, 5.0, 45.0)
     assert Scene.load(tmp_path / "scene_class007_seed00042").known is not None
+    assert loaded.info is None and "info" not in meta
+    scene.info = {"lift": {"photo": "a.jpg", "depth": {"file": "a.npz", "kind": "depth"}}}
+    assert Scene.load(scene.save(tmp_path / "with_info")).info == scene.info
 
 
 def test_scene_files_record_the_inference_geometry(tmp_path):

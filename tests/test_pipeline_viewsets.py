@@ -14,6 +14,7 @@ from iterview.pipeline.viewsets import (
     make_viewset,
     orbit_viewset,
     random_viewset,
+    swing_viewset,
     viewset_name,
 )
 
@@ -71,6 +72,25 @@ def test_orbit_covers_the_full_circle_outward_from_the_front(views):
         assert yaw[1].item() == pytest.approx(step, abs=1e-5) and yaw[2].item() == pytest.approx(-step, abs=1e-5)
     assert sorted(viewset.grid[0]) == list(range(views))
     assert torch.allclose(pitch, torch.zeros(views), atol=1e-6)
+
+
+@pytest.mark.parametrize("cameras", [2, 8, 12])
+def test_swing_samples_the_swing_video_path_nearest_first(cameras):
+    viewset = swing_viewset(cameras)
+    yaw, pitch = yaw_pitch(viewset.modelviews)
+    assert len(viewset) == cameras + 1 and yaw[0].abs() < 1e-6 and pitch[0].abs() < 1e-6
+    # Every other camera lies on the official swing (yaw 0.6·cos t, pitch 0.15·sin t) at t = 2πk / cameras.
+    t = torch.atan2(pitch[1:] / 0.15, yaw[1:] / 0.6)
+    assert torch.allclose((yaw[1:] / 0.6) ** 2 + (pitch[1:] / 0.15) ** 2, torch.ones(cameras), atol=1e-4)
+    steps = torch.round(t / (2 * math.pi / cameras)).long() % cameras
+    assert sorted(steps.tolist()) == list(range(cameras))
+    distance = yaw[1:] ** 2 + pitch[1:] ** 2
+    assert torch.all(distance[1:] >= distance[:-1] - 1e-6)
+    tiles = [i for row in viewset.grid for i in row if i >= 0]
+    middle = viewset.grid[len(viewset.grid) // 2]
+    assert sorted(tiles) == list(range(cameras + 1)) and middle[len(middle) // 2] == 0
+    assert len(viewset.grid) == (1 if cameras == 2 else 3)
+    assert make_viewset(f"swing:{cameras}").grid == viewset.grid and viewset_name("swing:8") == "swing8"
 
 
 def test_custom_camera_files(tmp_path):

@@ -46,6 +46,25 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def rgbd_tensor(rgb: Image.Image, zbuffer: Image.Image) -> torch.Tensor:
+    """An RGB image and its z-buffer image (mode F, values in [0, 1]) of the same size -> (4, H, W) in [-1, 1]."""
+    rgb_tensor = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1)
+    depth_tensor = torch.from_numpy(np.array(zbuffer, dtype=np.float32))[None]
+    return torch.cat([rgb_tensor, depth_tensor]) * 2 - 1
+
+
+def model_input(
+    image: Image.Image, disparity: np.ndarray, size: int, near: float = 0.5, far: float = 100.0
+) -> torch.Tensor:
+    """An image (RGB, or RGBA whose alpha is dropped after resizing) and its official-scale disparity (H, W) ->
+    the model's RGBD (4, size, size) in [-1, 1]: the official loader's preprocessing (see RGBDDataset)."""
+    zbuffer = Image.fromarray(disparity_to_zbuffer(disparity, near, far))
+    # Alpha goes only after the resize, as in the official loader (Pillow resamples RGBA premultiplied).
+    rgb = center_crop(resize_shorter_side(image, size, Image.Resampling.LANCZOS), size).convert("RGB")
+    depth = center_crop(resize_shorter_side(zbuffer, size, Image.Resampling.NEAREST), size)
+    return rgbd_tensor(rgb, depth)
+
+
 class RGBDDataset(Dataset):
     """Official BaseDataset with z-buffer depth (near 0.5, far 100) and normalisation to [-1, 1].
 
@@ -83,14 +102,7 @@ class RGBDDataset(Dataset):
                 f"{depth_path}: depth of {disparity.shape[0]}x{disparity.shape[1]} (HxW) does not share the aspect "
                 f"ratio of its image ({image.height}x{image.width})"
             )
-        zbuffer = Image.fromarray(disparity_to_zbuffer(disparity, self.near, self.far))
-        size = self.image_size
-        # Alpha goes only after the resize, as in the official loader (Pillow resamples RGBA premultiplied).
-        rgb = center_crop(resize_shorter_side(image, size, Image.Resampling.LANCZOS), size).convert("RGB")
-        depth = center_crop(resize_shorter_side(zbuffer, size, Image.Resampling.NEAREST), size)
-        rgb_tensor = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255).permute(2, 0, 1)
-        depth_tensor = torch.from_numpy(np.array(depth, dtype=np.float32))[None]
-        item = {"x_0": torch.cat([rgb_tensor, depth_tensor]) * 2 - 1}
+        item = {"x_0": model_input(image, disparity, self.image_size, self.near, self.far)}
         label = self.index.label_of(index)
         if label is not None:
             item["classes"] = torch.tensor(label, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""`iterview sample` (heavy imports stay inside the command)."""
+"""`iterview sample` and `iterview lift` (heavy imports stay inside the commands)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def sample(
     num_samples: Annotated[int | None, typer.Option(help="Sample seeds 0..N-1 instead of --seeds.")] = None,
     classes: Annotated[str, typer.Option(help="mod (seed mod classes), uniform, random, or ints.")] = "mod",
     viewset: Annotated[
-        str, typer.Option(help="uncond, random, 3x9, orbit, orbit:N, or a .json/.yaml camera file.")
+        str, typer.Option(help="uncond, random, 3x9, orbit, orbit:N, swing, swing:N, or a .json/.yaml camera file.")
     ] = "3x9",
     sampler: Annotated[
         str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (DPM-Solver++).")
@@ -101,3 +101,92 @@ def sample(
         progress=state.is_local_main_process,
     )
     typer.echo(f"{len(written)} new scene(s) in {root}")
+
+
+def lift(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to lift (any common format, size and aspect).")],
+    cond: Annotated[
+        str,
+        typer.Option(help="G_c: a shipped set (synth), a run, a model folder, or an official .pt (+ --config-cond)."),
+    ],
+    output: Annotated[Path, typer.Option(help="Output folder; with several photos, one sub-folder per photo.")],
+    uncond: Annotated[
+        str | None, typer.Option(help="G_u, only to inpaint the --pad padding of view 0 (default: G_c does).")
+    ] = None,
+    config_cond: Annotated[Path | None, typer.Option(help="Config of an official G_c .pt.")] = None,
+    config_uncond: Annotated[Path | None, typer.Option(help="Config of an official G_u .pt.")] = None,
+    depth_model: Annotated[
+        str | None, typer.Option(help="transformers depth model, hub id or folder (default: Intel/dpt-beit-large-512).")
+    ] = None,
+    depth: Annotated[
+        list[Path] | None, typer.Option(help="Depth file (.npz/.npy/16-bit .png) per photo, in order (repeatable).")
+    ] = None,
+    depth_kind: Annotated[
+        str | None, typer.Option(help="official, disparity or depth (default: the model's own; official for files).")
+    ] = None,
+    class_label: Annotated[int | None, typer.Option("--class", help="Class label (default: the null class).")] = None,
+    viewset: Annotated[
+        str, typer.Option(help="orbit:N, swing, swing:N, 3x9 or a .json/.yaml camera file.")
+    ] = "orbit:8",
+    pad: Annotated[
+        bool, typer.Option(help="Keep the whole photo (G_c fills the padding) instead of a centre crop.")
+    ] = False,
+    seed: int = 0,
+    sampler: Annotated[str, typer.Option(help="official (G_c DDIM-50) or fast (DPM-Solver++ 20).")] = "official",
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free strength w (with --class) [a shipped set's, else 3].")
+    ] = None,
+    cpu: Annotated[bool, typer.Option(help="Run on the CPU even when a GPU is present.")] = False,
+) -> None:
+    """Lift photos into scenes: the photo is view 0, its depth comes from a depth model or a file, and G_c
+    generates every further view; writes the scene, grids, a fusion video and PLY / GLB / NeRF exports.
+
+    Every photo is checked before any sampling; bad ones are reported and skipped, and the exit status is 1 if
+    any photo failed."""
+    import torch
+
+    from iterview.data.prepare import DEFAULT_DEPTH_MODEL
+    from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    try:
+        if depth and depth_model:
+            raise ValueError("give --depth files or --depth-model, not both")
+        if depth and len(depth) != len(photos):
+            raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
+        settings = LiftSettings(
+            depth_model=None if depth else depth_model or DEFAULT_DEPTH_MODEL,
+            depth_kind=depth_kind,
+            class_label=class_label,
+            viewset=viewset,
+            pad=pad,
+            seed=seed,
+            sampler=sampler,
+            guidance=guidance,
+        )
+        models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
+        lifter = PhotoLifter(models, settings, device, progress=True)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    views, failed = [], []
+    for photo, depth_file in zip(photos, depth or [None] * len(photos), strict=True):
+        try:
+            views.append(lifter.first_view(photo, depth_file))
+        except (ValueError, FileNotFoundError) as error:
+            failed.append(photo)
+            typer.echo(f"error: {error}", err=True)
+    names = photo_folders([view.photo for view in views])
+    for view, name in zip(views, names, strict=True):
+        root = lifter.lift(view, output if len(photos) == 1 else output / name)
+        typer.echo(f"{view.photo} -> {root}")
+    if failed:
+        typer.echo(f"{len(failed)} of {len(photos)} photo(s) failed: {', '.join(map(str, failed))}", err=True)
+        raise typer.Exit(1)
+
+
+def photo_folders(photos: list[Path]) -> list[str]:
+    """One output folder name per photo: its stem, or stem_ext where two photos share a stem."""
+    stems = [photo.stem for photo in photos]
+    return [
+        f"{photo.stem}_{photo.suffix.lstrip('.')}" if stems.count(photo.stem) > 1 else photo.stem for photo in photos
+    ]

@@ -21,6 +21,14 @@ def load_network(spec: str | Path, role: str, config: str | Path | None = None, 
     return load_model(weights_dir(resolve_model(spec, role)), config)[0].to(device)
 
 
+def inference_geometry(spec: str | Path, image_size: int) -> InferenceGeometry:
+    """The geometry for the named models: a shipped set's own, else the official one carried to image_size."""
+    settings = inference_settings(spec)
+    if "geometry" in settings:
+        return InferenceGeometry.from_dict(settings["geometry"])
+    return InferenceGeometry.for_size(image_size)
+
+
 def load_pipeline(
     uncond: str | Path | None,
     cond: str | Path | None = None,
@@ -40,12 +48,7 @@ def load_pipeline(
     strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
     g_u = load_network(uncond, "uncond", device=device) if uncond is not None else None
     g_c = load_network(cond, "cond", device=device) if cond is not None else None
-    size = (g_u if g_u is not None else g_c).image_size
-    geometry = (
-        InferenceGeometry.from_dict(settings["geometry"])
-        if "geometry" in settings
-        else InferenceGeometry.for_size(size)
-    )
+    geometry = inference_geometry(cond if cond is not None else uncond, (g_u if g_u is not None else g_c).image_size)
     return MultiViewPipeline(
         g_u, g_c, None, choice_u, choice_c, Guidance(strength=strength), geometry, progress=progress
     )

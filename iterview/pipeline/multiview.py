@@ -1,13 +1,13 @@
 """Iterative multi-view generation (the paper's algorithm, official `sample_all`).
 
-View 0 comes from G_u (class + classifier-free guidance). Every further camera is rendered from ALL previous
-views by the aggregation compositor; G_c inpaints it under replacement and free-space-hull guidance; the new
-view is meshed and joins the set.
+View 0 comes from G_u (class + classifier-free guidance), or is given (a photo lifted to RGBD). Every further
+camera is rendered from ALL previous views by the aggregation compositor; G_c inpaints it under replacement and
+free-space-hull guidance; the new view is meshed and joins the set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,9 +57,9 @@ class MultiViewResult:
 
 
 class MultiViewPipeline:
-    """Sample views on per-instance camera paths: G_u for view 0, then G_c conditioned on the aggregation of
-    every previous view. Each instance draws all its random numbers from its own generator, so a seed gives
-    the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
+    """Sample views on per-instance camera paths: G_u for view 0 (unless given), then G_c conditioned on the
+    aggregation of every previous view. Each instance draws all its random numbers from its own generator, so a
+    seed gives the same views whatever batch it runs in (up to floating-point round-off of batched kernels).
 
     g_u: (B, 4, H, W) ε-model with optional classes (None when view 0 is always given); g_c: the 10-channel
     inpainting model (None for one view).
@@ -94,10 +94,12 @@ class MultiViewPipeline:
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
         first_view: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
         the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1], view 0 given
-        instead of sampled by G_u (e.g. a real image with its depth)."""
+        instead of sampled by G_u (e.g. a real image with its depth; no random number is drawn for it);
+        callback(done_views, views) after each view."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
@@ -105,16 +107,25 @@ class MultiViewPipeline:
             raise ValueError(f"{views} views need the conditional model g_c")
         if first_view is None and self.g_u is None:
             raise ValueError("sampling view 0 needs the unconditional model g_u (or pass first_view)")
+        size = self.image_size
+        if first_view is not None and tuple(first_view.shape) != (batch, 4, size, size):
+            raise ValueError(f"the given view 0 must be ({batch}, 4, {size}, {size}), got {tuple(first_view.shape)}")
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
+
+        def done(count: int) -> None:
+            bar.update()
+            if callback is not None:
+                callback(count, views)
+
         x = self.first_view(generators, classes) if first_view is None else first_view.to(modelviews.device)
-        bar.update()
+        done(1)
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []
         for k in range(1, views):
             cond = self.aggregate(meshes, textures, modelviews[:, k])
             x = self.next_view(cond, generators, classes)
-            bar.update()
+            done(k + 1)
             mesh, texture = self.mesh(x, modelviews[:, k])
             samples.append(x)
             meshes.append(mesh)

@@ -122,9 +122,15 @@ def is_finished(root: Path, suffix: str) -> bool:
 
 
 def save_instance(
-    root: Path, result: MultiViewResult, index: int, instance: Instance, geometry: InferenceGeometry
+    root: Path,
+    result: MultiViewResult,
+    index: int,
+    instance: Instance,
+    geometry: InferenceGeometry,
+    info: dict | None = None,
 ) -> Path:
-    """Write one instance's official files, then its scene (last: it marks the instance finished)."""
+    """Write one instance's official files, then its scene (last: it marks the instance finished), recording
+    `info` in the scene."""
     sfx, name = instance.suffix, instance.viewset.name
     rgb = result.rgbd[index, :, :3] * 0.5 + 0.5
     depth = result.rgbd[index, :, 3:] * 0.5 + 0.5
@@ -143,7 +149,9 @@ def save_instance(
         cond_depth = torch.stack([torch.zeros_like(depth[0]), *(c.depth[index] for c in result.conditions)])
         save_png(make_grid(cond_rgb, grid), root / "conds" / f"rgb_cond_{sfx}.png")
         save_png(make_grid(colorize_depth(cond_depth), grid), root / "conds" / f"depth_cond_{sfx}.png")
-    return result.scene(index, geometry, instance.seed).save(scene_path(root, sfx))
+    scene = result.scene(index, geometry, instance.seed)
+    scene.info = info
+    return scene.save(scene_path(root, sfx))
 
 
 def sample_viewset(

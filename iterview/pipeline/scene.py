@@ -43,7 +43,8 @@ class Scene:
     (V, 4, 4); geometry: how the views were sampled, and so how they are meshed, rendered and measured.
 
     known: optional (V, 1, H, W) bool, the pixels of each view that were conditioned on earlier views (the
-    aggregation mask); seed: the instance's seed.
+    aggregation mask); seed: the instance's seed; info: how the scene was made (JSON-serialisable, e.g. the
+    models and depth source of a lifted photo).
     """
 
     rgbd: torch.Tensor
@@ -52,6 +53,7 @@ class Scene:
     label: int | None = None
     seed: int | None = None
     known: torch.Tensor | None = None
+    info: dict | None = None
 
     def __post_init__(self) -> None:
         views = self.rgbd.shape[0]
@@ -117,6 +119,8 @@ class Scene:
             "seed": self.seed,
             "modelviews": self.modelviews.detach().float().cpu().tolist(),
         }
+        if self.info is not None:
+            meta["info"] = self.info
         write_json(meta, stem.with_suffix(".json"))
         return stem.with_suffix(".npz")
 
@@ -144,6 +148,7 @@ class Scene:
             label=meta.get("label"),
             seed=meta.get("seed"),
             known=known,
+            info=meta.get("info"),
         )
 
 

@@ -1,5 +1,6 @@
-"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, and custom
-files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the origin (view 0 at (0, 0, 1))."""
+"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, cameras on the
+swing video path, and custom files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the
+origin (view 0 at (0, 0, 1))."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ GRID_3X9 = (
 )
 RANDOM_YAW_STD = 0.3
 RANDOM_PITCH_STD = 0.15
-NAMED_VIEWSETS = ("uncond", "random", "3x9", "orbit")
+NAMED_VIEWSETS = ("uncond", "random", "3x9", "orbit", "swing")
+# The official swing video path (render.py): yaw 0.6·cos t, pitch 0.15·sin t.
+SWING_YAW, SWING_PITCH = 0.6, 0.15
 
 
 @dataclass
@@ -68,6 +71,26 @@ def orbit_viewset(views: int = 16, pitch: float = 0.0, radius: float = 1.0) -> V
     yaw = torch.tensor(order, dtype=torch.float32) * (2 * math.pi / views)
     display = sorted(range(views), key=lambda i: -order[i])
     return Viewset("orbit", orbit_camera(yaw, torch.full_like(yaw, pitch), radius), (tuple(display),))
+
+
+def swing_viewset(views: int = 8) -> Viewset:
+    """The front view, then `views` cameras on the swing video path at t = 2πk/views, generated nearest to the
+    front first, so that the swing video looks only where views were generated. The grid is the 3x9 layout:
+    rows pitch −, 0, + (those with a camera), columns from +yaw to −yaw, empty tiles where no camera sits."""
+    if views < 2:
+        raise ValueError(f"a swing needs at least 2 cameras besides the front, got {views}")
+    t = torch.arange(views) * (2 * math.pi / views)
+    path = torch.stack([SWING_YAW * t.cos(), SWING_PITCH * t.sin()], dim=1)
+    order = sorted(range(views), key=lambda k: (float(path[k].square().sum()), k))
+    yaw_pitch = torch.cat([torch.zeros(1, 2), path[order]])
+    yaw, pitch = yaw_pitch.unbind(1)
+    columns = sorted({round(float(y), 6) for y in yaw}, reverse=True)
+    grid = [[-1] * len(columns) for _ in range(3)]
+    for view, (y, p) in enumerate(yaw_pitch.tolist()):
+        row = 1 if abs(p) < 1e-6 else (0 if p < 0 else 2)
+        grid[row][columns.index(round(y, 6))] = view
+    rows = tuple(tuple(row) for row in grid if max(row) >= 0)
+    return Viewset("swing", orbit_camera(yaw, pitch), rows)
 
 
 def load_cameras(path: str | Path) -> torch.Tensor:
@@ -127,7 +150,8 @@ def custom_viewset(path: str | Path) -> Viewset:
 
 
 def make_viewset(spec: str, generator: torch.Generator | None = None) -> Viewset:
-    """`uncond`, `random` (drawn from generator), `3x9`, `orbit` / `orbit:N` (N views), or a camera file."""
+    """`uncond`, `random` (drawn from generator), `3x9`, `orbit` / `orbit:N` (N views), `swing` / `swing:N` (the
+    front and N cameras on the swing video path), or a camera file."""
     name, _, arg = spec.partition(":")
     if name == "uncond":
         return uncond_viewset()
@@ -139,10 +163,14 @@ def make_viewset(spec: str, generator: torch.Generator | None = None) -> Viewset
         if arg and not arg.isdigit():
             raise ValueError(f"expected orbit or orbit:N with N views, got {spec!r}")
         return orbit_viewset(int(arg) if arg else 16)
+    if name == "swing":
+        if arg and not arg.isdigit():
+            raise ValueError(f"expected swing or swing:N with N cameras besides the front, got {spec!r}")
+        return swing_viewset(int(arg) if arg else 8)
     if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
         return custom_viewset(spec)
     raise ValueError(
-        f"unknown viewset {spec!r}: expected one of {', '.join(NAMED_VIEWSETS)}, orbit:N or a .json/.yaml file"
+        f"unknown viewset {spec!r}: expected one of {', '.join(NAMED_VIEWSETS)}, orbit:N, swing:N or a .json/.yaml file"
     )
 
 

@@ -17,11 +17,10 @@ from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
 from iterview.geometry.mesh import FUSION_PADDING, map_mesh
 from iterview.io import atomic_path, colorize_depth, save_png, to_uint8
 from iterview.pipeline.scene import Scene
-from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
+from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, SWING_PITCH, SWING_YAW, load_cameras
 
 TRAJECTORIES = ("swing", "orbit", "random")
 # Official render.py: 60 frames at 30 fps (the renderer's SSAA, near and far are in InferenceGeometry).
-SWING_YAW, SWING_PITCH = 0.6, 0.15
 
 
 def swing_trajectory(frames: int = 60, yaw: float = SWING_YAW, pitch: float = SWING_PITCH) -> torch.Tensor:
