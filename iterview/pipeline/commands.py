@@ -41,10 +41,6 @@ def resolve_samplers(
     return choice(name_u, steps_uncond), choice(name_c, steps_cond)
 
 
-def _fail(error: Exception) -> typer.BadParameter:
-    return typer.BadParameter(str(error))
-
-
 def sample(
     uncond: Annotated[Path, typer.Option(help="G_u: our model folder, or the official .pt (with --config-uncond).")],
     cond: Annotated[
@@ -86,41 +82,57 @@ def sample(
     """
     from accelerate import PartialState
 
+    from iterview import validate
+    from iterview.errors import UserError
+    from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.multiview import Guidance, InferenceGeometry
-    from iterview.pipeline.sampling import parse_seeds, run_name, sample_viewset
+    from iterview.pipeline.runinfo import recorded_run, run_record
+    from iterview.pipeline.sampling import check_classes, parse_seeds, run_name, sample_viewset
     from iterview.pipeline.viewsets import make_viewset
 
-    try:
-        if num_samples is not None and num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
-        seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
-        choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
-        views = len(make_viewset(viewset))
-        if views > 1 and cond is None:
-            raise ValueError(f"viewset {viewset!r} has {views} views: --cond (the G_c model) is required")
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+    for option, value in (
+        ("--num-samples", num_samples),
+        ("--steps-uncond", steps_uncond),
+        ("--steps-cond", steps_cond),
+    ):
+        validate.at_least(option, value)
+    validate.at_least("--batch-size", batch_size)
+    validate.sampling_options(guidance, fov, near, far, atol, rtol, erode_rgb)
+    seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
+    check_classes(classes, len(seed_list))
+    choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
+    views = len(make_viewset(viewset))
+    if views > 1 and cond is None:
+        raise UserError(f"viewset {viewset!r} has {views} views", "--cond", "G_c is required", "pass --cond")
+    weights_u = validate.resolve_weights(uncond, "uncond")
+    weights_c = validate.resolve_weights(cond, "cond") if views > 1 else None
+    g_u, config_u = load_model(weights_u, config_uncond)
+    g_c, config_c = load_model(weights_c, config_cond) if weights_c is not None else (None, None)
+    validate.model_pair(config_u, uncond, config_c, cond)
+    geometry = InferenceGeometry(fov=fov, near=near, far=far, atol=atol, rtol=rtol, erode_rgb=erode_rgb)
+    strength = Guidance(strength=guidance)
+    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, strength, geometry)
     state = PartialState(cpu=cpu)
-    g_u, _ = load_model(uncond, config_uncond)
-    g_c = load_model(cond, config_cond)[0].to(state.device) if views > 1 else None
     root = output_dir / run_name(viewset, choice_u, choice_c, guidance)
-    written = sample_viewset(
-        g_u.to(state.device),
-        g_c,
-        root,
-        seed_list,
-        viewset=viewset,
-        classes=classes,
-        batch_size=batch_size,
-        sampler_uncond=choice_u,
-        sampler_cond=choice_c,
-        guidance=Guidance(strength=guidance),
-        geometry=InferenceGeometry(fov=fov, near=near, far=far, atol=atol, rtol=rtol, erode_rgb=erode_rgb),
-        rank=state.process_index,
-        world_size=state.num_processes,
-        progress=state.is_local_main_process,
-    )
+    with removed_if_failed(root), recorded_run(root, record):
+        written = sample_viewset(
+            g_u.to(state.device),
+            None if g_c is None else g_c.to(state.device),
+            root,
+            seed_list,
+            viewset=viewset,
+            classes=classes,
+            batch_size=batch_size,
+            sampler_uncond=choice_u,
+            sampler_cond=choice_c,
+            guidance=strength,
+            geometry=geometry,
+            rank=state.process_index,
+            world_size=state.num_processes,
+            progress=state.is_local_main_process,
+            made_by=record,
+        )
     typer.echo(f"{len(written)} new scene(s) in {root}")
 
 
@@ -158,18 +170,18 @@ def render(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    from iterview import validate
+    from iterview.errors import BatchReport
     from iterview.pipeline.scene import Scene
-    from iterview.render.video import render_scene_video
+    from iterview.render.video import make_trajectory, render_scene_video
 
-    try:
-        root, stems = find_scenes(scenes)
-    except FileNotFoundError as error:
-        raise _fail(error) from error
-    if frames < 1 or ssaa < 1:
-        raise typer.BadParameter(f"--frames and --ssaa must be >= 1, got {frames} and {ssaa}")
+    for option, value in (("--frames", frames), ("--fps", fps), ("--ssaa", ssaa)):
+        validate.at_least(option, value)
+    make_trajectory(traj, frames, torch.Generator().manual_seed(seed))
+    root, stems = find_scenes(scenes)
     out = output_dir or root
     state = PartialState(cpu=cpu)
-    done = 0
+    report = BatchReport("some scenes could not be rendered", scenes)
     for stem in tqdm(
         stems[state.process_index :: state.num_processes], desc="scenes", disable=not state.is_local_main_process
     ):
@@ -177,12 +189,16 @@ def render(
         target = out / "results" / f"{name}.png" if traj == "random" else out / "videos" / f"{name}_depth.mp4"
         if target.exists() and not overwrite:
             continue
-        scene = Scene.load(stem)
-        scene.rgbd, scene.modelviews = scene.rgbd.to(state.device), scene.modelviews.to(state.device)
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-        render_scene_video(scene, out, name, traj, frames, fps, ssaa, generator, progress=state.is_local_main_process)
-        done += 1
-    typer.echo(f"rendered {done} scene(s) into {out}")
+
+        def job(stem=stem, name=name) -> None:
+            scene = Scene.load(stem).to(state.device)
+            generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+            progress = state.is_local_main_process
+            render_scene_video(scene, out, name, traj, frames, fps, ssaa, generator, progress=progress)
+
+        report.run(str(stem), job)
+    typer.echo(f"rendered {report.done} scene(s) into {out}")
+    report.finish()
 
 
 def export(
@@ -195,17 +211,21 @@ def export(
     rtol: float = 0.03,
 ) -> None:
     """Export scenes to a coloured point cloud and fused mesh (PLY, GLB) and a NeRF / 3DGS folder."""
+    from iterview import validate
+    from iterview.errors import BatchReport, UserError
     from iterview.pipeline.scene import Scene
     from iterview.render.export import FORMATS, export_scene
 
-    try:
-        root, stems = find_scenes(scenes)
-        formats = format or list(FORMATS)
-        if set(formats) - set(FORMATS):
-            raise ValueError(f"unknown --format {sorted(set(formats) - set(FORMATS))}: expected {', '.join(FORMATS)}")
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+    validate.number("--atol", atol, minimum=0)
+    validate.number("--rtol", rtol, minimum=0)
+    formats = format or list(FORMATS)
+    if set(formats) - set(FORMATS):
+        unknown = sorted(set(formats) - set(FORMATS))
+        raise UserError("unknown export format", "--format", f"{unknown}", f"pass some of {', '.join(FORMATS)}")
+    root, stems = find_scenes(scenes)
     out = output_dir or root / "exports"
+    report = BatchReport("some scenes could not be exported", scenes)
     for stem in stems:
-        export_scene(Scene.load(stem), out / stem.name, formats, atol, rtol)
-    typer.echo(f"exported {len(stems)} scene(s) into {out}")
+        report.run(str(stem), lambda stem=stem: export_scene(Scene.load(stem), out / stem.name, formats, atol, rtol))
+    typer.echo(f"exported {report.done} scene(s) into {out}")
+    report.finish()
