@@ -13,12 +13,24 @@ def synth(
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of scenes (one front view each).")] = 512,
     size: Annotated[int, typer.Option("--size", "-s", min=8, help="Image size in pixels.")] = 64,
     seed: Annotated[int, typer.Option(min=0, help="Image i is always the same scene for a given seed.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another dataset in OUT_DIR instead of refusing.")
+    ] = False,
 ) -> None:
-    """Write a procedural RGBD dataset: textured objects before textured backgrounds, with exact depth."""
-    from iterview.data.synth import write_synth_dataset
+    """Write a procedural RGBD dataset: textured objects before textured backgrounds, with exact depth.
 
-    root = write_synth_dataset(out_dir, count=count, image_size=size, seed=seed)
-    typer.echo(f"wrote {count} images of {size}x{size} to {root}")
+    A rerun resumes; a smaller --count keeps the larger dataset already there."""
+    from iterview.data.claims import claim_dataset
+    from iterview.data.layout import read_index
+    from iterview.data.synth import write_synth_dataset
+    from iterview.io import removed_if_failed
+
+    claim_dataset(out_dir, "synth", {"seed": seed, "image_size": size, "style": "classic"}, overwrite)
+    with removed_if_failed(out_dir):
+        root = write_synth_dataset(out_dir, count=count, image_size=size, seed=seed)
+    total = len(read_index(root).images)
+    kept = f" (kept all {total}: --count never shrinks a dataset)" if total > count else ""
+    typer.echo(f"{total} images of {size}x{size} in {root}{kept}")
 
 
 def prepare(
@@ -40,9 +52,16 @@ def prepare(
     min_size: Annotated[int, typer.Option(min=1, help="Skip images whose shorter side is below this.")] = 32,
     half: Annotated[bool, typer.Option(help="Run the model in float16 (CUDA only).")] = False,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even if a GPU is present.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace another dataset in OUT_DIR instead of refusing.")
+    ] = False,
 ) -> None:
-    """Estimate depth for a folder of images and write an RGBD training set in the official layout."""
+    """Estimate depth for a folder of images and write an RGBD training set in the official layout.
+
+    A rerun resumes; OUT_DIR may only hold a dataset prepared from the same images with the same depth source.
+    Images that cannot be used are skipped with their reason, and the command then exits with code 2."""
     from iterview.data.prepare import REPORT_FILE, prepare_dataset
+    from iterview.errors import BatchFailed
 
     report = prepare_dataset(
         images_dir,
@@ -55,6 +74,7 @@ def prepare(
         min_size=min_size,
         half=half,
         cpu=cpu,
+        overwrite=overwrite,
     )
     if report is None:  # not the main process of an `accelerate launch` run
         return
@@ -72,3 +92,4 @@ def prepare(
             table.add_row(record["image"], record["reason"])
         console.print(table)
         console.print(f"all reasons: {out_dir / REPORT_FILE}")
+        raise BatchFailed("some images were skipped", images_dir, len(report.skipped), report.total)

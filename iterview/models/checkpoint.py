@@ -138,5 +138,8 @@ def load_model(
         config = ADMConfig.from_json(config)
     state_dict = read_state_dict(path)
     model = build_model(config, device="meta")
-    load_weights(model, state_dict)
+    try:
+        load_weights(model, state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return model.to(device).eval(), config
