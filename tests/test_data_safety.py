@@ -79,7 +79,8 @@ def test_prepare_killed_then_rerun_completes_without_loss_or_duplicates(tmp_path
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:03d}.png")
         np.save(depths / f"{i:03d}.npy", rng.uniform(1, 9, (32, 32)).astype(np.float32))
     out = tmp_path / "out"
-    args = ["prepare", str(images), str(out), "--depth-from", str(depths), "--depth-kind", "depth", "--num-workers", "0"]
+    args = ["prepare", str(images), str(out), "--depth-from", str(depths), "--depth-kind", "depth"]
+    args += ["--num-workers", "0"]
     _kill_when([sys.executable, "-m", "iterview", *args], lambda: len(list(out.glob("depths/*.npz"))) >= 5)
     assert not (out / INDEX_FILE).exists()
     result = CliRunner().invoke(app, args)
@@ -128,7 +129,8 @@ def test_prepare_skips_nan_and_non_positive_depth_with_the_reason(tmp_path):
         Image.fromarray(np.full((32, 32, 3), 99, np.uint8)).save(images / f"{name}.png")
         np.save(depths / f"{name}.npy", depth.astype(np.float32))
     out = tmp_path / "out"
-    args = ["prepare", str(images), str(out), "--depth-from", str(depths), "--depth-kind", "depth", "--num-workers", "0"]
+    args = ["prepare", str(images), str(out), "--depth-from", str(depths), "--depth-kind", "depth"]
+    args += ["--num-workers", "0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "2 of 3 failed" in result.output
     report = {r["image"]: r["reason"] for r in json.loads((out / "prepare_report.json").read_text())["skipped"]}
@@ -181,7 +183,7 @@ def test_an_unreachable_hub_fails_fast(monkeypatch):
         raise OSError("not cached" if local_files_only else "network attempted")
 
     start = time.monotonic()
-    with pytest.raises(UserError, match="neither cached nor reachable.*--depth-model"):
+    with pytest.raises(UserError, match=r"neither cached nor reachable.*--depth-model"):
         load_pretrained(load, "some/model", "--depth-model")
     assert time.monotonic() - start < 10
 
