@@ -172,6 +172,11 @@ def test_batches_go_on_past_bad_scenes(tmp_path):
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--format", "ply"])
     assert result.exit_code == 2 and "1 of 2 failed" in result.output and "scene_seed00000" in result.output
     assert (tmp_path / "run" / "exports" / "scene_seed00001").is_dir()
+    args = ["eval", "--scenes", str(tmp_path / "run" / "scenes"), "--neighbours", "2", "--cpu"]
+    result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "metrics.json")])
+    assert result.exit_code == 2 and "1 of 2 failed" in result.output and "scene_seed00000" in result.output
+    consistency = json.loads((tmp_path / "metrics.json").read_text())["consistency"]
+    assert consistency["scenes"] == 1 and consistency["skipped"] == 1
 
 
 def test_an_unreachable_hub_fails_fast(monkeypatch):
@@ -193,3 +198,21 @@ def test_failed_runs_leave_no_empty_folders(tmp_path):
         (folder / "c").mkdir(parents=True)
         raise RuntimeError
     assert not (tmp_path / "a").exists()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    from iterview.training.state import TrainState, save_checkpoint
+
+    model, config = _tiny(4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long)).mean().backward()
+    optimizer.step()
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(
+            tmp_path, TrainState(step=1), model, model, config, optimizer, {"cpu": torch.zeros(1, 8)}, {}
+        )
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes

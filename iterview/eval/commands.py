@@ -112,11 +112,19 @@ def evaluate(
             kid_subset_size=kid_subset_size,
             neighbours=neighbours,
             device="cpu" if cpu else None,
+            on_bad_scene=lambda path, error: typer.echo(f"error: {path}: {error}", err=True),
         )
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
     print_metrics(metrics)
     _write(metrics, output)
+    skipped = metrics.get("consistency", {}).get("skipped", 0)
+    if skipped:
+        from iterview.errors import BatchFailed
+
+        raise BatchFailed(
+            "some scenes could not be evaluated", scenes, skipped, metrics["consistency"]["scenes"] + skipped
+        )
 
 
 def _write(metrics: dict, output: Path | None) -> None:

@@ -50,9 +50,11 @@ def evaluate_samples(
     neighbours: int = 4,
     device: torch.device | str | None = None,
     progress: bool = True,
+    on_bad_scene=None,
 ) -> dict[str, dict]:
     """Image metrics of `fake` against `real` (or cached `real_stats`) and consistency of the scenes under
-    `scenes`; either part may be absent. Returns {"images": {...}, "consistency": {...}}."""
+    `scenes`; either part may be absent. Returns {"images": {...}, "consistency": {...}}. on_bad_scene: see
+    `folder_consistency`."""
     from iterview.eval.consistency import folder_consistency
     from iterview.eval.fid import extract_features, generated_images, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
@@ -71,7 +73,7 @@ def evaluate_samples(
         features = extract_features(model, generated, batch_size, workers, progress, desc="generated images")
         metrics["images"] = image_metrics(features, reference, kid_subsets, kid_subset_size)
     if scenes is not None:
-        metrics["consistency"] = folder_consistency(scenes, neighbours, device, progress)
+        metrics["consistency"] = folder_consistency(scenes, neighbours, device, progress, on_bad_scene)
     return metrics
 
 
