@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+FID_DIMENSIONS = 2048  # Inception pool features: fewer images than this give singular covariances
+
 
 def evaluate(
     fake: Annotated[
@@ -118,6 +120,14 @@ def evaluate(
         raise typer.BadParameter(str(error)) from error
     print_metrics(metrics)
     _write(metrics, output)
+    counts = metrics.get("images", {})
+    few = min(counts.get("num_real", FID_DIMENSIONS), counts.get("num_fake", FID_DIMENSIONS))
+    if few < FID_DIMENSIONS:
+        typer.echo(
+            f"warning: FID from {counts['num_real']} real and {counts['num_fake']} generated images: fewer than the "
+            f"{FID_DIMENSIONS} feature dimensions, so the covariances are singular and FID is biased; use thousands",
+            err=True,
+        )
     skipped = metrics.get("consistency", {}).get("skipped", 0)
     if skipped:
         from iterview.errors import BatchFailed
