@@ -8,7 +8,7 @@ whose `scenes/scene_<suffix>.json` exists is finished and skipped when the run i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerCh
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.io import colorize_depth, make_grid, save_png
 from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline, MultiViewResult
+from iterview.pipeline.runinfo import scene_is_complete
 from iterview.pipeline.viewsets import Viewset, make_viewset, viewset_name
 
 SUBFOLDERS = ("grids", "conds", "results", "scenes")
@@ -122,9 +123,15 @@ def is_finished(root: Path, suffix: str) -> bool:
 
 
 def save_instance(
-    root: Path, result: MultiViewResult, index: int, instance: Instance, geometry: InferenceGeometry
+    root: Path,
+    result: MultiViewResult,
+    index: int,
+    instance: Instance,
+    geometry: InferenceGeometry,
+    made_by: dict | None = None,
 ) -> Path:
-    """Write one instance's official files, then its scene (last: it marks the instance finished)."""
+    """Write one instance's official files, then its scene (last: it marks the instance finished), which
+    records `made_by` (the run's record)."""
     sfx, name = instance.suffix, instance.viewset.name
     rgb = result.rgbd[index, :, :3] * 0.5 + 0.5
     depth = result.rgbd[index, :, 3:] * 0.5 + 0.5
@@ -143,7 +150,8 @@ def save_instance(
         cond_depth = torch.stack([torch.zeros_like(depth[0]), *(c.depth[index] for c in result.conditions)])
         save_png(make_grid(cond_rgb, grid), root / "conds" / f"rgb_cond_{sfx}.png")
         save_png(make_grid(colorize_depth(cond_depth), grid), root / "conds" / f"depth_cond_{sfx}.png")
-    return result.scene(index, geometry, instance.seed).save(scene_path(root, sfx))
+    scene = replace(result.scene(index, geometry, instance.seed), made_by=made_by)
+    return scene.save(scene_path(root, sfx))
 
 
 def sample_viewset(
@@ -161,11 +169,13 @@ def sample_viewset(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    made_by: dict | None = None,
 ) -> list[Path]:
     """Sample every seed on `viewset` into output_dir (the run folder) and return the scenes written.
 
     Process `rank` of `world_size` takes seeds[rank::world_size]; finished instances are skipped, so a killed
-    run resumes where it stopped. Models must already be on the device to sample on.
+    run resumes where it stopped. With `made_by` (the run's record, see `runinfo`), every scene records it and
+    a finished instance must be whole and made by it. Models must already be on the device to sample on.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -185,13 +195,18 @@ def sample_viewset(
         labels = None if num_classes is None else torch.tensor([inst.label for inst in batch], device=device)
         result = pipeline(modelviews, [inst.generator for inst in batch], labels)
         for index, instance in enumerate(batch):
-            written.append(save_instance(root, result, index, instance, geometry))
+            written.append(save_instance(root, result, index, instance, geometry, made_by))
             bar.update()
 
     batch: list[Instance] = []
     for index, seed in mine:
         instance = make_instance(seed, index, classes, num_classes, viewset, device)
-        if is_finished(root, instance.suffix):
+        done = (
+            is_finished(root, instance.suffix)
+            if made_by is None
+            else scene_is_complete(scene_path(root, instance.suffix), made_by)
+        )
+        if done:
             bar.update()
             continue
         batch.append(instance)
