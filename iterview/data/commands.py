@@ -59,15 +59,15 @@ def synth(
 
 def _claim_synth(root: Path, seed: int, size: int, style: str, overwrite: bool, option: str = "OUT_DIR") -> None:
     """Claim root for a synth dataset of (seed, size, style): the style is part of what the set is."""
-    from iterview.data.claims import claim_dataset
+    from iterview.claims import claim_dataset
 
     claim_dataset(root, "synth", {"seed": seed, "image_size": size, "style": style}, overwrite, option)
 
 
 def _synth_benchmark(out_dir: Path, overwrite: bool) -> None:
     """`synth --preset bench`: the benchmark recipe into out_dir, each split claimed with the recipe's style."""
+    from iterview.claims import folder_owner
     from iterview.data.benchmark import BENCHMARK, RECIPE_FILE, write_benchmark
-    from iterview.data.claims import folder_owner
     from iterview.errors import UserError
     from iterview.io import removed_if_failed
 

@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from iterview.data.claims import claim_dataset, write_record
+from iterview.claims import claim_dataset, write_record
 from iterview.data.datasets import DISPARITY_SCALE
 from iterview.data.images import ImageReadError, is_plain_rgb, load_image
 from iterview.data.layout import (

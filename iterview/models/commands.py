@@ -26,8 +26,8 @@ def convert(
     """Convert an official ADM checkpoint, checking every key and shape, into our checkpoint directory."""
     from dataclasses import replace
 
+    from iterview.claims import claim_model_dir
     from iterview.config import ADMConfig
-    from iterview.data.claims import claim_model_dir
     from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model, save_model
 
