@@ -6,6 +6,7 @@ import typer
 
 from iterview import demo
 from iterview.data import commands as data_commands
+from iterview.errors import DEBUG_KEY, ErrorBoundary
 from iterview.eval import commands as eval_commands
 from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
@@ -16,14 +17,21 @@ app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=ErrorBoundary,
 )
 
 app.command(help="Convert an official ivid checkpoint (.pt + JSON config) to our safetensors format.")(convert)
 
 
 @app.callback()
-def main() -> None:
-    """iterview: data preparation, training, multi-view sampling, lifting photos, rendering, export and evaluation."""
+def main(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of every error (or ITERVIEW_DEBUG=1)."),
+) -> None:
+    """iterview: data preparation, training, multi-view sampling, lifting photos, rendering, export and evaluation.
+
+    Bad input, a missing file or mismatched models end with one line `error: ...` and exit code 2."""
+    ctx.meta[DEBUG_KEY] = debug
 
 
 app.command("prepare")(data_commands.prepare)

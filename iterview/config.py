@@ -9,6 +9,7 @@ import yaml
 
 OFFICIAL_BACKBONE = "AdmUnet2d"
 CONFIG_VERSION = 1
+_POSITIVE_INTS = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "num_groups")
 
 
 @dataclass
@@ -34,6 +35,14 @@ class ADMConfig:
     conv_resample: bool = True
 
     def __post_init__(self) -> None:
+        for name in _POSITIVE_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, found {value!r}")
+        for name in ("attention_resolutions", "channel_mult"):
+            values = getattr(self, name)
+            if not isinstance(values, list | tuple) or not all(isinstance(v, int) for v in values):
+                raise ValueError(f"{name} must be a list of integers, found {values!r}")
         self.attention_resolutions = [int(r) for r in self.attention_resolutions]
         self.channel_mult = [int(m) for m in self.channel_mult]
         # The official configs write `num_heads: null` next to num_head_channels, which then decides the heads.
@@ -85,7 +94,10 @@ class ADMConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> ADMConfig:
         """Read any of the forms `from_dict` accepts from a JSON (or YAML) file."""
-        return cls.from_dict(read_mapping(path, "ADM config"))
+        try:
+            return cls.from_dict(read_mapping(path, "ADM config"))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"ADM config {path}: {error}") from None
 
     def to_dict(self) -> dict:
         """Plain constructor arguments, JSON-serialisable; `from_dict(to_dict())` round-trips."""

@@ -42,6 +42,7 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
+
 def write_json(data: object, path: str | Path, indent: int = 1) -> Path:
     """Atomically write data as JSON; returns path."""
     with atomic_path(path) as tmp:
@@ -94,3 +95,28 @@ def make_grid(images: torch.Tensor, layout: Sequence[Sequence[int]]) -> torch.Te
     blank = torch.zeros_like(images[0])
     rows = [torch.cat([images[i] if i >= 0 else blank for i in row], dim=-1) for row in layout]
     return torch.cat(rows, dim=-2)
+
+
+@contextmanager
+def removed_if_failed(folder: str | Path) -> Iterator[Path]:
+    """Yield folder; if the block raises, delete the folders it created that are still empty, so a failed run
+    leaves no empty output folders behind (folders that existed before are never touched)."""
+    folder = Path(folder)
+    top = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        top = candidate
+    try:
+        yield folder
+    except BaseException:
+        if top is not None and top.is_dir():
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                _remove_if_empty(path)
+            _remove_if_empty(top)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()

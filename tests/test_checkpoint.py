@@ -196,5 +196,12 @@ def test_convert_command_writes_our_format(reference, tmp_path):
     assert "use_fp16=True" in result.output
     model, config = load_model(tmp_path / "out")
     assert config.use_fp16 and model.state_dict()["input_blocks.0.0.weight"].dtype == torch.float16
-    bad = CliRunner().invoke(app, ["convert", str(reference / "adm_small_cond" / "checkpoint.pt"), *args[2:]])
-    assert bad.exit_code == 2 and "input_blocks.0.0.weight" in bad.output
+    cond = str(reference / "adm_small_cond" / "checkpoint.pt")
+    bad = CliRunner().invoke(app, ["convert", cond, *args[2:-1], str(tmp_path / "other")])
+    assert bad.exit_code == 2 and "input_blocks.0.0.weight" in bad.output and not (tmp_path / "other").exists()
+    weights = (tmp_path / "out" / "model.safetensors").read_bytes()
+    again = CliRunner().invoke(app, args)  # never silently replaces a model
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == weights
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert not load_model(tmp_path / "out")[1].use_fp16

@@ -339,9 +339,9 @@ def test_prepare_command_with_user_depth(tmp_path):
             "0",
         ],
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the good image is written, the bad one reported, then exit 2
     assert "2 images: 1 written, 0 already done, 1 skipped" in result.output
-    assert "too small" in result.output
+    assert "too small" in result.output and "1 of 2 failed" in result.output
     np.testing.assert_allclose(load_depth(tmp_path / "out/depths/x.npz"), 9000.0)
 
 

@@ -166,3 +166,27 @@ def test_synth_command(tmp_path):
     dataset = RGBDDataset(tmp_path / "out", image_size=16)
     assert len(dataset) == 3 and dataset[2]["x_0"].shape == (4, 16, 16)
     assert json.loads((tmp_path / "out" / "synth.json").read_text())["seed"] == 4
+
+
+def test_synth_preset_bench_claims_its_splits_with_the_recipe_style(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import iterview.data.benchmark as benchmark
+
+    tiny = replace(benchmark.BENCHMARK, image_size=16, train_count=3, heldout_count=2, truth_scenes=1)
+    monkeypatch.setattr(benchmark, "BENCHMARK", tiny)
+    out = tmp_path / "bench"
+    for _ in range(2):  # a rerun resumes
+        result = CliRunner().invoke(app, ["synth", str(out), "--preset", "bench"])
+        assert result.exit_code == 0, result.output
+    assert benchmark.read_recipe(out) == tiny and benchmark.truth_path(out, 0).is_file()
+    assert json.loads((out / "train" / "synth.json").read_text())["style"] == "bench"
+    classic = CliRunner().invoke(app, ["synth", str(out / "train"), "--count", "3", "--size", "16"])
+    assert classic.exit_code == 2 and "style" in classic.output
+    fixed = CliRunner().invoke(app, ["synth", str(tmp_path / "b2"), "--preset", "bench", "--count", "3"])
+    assert fixed.exit_code == 2 and "--count" in fixed.output and not (tmp_path / "b2").exists()
+    unknown = CliRunner().invoke(app, ["synth", str(tmp_path / "b3"), "--preset", "huge"])
+    assert unknown.exit_code == 2 and "--preset" in unknown.output
+    CliRunner().invoke(app, ["synth", str(tmp_path / "plain"), "--count", "2", "--size", "16"])
+    other = CliRunner().invoke(app, ["synth", str(tmp_path / "plain"), "--preset", "bench"])
+    assert other.exit_code == 2 and "synth" in other.output and not (tmp_path / "plain" / "train").exists()

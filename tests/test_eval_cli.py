@@ -32,6 +32,7 @@ def test_eval_writes_image_metrics_and_reuses_the_real_cache(tmp_path):
     assert metrics["num_fake"] == 2 and metrics["num_real"] == 2
     assert np.isfinite(metrics["fid"]) and metrics["fid"] > 0 and np.isfinite(metrics["kid_mean"])
     assert "FID" in result.output and stats.is_file()
+    assert "warning: FID from 2 real and 2 generated images" in result.output
 
     (tmp_path / "real" / "0.png").unlink()  # the cache is used: the real folder is no longer read
     again = CliRunner().invoke(app, [*args, "--seed", "1"])

@@ -187,7 +187,7 @@ def test_train_command_runs_resumes_and_refuses_to_overwrite(synth, tmp_path):
     assert Image.open(out / "samples" / "step_0000002.png").size == (3 * 16, 2 * 16)  # RGB row, depth row
 
     again = CliRunner().invoke(app, args + settings)
-    assert again.exit_code == 1 and "already holds checkpoints" in again.output
+    assert again.exit_code == 2 and "already holds checkpoints" in again.output
 
     # --resume alone reuses the run's saved config; here it trains one more step
     more = CliRunner().invoke(app, ["train", "--output", str(out), "--resume", "--set", "max_steps=3", "--no-progress"])
@@ -204,4 +204,4 @@ def test_bad_inputs_raise_clear_errors(synth, tmp_path):
     with pytest.raises(ValueError, match="too few for batch_size 64"):
         trainer.train(small_config(synth, batch_size=64), tmp_path / "c")
     result = CliRunner().invoke(app, ["train", "--preset", "huge", "--output", str(tmp_path / "d")])
-    assert result.exit_code == 1 and "unknown preset 'huge'" in result.output
+    assert result.exit_code == 2 and "unknown preset 'huge'" in result.output

@@ -115,8 +115,37 @@ def read_index(root: str | Path) -> DatasetIndex:
 
 
 def write_index(root: str | Path, index: DatasetIndex) -> Path:
-    """Write root/dataset.json atomically."""
-    return write_json(index.to_json(), Path(root) / INDEX_FILE)
+    """Write root/dataset.json atomically, merged with the index already there: its entries whose files still
+    exist are kept (in their order), the new ones appended, so no rerun ever shrinks a dataset. Labels must
+    agree with the existing ones (a relabelled class would silently change what trained models mean)."""
+    root = Path(root)
+    path = root / INDEX_FILE
+    if path.is_file():
+        index = merge_indexes(read_index(root), index, root)
+    return write_json(index.to_json(), path)
+
+
+def merge_indexes(old: DatasetIndex, new: DatasetIndex, root: Path) -> DatasetIndex:
+    """old's entries whose image and depth exist under root, then new's entries not in old; merged labels."""
+    pairs = {image: depth for image, depth in zip(old.images, old.depths, strict=True)}
+    pairs = {i: d for i, d in pairs.items() if (root / i).is_file() and (root / d).is_file()}
+    if pairs and (old.labels is None) != (new.labels is None):
+        raise ValueError(
+            f"{root / INDEX_FILE}: cannot merge a dataset with class folders and one without; use another folder"
+        )
+    for image, depth in zip(new.images, new.depths, strict=True):
+        pairs.setdefault(image, depth)
+    labels = new.labels if old.labels is None else dict(old.labels)
+    if old.labels is not None and new.labels is not None:
+        owner = {v: k for k, v in old.labels.items()}
+        clash = sorted(k for k, v in new.labels.items() if old.labels.get(k, v) != v or owner.get(v, k) != k)
+        if clash:
+            raise ValueError(
+                f"{root / INDEX_FILE}: the classes {clash[:5]} would get labels that the index already gives "
+                "otherwise; write the new images into another dataset folder"
+            )
+        labels.update({k: v for k, v in new.labels.items() if k not in labels})
+    return DatasetIndex(list(pairs), list(pairs.values()), labels)
 
 
 def load_depth(path: str | Path) -> np.ndarray:

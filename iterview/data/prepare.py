@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from iterview.claims import claim_dataset, write_record
 from iterview.data.datasets import DISPARITY_SCALE
 from iterview.data.images import ImageReadError, is_plain_rgb, load_image
 from iterview.data.layout import (
@@ -71,6 +72,18 @@ def to_official_disparity(values: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.nan_to_num(disparity, nan=0.0).clamp(0, _FP16_MAX)
 
 
+def depth_problem(values: torch.Tensor, kind: str) -> str | None:
+    """Why a depth or disparity map (H, W) of `kind` cannot be used, or None: NaN or infinite values, depth
+    that is not positive, or negative disparity (0 disparity is the far end, e.g. sky)."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        return f"{bad} NaN or infinite values"
+    invalid = int((values <= 0).sum()) if kind == "depth" else int((values < 0).sum())
+    if invalid:
+        return f"{invalid} {'non-positive depth' if kind == 'depth' else 'negative disparity'} values"
+    return None
+
+
 def model_depth_kind(config) -> str:
     """What a transformers depth model outputs: "official" (MiDaS/DPT), "depth" (metric) or "disparity"."""
     if getattr(config, "depth_estimation_type", None) == "metric" or config.model_type in _METRIC_MODEL_TYPES:
@@ -89,13 +102,10 @@ class DepthEstimator:
     def __init__(self, name: str, device: torch.device | str = "cpu", half: bool = False) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
-            raise FileNotFoundError(f"depth model folder not found: {name}")
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(name)
-            model = AutoModelForDepthEstimation.from_pretrained(name)
-        except OSError as error:
-            raise ValueError(f"could not load depth model {name!r} (a hub id or a local folder): {error}") from None
+        from iterview.hub import load_pretrained
+
+        self.processor = load_pretrained(AutoImageProcessor.from_pretrained, name, "--depth-model")
+        model = load_pretrained(AutoModelForDepthEstimation.from_pretrained, name, "--depth-model")
         self.device = torch.device(device)
         self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
@@ -213,7 +223,11 @@ class _SourceImages(Dataset):
             loaded.pixel_values = pixel_values_for(self.processor, image.convert("RGB"))
             return loaded
         try:
-            depth = read_user_depth(self._user_depth_file(job))
+            depth_file = self._user_depth_file(job)
+            depth = read_user_depth(depth_file)
+            problem = depth_problem(depth, self.depth_kind)
+            if problem is not None:
+                return Skipped(job, f"depth {depth_file}: {problem}")
             loaded.disparity = to_official_disparity(match_image_size(depth, size), self.depth_kind)
         except (ValueError, FileNotFoundError, OSError) as error:
             return Skipped(job, f"depth: {error}")
@@ -267,6 +281,7 @@ def prepare_dataset(
     min_size: int = 32,
     half: bool = False,
     cpu: bool = False,
+    overwrite: bool = False,
 ) -> PrepareReport | None:
     """Run the depth model (or read `depth_from`) over every image and write the official layout to out_dir.
 
@@ -285,14 +300,19 @@ def prepare_dataset(
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     state = PartialState(cpu=cpu or (several and not torch.cuda.is_available()))
     jobs, collisions, labelled = plan_jobs(images_dir)
+    source = str(depth_from.resolve()) if depth_from is not None else depth_model
+    record = {"images": str(images_dir.resolve()), "depth_source": source, "depth_kind": depth_kind}
+    claim_dataset(out_dir, "prepare", record, overwrite, clear=state.is_main_process)
+    estimator = None if depth_from is not None else DepthEstimator(depth_model, state.device, half)
+    state.wait_for_everyone()
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_partials(out_dir)
+        write_record(out_dir, "prepare", record)
     state.wait_for_everyone()
 
     pending = [job for job in jobs if not (out_dir / job.depth).is_file()]
     shard = pending[state.process_index :: state.num_processes]
-    estimator = None if depth_from is not None else DepthEstimator(depth_model, state.device, half)
     kind = depth_kind or ("official" if estimator is None else estimator.kind)
     processor = None if estimator is None else estimator.processor
     report = PrepareReport()
@@ -354,11 +374,19 @@ def _with_depth(
     """Loaded items with their disparity filled in; model inputs are batched by shape (aspect ratios vary)."""
     buckets: dict[tuple[int, ...], list[Loaded]] = defaultdict(list)
 
-    def run(batch: list[Loaded]) -> list[Loaded]:
+    def run(batch: list[Loaded]) -> list[Loaded | Skipped]:
         predictions = estimator.predict(torch.stack([b.pixel_values for b in batch]), [b.size for b in batch])
+        done: list[Loaded | Skipped] = []
         for loaded, prediction in zip(batch, predictions, strict=True):
+            # Models' small negative disparities are clamped to the far end (see to_official_disparity); only
+            # non-finite predictions are unusable.
+            bad = int((~torch.isfinite(prediction)).sum())
+            if bad:
+                done.append(Skipped(loaded.job, f"the depth model predicted {bad} NaN or infinite values"))
+                continue
             loaded.disparity = to_official_disparity(prediction, kind)
-        return batch
+            done.append(loaded)
+        return done
 
     for item in loader:
         if isinstance(item, Skipped) or item.disparity is not None:

@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 from iterview.data.datasets import DISPARITY_SCALE
 from iterview.data.layout import (
+    INDEX_FILE,
     DatasetIndex,
     depth_path_for,
+    read_index,
     save_depth,
     write_index,
 )
@@ -372,7 +374,8 @@ def write_synth_dataset(
     out_dir: str | Path, count: int, image_size: int = 64, seed: int = 0, style: str = "classic"
 ) -> Path:
     """Write `count` front views in the official ImageNet-style layout (class folders -> labels),
-    depth saved as official-scale disparity (fp16, key arr_0). Resumable."""
+    depth saved as official-scale disparity (fp16, key arr_0). Resumable; never shrinks a dataset written with a
+    larger count."""
     if count < 1 or image_size < 1:
         raise ValueError(f"count and image_size must be positive, got count={count}, image_size={image_size}")
     root = Path(out_dir)
@@ -384,6 +387,8 @@ def write_synth_dataset(
         clash = {key: previous[key] for key in ("seed", "image_size", "style") if previous.get(key) != meta[key]}
         if clash:
             raise ValueError(f"{root} already holds a synth dataset with {clash}; use another folder to change them")
+        if (root / INDEX_FILE).is_file():  # a smaller count never shrinks a finished dataset
+            count = max(count, len(read_index(root).images))
     root.mkdir(parents=True, exist_ok=True)
     remove_partials(root)
     with atomic_path(meta_path) as tmp:

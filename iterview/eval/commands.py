@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+FID_DIMENSIONS = 2048  # Inception pool features: fewer images than this give singular covariances
+
 
 def evaluate(
     fake: Annotated[
@@ -109,11 +111,27 @@ def evaluate(
             kid_subset_size=kid_subset_size,
             neighbours=neighbours,
             device="cpu" if cpu else None,
+            on_bad_scene=lambda path, error: typer.echo(f"error: {path}: {error}", err=True),
         )
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
     print_metrics(metrics)
     _write(metrics, output)
+    counts = metrics.get("images", {})
+    few = min(counts.get("num_real", FID_DIMENSIONS), counts.get("num_fake", FID_DIMENSIONS))
+    if few < FID_DIMENSIONS:
+        typer.echo(
+            f"warning: FID from {counts['num_real']} real and {counts['num_fake']} generated images: fewer than the "
+            f"{FID_DIMENSIONS} feature dimensions, so the covariances are singular and FID is biased; use thousands",
+            err=True,
+        )
+    skipped = metrics.get("consistency", {}).get("skipped", 0)
+    if skipped:
+        from iterview.errors import BatchFailed
+
+        raise BatchFailed(
+            "some scenes could not be evaluated", scenes, skipped, metrics["consistency"]["scenes"] + skipped
+        )
 
 
 def _write(metrics: dict, output: Path | None) -> None:

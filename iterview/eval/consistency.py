@@ -13,6 +13,7 @@ other.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,13 +157,28 @@ def folder_consistency(
     neighbours: int = 4,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    on_bad_scene: Callable[[Path, Exception], None] | None = None,
 ) -> dict[str, float]:
-    """Mean consistency over every scene under folder: psnr, depth_absrel, coverage and the scene count."""
-    results = []
+    """Mean consistency over every scene under folder: psnr, depth_absrel, coverage and the scene count.
+
+    A scene that cannot be read raises, or, with on_bad_scene, is passed to it and left out (counted as
+    `skipped`)."""
+    results, skipped = [], 0
     for path in tqdm(find_scenes(folder), desc="consistency", unit="scene", disable=not progress):
-        scene = Scene.load(path).to(device)
+        try:
+            scene = Scene.load(path)
+        except (ValueError, FileNotFoundError) as error:
+            if on_bad_scene is None:
+                raise
+            on_bad_scene(Path(path), error)
+            skipped += 1
+            continue
+        scene = scene.to(device)
         results.append(scene_consistency(scene, neighbours))
+    if not results:
+        raise ValueError(f"none of the {skipped} scenes under {folder} could be read")
     return {
+        **({"skipped": skipped} if skipped else {}),
         "psnr": sum(r.psnr for r in results) / len(results),
         "depth_absrel": sum(r.depth_absrel for r in results) / len(results),
         "coverage": sum(r.coverage for r in results) / len(results),

@@ -51,10 +51,11 @@ def evaluate_samples(
     device: torch.device | str | None = None,
     progress: bool = True,
     num_real: int | None = None,
+    on_bad_scene=None,
 ) -> dict[str, dict]:
     """Image metrics of `fake` against `real` (or cached `real_stats`) and consistency of the scenes under
     `scenes`; either part may be absent. num_samples / num_real: seeded subsets of the generated / real images
-    (None: all). Returns {"images": {...}, "consistency": {...}}."""
+    (None: all). Returns {"images": {...}, "consistency": {...}}. on_bad_scene: see `folder_consistency`."""
     from iterview.eval.consistency import folder_consistency
     from iterview.eval.fid import extract_features, generated_images, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
@@ -75,7 +76,7 @@ def evaluate_samples(
         features = extract_features(model, generated, batch_size, workers, progress, desc="generated images")
         metrics["images"] = image_metrics(features, reference, kid_subsets, kid_subset_size)
     if scenes is not None:
-        metrics["consistency"] = folder_consistency(scenes, neighbours, device, progress)
+        metrics["consistency"] = folder_consistency(scenes, neighbours, device, progress, on_bad_scene)
     return metrics
 
 

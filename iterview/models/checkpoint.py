@@ -139,6 +139,8 @@ def load_model(
     an ADMConfig, our config.json or an official experiment JSON). Strict; a clear error names the first
     mismatched key. The model is returned in eval mode on `device`."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model weights not found: {path} (expected a model folder or an official .pt)")
     if config is None:
         config_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
         if not config_path.is_file():
@@ -151,5 +153,8 @@ def load_model(
         config = ADMConfig.from_json(config)
     state_dict = read_state_dict(path)
     model = build_model(config, device="meta")
-    load_weights(model, state_dict)
+    try:
+        load_weights(model, state_dict)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return model.to(device).eval(), config

@@ -19,21 +19,24 @@ def convert(
         bool | None,
         typer.Option("--fp16/--fp32", help="Override the config's use_fp16 (default: keep the official layout)."),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a model already in --output instead of refusing.")
+    ] = False,
 ) -> None:
     """Convert an official ADM checkpoint, checking every key and shape, into our checkpoint directory."""
     from dataclasses import replace
 
+    from iterview.claims import claim_model_dir
     from iterview.config import ADMConfig
+    from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model, save_model
 
-    try:
-        adm_config = ADMConfig.from_json(config)
-        if fp16 is not None:
-            adm_config = replace(adm_config, use_fp16=fp16)
-        model, adm_config = load_model(checkpoint, adm_config)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2) from e
-    directory = save_model(model, adm_config, output)
+    claim_model_dir(output, overwrite)
+    adm_config = ADMConfig.from_json(config)
+    if fp16 is not None:
+        adm_config = replace(adm_config, use_fp16=fp16)
+    model, adm_config = load_model(checkpoint, adm_config)
+    with removed_if_failed(output):
+        directory = save_model(model, adm_config, output)
     parameters = sum(p.numel() for p in model.parameters())
     typer.echo(f"wrote {directory} ({parameters:,} parameters, use_fp16={adm_config.use_fp16})")

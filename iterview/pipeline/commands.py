@@ -9,10 +9,6 @@ from typing import Annotated
 import typer
 
 
-def _fail(error: Exception) -> typer.BadParameter:
-    return typer.BadParameter(str(error))
-
-
 def sample(
     uncond: Annotated[Path, typer.Option(help="G_u: our model folder, or the official .pt (with --config-uncond).")],
     cond: Annotated[
@@ -56,50 +52,62 @@ def sample(
     """
     from accelerate import PartialState
 
+    from iterview import validate
     from iterview.diffusion.presets import resolve_samplers
+    from iterview.errors import UserError
     from iterview.geometry.inference import InferenceGeometry
+    from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.multiview import Guidance
-    from iterview.pipeline.sampling import parse_seeds, run_name, sample_viewset
+    from iterview.pipeline.runinfo import recorded_run, run_record
+    from iterview.pipeline.sampling import check_classes, parse_seeds, run_name, sample_viewset
     from iterview.pipeline.viewsets import make_viewset
 
-    try:
-        if num_samples is not None and num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
-        seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
-        choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
-        views = len(make_viewset(viewset))
-        if views > 1 and cond is None:
-            raise ValueError(f"viewset {viewset!r} has {views} views: --cond (the G_c model) is required")
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
-    state = PartialState(cpu=cpu)
-    g_u, _ = load_model(uncond, config_uncond)
+    for option, value in (
+        ("--num-samples", num_samples),
+        ("--steps-uncond", steps_uncond),
+        ("--steps-cond", steps_cond),
+    ):
+        validate.at_least(option, value)
+    validate.at_least("--batch-size", batch_size)
+    validate.sampling_options(guidance, fov, near, far, atol, rtol, erode_rgb)
+    seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
+    check_classes(classes, len(seed_list))
+    choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
+    views = len(make_viewset(viewset))
+    if views > 1 and cond is None:
+        raise UserError(f"viewset {viewset!r} has {views} views", "--cond", "G_c is required", "pass --cond")
+    weights_u = validate.resolve_weights(uncond, "uncond")
+    weights_c = validate.resolve_weights(cond, "cond") if views > 1 else None
+    g_u, config_u = load_model(weights_u, config_uncond)
+    g_c, config_c = load_model(weights_c, config_cond) if weights_c is not None else (None, None)
+    validate.model_pair(config_u, uncond, config_c, cond)
     overrides = {"fov": fov, "near": near, "far": far, "atol": atol, "rtol": rtol, "erode_rgb": erode_rgb}
-    try:
-        geometry = replace(
-            InferenceGeometry.for_size(g_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
-        )
-    except ValueError as error:
-        raise _fail(error) from error
-    g_c = load_model(cond, config_cond)[0].to(state.device) if views > 1 else None
-    root = output_dir / run_name(viewset, choice_u, choice_c, guidance)
-    written = sample_viewset(
-        g_u.to(state.device),
-        g_c,
-        root,
-        seed_list,
-        viewset=viewset,
-        classes=classes,
-        batch_size=batch_size,
-        sampler_uncond=choice_u,
-        sampler_cond=choice_c,
-        guidance=Guidance(strength=guidance),
-        geometry=geometry,
-        rank=state.process_index,
-        world_size=state.num_processes,
-        progress=state.is_local_main_process,
+    geometry = replace(
+        InferenceGeometry.for_size(config_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
     )
+    strength = Guidance(strength=guidance)
+    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, strength, geometry)
+    state = PartialState(cpu=cpu)
+    root = output_dir / run_name(viewset, choice_u, choice_c, guidance)
+    with removed_if_failed(root), recorded_run(root, record):
+        written = sample_viewset(
+            g_u.to(state.device),
+            None if g_c is None else g_c.to(state.device),
+            root,
+            seed_list,
+            viewset=viewset,
+            classes=classes,
+            batch_size=batch_size,
+            sampler_uncond=choice_u,
+            sampler_cond=choice_c,
+            guidance=strength,
+            geometry=geometry,
+            rank=state.process_index,
+            world_size=state.num_processes,
+            progress=state.is_local_main_process,
+            made_by=record,
+        )
     typer.echo(f"{len(written)} new scene(s) in {root}")
 
 
@@ -149,25 +157,22 @@ def lift(
     from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    try:
-        if depth and depth_model:
-            raise ValueError("give --depth files or --depth-model, not both")
-        if depth and len(depth) != len(photos):
-            raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
-        settings = LiftSettings(
-            depth_model=None if depth else depth_model or DEFAULT_DEPTH_MODEL,
-            depth_kind=depth_kind,
-            class_label=class_label,
-            viewset=viewset,
-            pad=pad,
-            seed=seed,
-            sampler=sampler,
-            guidance=guidance,
-        )
-        models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
-        lifter = PhotoLifter(models, settings, device, progress=True)
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
+    if depth and depth_model:
+        raise ValueError("give --depth files or --depth-model, not both")
+    if depth and len(depth) != len(photos):
+        raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
+    settings = LiftSettings(
+        depth_model=None if depth else depth_model or DEFAULT_DEPTH_MODEL,
+        depth_kind=depth_kind,
+        class_label=class_label,
+        viewset=viewset,
+        pad=pad,
+        seed=seed,
+        sampler=sampler,
+        guidance=guidance,
+    )
+    models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
+    lifter = PhotoLifter(models, settings, device, progress=True)
     views, failed = [], []
     for photo, depth_file in zip(photos, depth or [None] * len(photos), strict=True):
         try:

@@ -11,14 +11,14 @@ import torch
 from iterview.diffusion.presets import SamplerChoice, resolve_samplers
 from iterview.geometry.inference import InferenceGeometry
 from iterview.models.checkpoint import load_model
-from iterview.models.shipped import inference_settings, resolve_model
+from iterview.models.shipped import inference_settings
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
-from iterview.training.state import weights_dir
+from iterview.validate import model_pair, resolve_weights
 
 
 def load_network(spec: str | Path, role: str, config: str | Path | None = None, device: str | torch.device = "cpu"):
     """One U-Net in eval mode on device; role: uncond (G_u) or cond (G_c)."""
-    return load_model(weights_dir(resolve_model(spec, role)), config)[0].to(device)
+    return load_model(resolve_weights(spec, role), config)[0].to(device)
 
 
 def inference_geometry(spec: str | Path, image_size: int) -> InferenceGeometry:
@@ -48,6 +48,8 @@ def load_pipeline(
     strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
     g_u = load_network(uncond, "uncond", device=device) if uncond is not None else None
     g_c = load_network(cond, "cond", device=device) if cond is not None else None
+    if g_u is not None:
+        model_pair(g_u, uncond, g_c, cond)
     geometry = inference_geometry(cond if cond is not None else uncond, (g_u if g_u is not None else g_c).image_size)
     return MultiViewPipeline(
         g_u, g_c, None, choice_u, choice_c, Guidance(strength=strength), geometry, progress=progress

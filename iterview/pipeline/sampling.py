@@ -8,7 +8,7 @@ whose `scenes/scene_<suffix>.json` exists is finished and skipped when the run i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerCh
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.io import colorize_depth, make_grid, save_png
 from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline, MultiViewResult
+from iterview.pipeline.runinfo import scene_is_complete
 from iterview.pipeline.viewsets import Viewset, make_viewset, viewset_name
 
 SUBFOLDERS = ("grids", "conds", "results", "scenes")
@@ -128,9 +129,10 @@ def save_instance(
     instance: Instance,
     geometry: InferenceGeometry,
     info: dict | None = None,
+    made_by: dict | None = None,
 ) -> Path:
     """Write one instance's official files, then its scene (last: it marks the instance finished), recording
-    `info` in the scene."""
+    `info` (how it was made, e.g. a lifted photo's sources) and `made_by` (the run's record) in the scene."""
     sfx, name = instance.suffix, instance.viewset.name
     rgb = result.rgbd[index, :, :3] * 0.5 + 0.5
     depth = result.rgbd[index, :, 3:] * 0.5 + 0.5
@@ -149,8 +151,7 @@ def save_instance(
         cond_depth = torch.stack([torch.zeros_like(depth[0]), *(c.depth[index] for c in result.conditions)])
         save_png(make_grid(cond_rgb, grid), root / "conds" / f"rgb_cond_{sfx}.png")
         save_png(make_grid(colorize_depth(cond_depth), grid), root / "conds" / f"depth_cond_{sfx}.png")
-    scene = result.scene(index, geometry, instance.seed)
-    scene.info = info
+    scene = replace(result.scene(index, geometry, instance.seed), info=info, made_by=made_by)
     return scene.save(scene_path(root, sfx))
 
 
@@ -169,11 +170,13 @@ def sample_viewset(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    made_by: dict | None = None,
 ) -> list[Path]:
     """Sample every seed on `viewset` into output_dir (the run folder) and return the scenes written.
 
     Process `rank` of `world_size` takes seeds[rank::world_size]; finished instances are skipped, so a killed
-    run resumes where it stopped. Models must already be on the device to sample on.
+    run resumes where it stopped. With `made_by` (the run's record, see `runinfo`), every scene records it and
+    a finished instance must be whole and made by it. Models must already be on the device to sample on.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -193,13 +196,18 @@ def sample_viewset(
         labels = None if num_classes is None else torch.tensor([inst.label for inst in batch], device=device)
         result = pipeline(modelviews, [inst.generator for inst in batch], labels)
         for index, instance in enumerate(batch):
-            written.append(save_instance(root, result, index, instance, geometry))
+            written.append(save_instance(root, result, index, instance, geometry, made_by=made_by))
             bar.update()
 
     batch: list[Instance] = []
     for index, seed in mine:
         instance = make_instance(seed, index, classes, num_classes, viewset, device)
-        if is_finished(root, instance.suffix):
+        done = (
+            is_finished(root, instance.suffix)
+            if made_by is None
+            else scene_is_complete(scene_path(root, instance.suffix), made_by)
+        )
+        if done:
             bar.update()
             continue
         batch.append(instance)

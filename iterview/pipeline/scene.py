@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from iterview.errors import npz_error, read_json
 from iterview.geometry.cameras import zbuffer_to_linear
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FUSION_PADDING, Mesh, map_mesh, rgbd_to_mesh
@@ -44,7 +44,8 @@ class Scene:
 
     known: optional (V, 1, H, W) bool, the pixels of each view that were conditioned on earlier views (the
     aggregation mask); seed: the instance's seed; info: how the scene was made (JSON-serialisable, e.g. the
-    models and depth source of a lifted photo).
+    models and depth source of a lifted photo); made_by: the record of the run that sampled it
+    (`iterview.pipeline.runinfo.run_record`).
     """
 
     rgbd: torch.Tensor
@@ -54,6 +55,7 @@ class Scene:
     seed: int | None = None
     known: torch.Tensor | None = None
     info: dict | None = None
+    made_by: dict | None = None
 
     def __post_init__(self) -> None:
         views = self.rgbd.shape[0]
@@ -121,6 +123,8 @@ class Scene:
         }
         if self.info is not None:
             meta["info"] = self.info
+        if self.made_by is not None:
+            meta["made_by"] = self.made_by
         write_json(meta, stem.with_suffix(".json"))
         return stem.with_suffix(".npz")
 
@@ -131,25 +135,34 @@ class Scene:
         for file in (stem.with_suffix(".npz"), stem.with_suffix(".json")):
             if not file.is_file():
                 raise FileNotFoundError(f"scene file not found: {file} (a scene is a .npz + .json pair)")
-        meta = json.loads(stem.with_suffix(".json").read_text())
-        if meta.get("format") != SCENE_FORMAT:
-            raise ValueError(f"{stem}.json: expected format {SCENE_FORMAT!r}, got {meta.get('format')!r}")
+        meta = read_json(stem.with_suffix(".json"), "scene file")
+        if not isinstance(meta, dict) or meta.get("format") != SCENE_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{stem}.json: expected format {SCENE_FORMAT!r}, got {found!r}")
         if meta.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"{stem}.json: unsupported scene version {meta.get('version')} (expected {SCENE_VERSION})")
-        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
-            if "rgbd" not in data:
-                raise ValueError(f"{stem}.npz: expected an 'rgbd' array, found {sorted(data.files)}")
-            rgbd = torch.from_numpy(data["rgbd"]).float()
-            known = torch.from_numpy(data["known"]) if "known" in data else None
-        return cls(
-            rgbd=rgbd,
-            modelviews=torch.tensor(meta["modelviews"], dtype=torch.float32),
-            geometry=_read_geometry(meta, stem),
-            label=meta.get("label"),
-            seed=meta.get("seed"),
-            known=known,
-            info=meta.get("info"),
-        )
+        try:
+            with np.load(stem.with_suffix(".npz"), allow_pickle=False) as data:
+                if "rgbd" not in data:
+                    raise ValueError(f"{stem}.npz: expected an 'rgbd' array, found {sorted(data.files)}")
+                rgbd = torch.from_numpy(data["rgbd"]).float()
+                known = torch.from_numpy(data["known"]) if "known" in data else None
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as error:
+            raise npz_error(stem.with_suffix(".npz"), error) from None
+        geometry = _read_geometry(meta, stem)
+        try:
+            return cls(
+                rgbd=rgbd,
+                modelviews=torch.tensor(meta["modelviews"], dtype=torch.float32),
+                geometry=geometry,
+                label=meta.get("label"),
+                seed=meta.get("seed"),
+                known=known,
+                info=meta.get("info"),
+                made_by=meta.get("made_by"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{stem}.json does not describe this scene: {type(error).__name__} {error}") from None
 
 
 def _read_geometry(meta: dict, stem: Path) -> InferenceGeometry:

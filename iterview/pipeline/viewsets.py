@@ -121,10 +121,16 @@ def _parse_camera(entry: object, where: str) -> torch.Tensor:
         unknown = set(entry) - {"yaw", "pitch", "radius"}
         if unknown or not {"yaw", "pitch"} <= set(entry):
             raise ValueError(f"{where}: expected keys yaw, pitch and optional radius, got {sorted(entry)}")
-        radius = float(entry.get("radius", 1.0))
+        try:
+            yaw, pitch = float(entry["yaw"]), float(entry["pitch"])
+            radius = float(entry.get("radius", 1.0))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: yaw, pitch and radius must be numbers, got {entry!r}") from None
+        if not all(math.isfinite(v) for v in (yaw, pitch, radius)):
+            raise ValueError(f"{where}: yaw, pitch and radius must be finite, got {entry!r}")
         if not radius > 0:
             raise ValueError(f"{where}: radius must be positive, got {radius}")
-        return orbit_camera(float(entry["yaw"]), float(entry["pitch"]), radius)
+        return orbit_camera(yaw, pitch, radius)
     try:
         matrix = torch.tensor(entry, dtype=torch.float32)
     except (TypeError, ValueError) as error:

@@ -9,10 +9,6 @@ from typing import Annotated
 import typer
 
 
-def _fail(error: Exception) -> typer.BadParameter:
-    return typer.BadParameter(str(error))
-
-
 def _run_root(path: Path) -> Path:
     """The run folder of a scene argument: the folder above `scenes/`, else the folder itself (or the file's)."""
     folder = path.parent if path.suffix in (".npz", ".json") else path
@@ -39,19 +35,19 @@ def render(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
+    from iterview import validate
+    from iterview.errors import BatchReport
     from iterview.pipeline.scene import Scene, find_scenes
-    from iterview.render.video import render_scene_video
+    from iterview.render.video import make_trajectory, render_scene_video
     from iterview.seeds import derive_seed
 
-    try:
-        root, stems = _run_root(scenes), find_scenes(scenes)
-    except FileNotFoundError as error:
-        raise _fail(error) from error
-    if frames < 1 or (ssaa is not None and ssaa < 1):
-        raise typer.BadParameter(f"--frames and --ssaa must be >= 1, got {frames} and {ssaa}")
+    for option, value in (("--frames", frames), ("--fps", fps), ("--ssaa", ssaa)):
+        validate.at_least(option, value)
+    make_trajectory(traj, frames, torch.Generator().manual_seed(seed))  # a bad camera file fails before any work
+    root, stems = _run_root(scenes), find_scenes(scenes)
     out = output_dir or root
     state = PartialState(cpu=cpu)
-    done = 0
+    report = BatchReport("some scenes could not be rendered", scenes)
     for stem in tqdm(
         stems[state.process_index :: state.num_processes], desc="scenes", disable=not state.is_local_main_process
     ):
@@ -59,13 +55,17 @@ def render(
         target = out / "results" / f"{name}.png" if traj == "random" else out / "videos" / f"{name}_depth.mp4"
         if target.exists() and not overwrite:
             continue
-        scene = Scene.load(stem).to(state.device)
-        if ssaa is not None:
-            scene.geometry = replace(scene.geometry, fusion_ssaa=ssaa)
-        generator = torch.Generator().manual_seed(derive_seed(seed, name))
-        render_scene_video(scene, out, name, traj, frames, fps, generator, progress=state.is_local_main_process)
-        done += 1
-    typer.echo(f"rendered {done} scene(s) into {out}")
+
+        def job(stem=stem, name=name) -> None:
+            scene = Scene.load(stem).to(state.device)
+            if ssaa is not None:
+                scene.geometry = replace(scene.geometry, fusion_ssaa=ssaa)
+            generator = torch.Generator().manual_seed(derive_seed(seed, name))
+            render_scene_video(scene, out, name, traj, frames, fps, generator, progress=state.is_local_main_process)
+
+        report.run(str(stem), job)
+    typer.echo(f"rendered {report.done} scene(s) into {out}")
+    report.finish()
 
 
 def export(
@@ -78,23 +78,28 @@ def export(
     rtol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
 ) -> None:
     """Export scenes to a coloured point cloud and fused mesh (PLY, GLB) and a NeRF / 3DGS folder."""
+    from iterview import validate
+    from iterview.errors import BatchReport, UserError
     from iterview.pipeline.scene import Scene, find_scenes
     from iterview.render.export import FORMATS, export_scene
 
-    try:
-        root, stems = _run_root(scenes), find_scenes(scenes)
-        formats = format or list(FORMATS)
-        if set(formats) - set(FORMATS):
-            raise ValueError(f"unknown --format {sorted(set(formats) - set(FORMATS))}: expected {', '.join(FORMATS)}")
-    except (ValueError, FileNotFoundError) as error:
-        raise _fail(error) from error
-    out = output_dir or root / "exports"
     tolerances = {k: v for k, v in (("atol", atol), ("rtol", rtol)) if v is not None}
-    for stem in stems:
+    for name, value in tolerances.items():
+        validate.number(f"--{name}", value, minimum=0)
+    formats = format or list(FORMATS)
+    if set(formats) - set(FORMATS):
+        unknown = sorted(set(formats) - set(FORMATS))
+        raise UserError("unknown export format", "--format", f"{unknown}", f"pass some of {', '.join(FORMATS)}")
+    root, stems = _run_root(scenes), find_scenes(scenes)
+    out = output_dir or root / "exports"
+    report = BatchReport("some scenes could not be exported", scenes)
+
+    def job(stem: Path) -> None:
         scene = Scene.load(stem)
-        try:
-            scene.geometry = replace(scene.geometry, **tolerances)
-        except ValueError as error:
-            raise _fail(error) from error
+        scene.geometry = replace(scene.geometry, **tolerances)
         export_scene(scene, out / stem.name, formats)
-    typer.echo(f"exported {len(stems)} scene(s) into {out}")
+
+    for stem in stems:
+        report.run(str(stem), lambda stem=stem: job(stem))
+    typer.echo(f"exported {report.done} scene(s) into {out}")
+    report.finish()

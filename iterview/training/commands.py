@@ -39,10 +39,6 @@ def train_command(
         overrides.append(f"data_dir={data}")
     if config is None and preset is None and resume:
         config = output / CONFIG_FILE
-    try:
-        train_config = load_config(config, preset, overrides)
-        weights = train(train_config, output, resume=resume, init_from=init_from, cpu=cpu, progress=progress)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    train_config = load_config(config, preset, overrides)
+    weights = train(train_config, output, resume=resume, init_from=init_from, cpu=cpu, progress=progress)
     typer.echo(f"EMA weights for sampling: {weights}")

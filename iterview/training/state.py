@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from iterview.config import ADMConfig
+from iterview.io import atomic_path
 from iterview.models.checkpoint import load_weights, read_state_dict, save_model
 
 CHECKPOINTS = "checkpoints"
@@ -101,8 +102,11 @@ def save_checkpoint(
         save_model(model, model_config, tmp / "model")
         save_model(ema, model_config, tmp / "ema")
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors", metadata={"optimizer": json.dumps(meta)})
-        save_file({k: v.contiguous().cpu() for k, v in rng.items()}, tmp / "rng.safetensors")
+        # Through atomic_path for its umask handling: safetensors itself creates files 0600.
+        with atomic_path(tmp / "optimizer.safetensors") as file:
+            save_file(tensors, file, metadata={"optimizer": json.dumps(meta)})
+        with atomic_path(tmp / "rng.safetensors") as file:
+            save_file({k: v.contiguous().cpu() for k, v in rng.items()}, file)
         (tmp / "state.json").write_text(json.dumps({**asdict(state), "config": train_config}, indent=2) + "\n")
         if final.exists():
             shutil.rmtree(final)
