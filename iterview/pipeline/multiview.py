@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from iterview.diffusion.guidance import classifier_free, inpaint_input, replacement_guidance
-from iterview.diffusion.samplers import ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
+from iterview.diffusion.samplers import Callback, ModelFn, X0Fn, ddim_sample, ddpm_sample, dpmpp_2m_sample
 from iterview.diffusion.schedule import DiffusionSchedule, Generators, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.mesh import Mesh
@@ -44,12 +44,14 @@ class SamplerChoice:
         schedule: DiffusionSchedule,
         generator: Generators = None,
         x0_fn: X0Fn | None = None,
+        callback: Callback | None = None,
     ) -> torch.Tensor:
+        kwargs = {"generator": generator, "x0_fn": x0_fn, "callback": callback}
         if self.name == "ddpm":
-            return ddpm_sample(model_fn, x_T, schedule, generator=generator, x0_fn=x0_fn)
+            return ddpm_sample(model_fn, x_T, schedule, **kwargs)
         if self.name == "ddim":
-            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, generator=generator, x0_fn=x0_fn)
-        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, generator=generator, x0_fn=x0_fn)
+            return ddim_sample(model_fn, x_T, schedule, steps=self.steps, eta=0.0, **kwargs)
+        return dpmpp_2m_sample(model_fn, x_T, schedule, steps=self.steps, **kwargs)
 
 
 OFFICIAL_UNCOND = SamplerChoice("ddpm", 1000)
@@ -136,9 +138,12 @@ class MultiViewPipeline:
         modelviews: torch.Tensor,
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
+        callback: Callback | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
-        the models' device; classes: (B,) long or None."""
+        the models' device; classes: (B,) long or None. callback gets each sampler step's dict with "view" and
+        "views" added, and once a view is finished {"view", "views", "sample": (B, 4, H, W)}; an exception it
+        raises stops sampling."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
@@ -146,14 +151,23 @@ class MultiViewPipeline:
             raise ValueError(f"{views} views need the conditional model g_c")
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
-        x = self.first_view(generators, classes)
-        bar.update()
+
+        def view_callback(view: int) -> Callback | None:
+            return None if callback is None else lambda step: callback({**step, "view": view, "views": views})
+
+        def finished(view: int, sample: torch.Tensor) -> None:
+            bar.update()
+            if callback is not None:
+                callback({"view": view, "views": views, "sample": sample})
+
+        x = self.first_view(generators, classes, view_callback(0))
+        finished(0, x)
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []
         for k in range(1, views):
             cond = self.aggregate(meshes, textures, modelviews[:, k])
-            x = self.next_view(cond, generators, classes)
-            bar.update()
+            x = self.next_view(cond, generators, classes, view_callback(k))
+            finished(k, x)
             mesh, texture = self.mesh(x, modelviews[:, k])
             samples.append(x)
             meshes.append(mesh)
@@ -162,11 +176,13 @@ class MultiViewPipeline:
         bar.close()
         return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
 
-    def first_view(self, generators: Sequence[torch.Generator], classes: torch.Tensor | None) -> torch.Tensor:
+    def first_view(
+        self, generators: Sequence[torch.Generator], classes: torch.Tensor | None, callback: Callback | None = None
+    ) -> torch.Tensor:
         """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
         x_T = self.initial_noise(generators)
         network = classifier_free(self.g_u, classes, self.guidance.strength)
-        return self.sampler_uncond.sample(network, x_T, self.schedule, generators)
+        return self.sampler_uncond.sample(network, x_T, self.schedule, generators, callback=callback)
 
     def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """x_T: (B, 4, H, W), row i drawn from generators[i]."""
@@ -194,7 +210,11 @@ class MultiViewPipeline:
         )
 
     def next_view(
-        self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
+        self,
+        cond: Conditions,
+        generators: Sequence[torch.Generator],
+        classes: torch.Tensor | None,
+        callback: Callback | None = None,
     ) -> torch.Tensor:
         """G_c inpainting of the aggregated condition with replacement / hull guidance -> (B, 4, H, W)."""
         known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
@@ -208,7 +228,7 @@ class MultiViewPipeline:
 
         w = self.guidance
         x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
-        return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn)
+        return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn, callback)
 
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""

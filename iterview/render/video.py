@@ -15,13 +15,12 @@ from iterview.geometry.aggregate import fusion_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera
 from iterview.io import atomic_path, colorize_depth, save_png, to_uint8
 from iterview.pipeline.scene import FUSION_PADDING, Scene, map_mesh
-from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, load_cameras
+from iterview.pipeline.viewsets import RANDOM_PITCH_STD, RANDOM_YAW_STD, SWING_PITCH, SWING_YAW, load_cameras
 
 TRAJECTORIES = ("swing", "orbit", "random")
 # Official render.py: AggregationRenderer(128·5, near 0.1, far 200), 60 frames at 30 fps.
 FUSION_SSAA = 5
 FUSION_NEAR, FUSION_FAR = 0.1, 200.0
-SWING_YAW, SWING_PITCH = 0.6, 0.15
 
 
 def swing_trajectory(frames: int = 60, yaw: float = SWING_YAW, pitch: float = SWING_PITCH) -> torch.Tensor:
