@@ -9,6 +9,7 @@ from iterview.eval import commands as eval_commands
 from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
 from iterview.training.commands import train_command
+from iterview.webapp.commands import app_command
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
@@ -32,6 +33,7 @@ app.command("render")(pipeline_commands.render)
 app.command("export")(pipeline_commands.export)
 app.command("eval")(eval_commands.evaluate)
 app.command("demo")(eval_commands.demo)
+app.command("app")(app_command)
 
 if __name__ == "__main__":
     app()

@@ -7,17 +7,17 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from model_support import SIZE, tiny
 from PIL import Image
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.config import ADMConfig
 from iterview.diffusion.guidance import classifier_free
 from iterview.diffusion.samplers import ddpm_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.geometry.aggregate import aggregate_conditions
 from iterview.geometry.cameras import linear_to_zbuffer
-from iterview.models.checkpoint import build_model, save_model
+from iterview.models.checkpoint import save_model
 from iterview.pipeline import sampling
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline, SamplerChoice
 from iterview.pipeline.scene import Scene
@@ -25,30 +25,7 @@ from iterview.pipeline.viewsets import GRID_3X9, grid_viewset_3x9, orbit_viewset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SIZE = 16
 FAST = SamplerChoice("dpmpp", 2)
-
-
-def tiny(in_channels: int, seed: int):
-    config = ADMConfig(
-        image_size=SIZE,
-        in_channels=in_channels,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=10,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=8,
-    )
-    torch.manual_seed(seed)
-    model = build_model(config)
-    with torch.no_grad():
-        for parameter in model.parameters():  # wake the zero-initialised layers up: outputs must depend on inputs
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model, config
 
 
 @pytest.fixture(scope="module")

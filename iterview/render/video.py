@@ -4,6 +4,7 @@ re-fused by the aggregation compositor into each trajectory camera at 5× SSAA, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +74,13 @@ def render_fusion(
     erode_rgb: int = 3,
     chunk: int = 4,
     progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> FusionFrames:
     """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes rebuilt
     with numeric padding 32, aggregation at `ssaa`× the image size, colour LANCZOS-downsampled (clipped first,
     where the official 8-bit cast wraps around). Depth is expressed with the scene's (near, far), not the
-    official video's training (0.5, 100)."""
+    official video's training (0.5, 100). callback(done, total) follows each chunk of frames; an exception it
+    raises stops rendering."""
     size = scene.rgbd.shape[-1]
     meshes, textures = scene.meshes(FUSION_PADDING, atol, rtol, erode_rgb)
     modelviews = modelviews.to(scene.rgbd.device)
@@ -96,6 +99,8 @@ def render_fusion(
                 FUSION_FAR,
             )
         )
+        if callback is not None:
+            callback(start + n, len(modelviews))
     return FusionFrames(
         torch.cat([f.color for f in frames]),
         linear_to_zbuffer(torch.cat([f.depth for f in frames]), scene.near, scene.far),
@@ -135,13 +140,14 @@ def render_scene_video(
     ssaa: int = FUSION_SSAA,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render `scene` along a trajectory: `videos/<name>.mp4` and `videos/<name>_depth.mp4` (inverted inferno,
     empty pixels black) under output_dir; the `random` trajectory writes one image `results/<name>.png`, the
-    official fusion evaluation set. Returns the files written."""
+    official fusion evaluation set. callback(done, total) follows each chunk of frames. Returns the files written."""
     output_dir = Path(output_dir)
     cameras = make_trajectory(trajectory, frames, generator)
-    fused = render_fusion(scene, cameras, ssaa=ssaa, progress=progress)
+    fused = render_fusion(scene, cameras, ssaa=ssaa, progress=progress, callback=callback)
     if trajectory == "random":
         return [save_png(fused.color[0], output_dir / "results" / f"{name}.png")]
     depth = colorize_depth(fused.depth) * fused.mask
