@@ -19,6 +19,7 @@ INTRO = (
     "One job runs at a time; later ones wait their turn."
 )
 AUTO_CLASS = "seed mod classes"
+GRID_HEIGHT, VIDEO_HEIGHT = 240, 320
 
 
 def parse_class(value: str | None) -> int | None:
@@ -97,10 +98,11 @@ def build_app(
                     cancel_generate = gr.Button("Cancel", elem_id="generate-cancel")
                 gen_status = gr.Markdown("", elem_id="generate-status")
                 gen_views = gr.Gallery(label="views, as they are sampled", columns=9, height=200, elem_id="views")
-                with gr.Row():
-                    gen_grid = gr.Image(label="colour grid", type="filepath", elem_id="grid-rgb")
-                    gen_depth = gr.Image(label="depth grid", type="filepath", elem_id="grid-depth")
-                gen_video = gr.Video(label="swing video", elem_id="scene-video", autoplay=True, loop=True)
+                gen_grid = gr.Image(label="colour grid", type="filepath", height=GRID_HEIGHT, elem_id="grid-rgb")
+                gen_depth = gr.Image(label="depth grid", type="filepath", height=GRID_HEIGHT, elem_id="grid-depth")
+                gen_video = gr.Video(
+                    label="swing video", height=VIDEO_HEIGHT, elem_id="scene-video", autoplay=True, loop=True
+                )
             with gr.Tab("Lift", id="lift"):
                 with gr.Row():
                     photo = gr.File(label="photo", file_types=["image"], elem_id="lift-photo")
@@ -118,23 +120,28 @@ def build_app(
                     cancel_lift = gr.Button("Cancel", elem_id="lift-cancel")
                 lift_status = gr.Markdown("", elem_id="lift-status")
                 lift_views = gr.Gallery(label="novel views", columns=8, height=200, elem_id="lift-views")
-                with gr.Row():
-                    lift_grid = gr.Image(label="colour grid", type="filepath", elem_id="lift-grid")
-                    lift_depth = gr.Image(label="depth grid", type="filepath", elem_id="lift-depth-grid")
-                lift_video = gr.Video(label="video", elem_id="lift-video", autoplay=True, loop=True)
+                lift_grid = gr.Image(label="colour grid", type="filepath", height=GRID_HEIGHT, elem_id="lift-grid")
+                lift_depth = gr.Image(
+                    label="depth grid", type="filepath", height=GRID_HEIGHT, elem_id="lift-depth-grid"
+                )
+                lift_video = gr.Video(
+                    label="video", height=VIDEO_HEIGHT, elem_id="lift-video", autoplay=True, loop=True
+                )
             with gr.Tab("Explore", id="explore"):
                 gr.Markdown("The last generated or lifted scene, fused from all its views.")
                 with gr.Row():
                     trajectory = gr.Radio(["swing", "orbit"], value="swing", label="camera path")
                     frames = gr.Slider(2, 120, value=render.frames, step=1, label="frames")
                     play = gr.Button("Render video", elem_id="explore-video-button")
-                explore_video = gr.Video(label="free-view video", elem_id="explore-video", autoplay=True, loop=True)
+                explore_video = gr.Video(
+                    label="free-view video", height=VIDEO_HEIGHT, elem_id="explore-video", autoplay=True, loop=True
+                )
                 with gr.Row():
                     yaw = gr.Slider(-math.pi, math.pi, value=0.3, step=0.01, label="yaw (radians)")
                     pitch = gr.Slider(-1.2, 1.2, value=0.1, step=0.01, label="pitch (radians)")
                     view = gr.Button("Render view", elem_id="explore-frame-button")
                 explore_status = gr.Markdown("", elem_id="explore-status")
-                frame = gr.Image(label="fusion frame", elem_id="explore-frame")
+                frame = gr.Image(label="fusion frame", height=VIDEO_HEIGHT, elem_id="explore-frame")
             with gr.Tab("Download", id="download"):
                 gr.Markdown(
                     "The scene file (.npz + .json), mp4 videos, PLY / GLB and the NeRF folder (transforms.json)."
