@@ -97,6 +97,10 @@ def test_generate_rejects_bad_settings_clearly(models, tmp_path):
             handlers.generate_scene(models, options, tmp_path, lambda event: None)
     with pytest.raises(ValueError, match="frames"):
         RenderSettings(frames=1)
+    with pytest.raises(ValueError, match="seed"):
+        GenerateOptions(seed=-1)
+    with pytest.raises(ValueError, match="guidance"):
+        LiftOptions(guidance=float("nan"))
 
 
 def test_explore_frame_renders_the_chosen_camera(generated):

@@ -1,4 +1,5 @@
-"""`iterview app` end to end in a real headless Chromium: generate a scene with tiny models, upload a photo to Lift.
+"""`iterview app` end to end in a real headless Chromium: generate a scene with tiny models, render a fusion frame,
+make the download zip, upload a bad file and a photo to Lift.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and the `app` extra."""
 
@@ -87,6 +88,10 @@ def element(driver, css: str, seconds: float = JOB_SECONDS):
     return WebDriverWait(driver, seconds).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def open_tab(driver, name: str) -> None:
+    driver.find_element(By.XPATH, f"//button[@role='tab' and normalize-space()='{name}']").click()
+
+
 def test_generate_and_lift_in_a_real_browser(app_url, browser, tmp_path):
     browser.get(app_url)
     element(browser, "#generate-button", 60)
@@ -98,7 +103,14 @@ def test_generate_and_lift_in_a_real_browser(app_url, browser, tmp_path):
     assert grid.get_attribute("src") and video.get_attribute("src")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#views img")) >= 1
 
-    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Lift']").click()
+    open_tab(browser, "Explore")
+    browser.find_element(By.ID, "explore-frame-button").click()
+    element(browser, "#explore-frame img")
+    open_tab(browser, "Download")
+    browser.find_element(By.ID, "bundle-button").click()
+    WebDriverWait(browser, JOB_SECONDS).until(lambda d: ".zip" in d.find_element(By.ID, "bundle").text)
+
+    open_tab(browser, "Lift")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     element(browser, "#lift-photo input[type=file]", 30).send_keys(str(text))

@@ -79,6 +79,17 @@ class GenerateOptions:
     steps: int | None = None
     guidance: float = 3.0
 
+    def __post_init__(self) -> None:
+        check_common(self.seed, self.guidance)
+
+
+def check_common(seed: int, guidance: float) -> None:
+    """Seeds name output files and guidance scales ε: both must be sane numbers."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a number >= 0, got {guidance}")
+
 
 @dataclass
 class SceneOutputs:
@@ -281,6 +292,9 @@ class LiftOptions:
     sampler: str = "official"
     guidance: float = 3.0
     pad: bool = False
+
+    def __post_init__(self) -> None:
+        check_common(self.seed, self.guidance)
 
 
 def lift_scene(

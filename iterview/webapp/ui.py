@@ -152,15 +152,10 @@ def build_app(
                 files = gr.File(label="files", file_count="multiple", elem_id="files")
 
         def on_generate(label, seed, viewset, sampler, steps, guidance, progress=tracker):
-            options = GenerateOptions(
-                seed=int(seed or 0),
-                class_label=parse_class(label),
-                viewset=viewset,
-                sampler=sampler,
-                steps=int(steps),
-                guidance=float(guidance),
-            )
-            work = partial(handlers.generate_scene, models, options, output_dir, render=render)
+            def work(report: Report) -> SceneOutputs:
+                options = GenerateOptions(int(seed or 0), parse_class(label), viewset, sampler, int(steps), guidance)
+                return handlers.generate_scene(models, options, output_dir, report, render)
+
             yield from views_stream(work, progress, "Done: the scene, its video and exports are ready.")
 
         def on_photo(path):
@@ -170,8 +165,10 @@ def build_app(
                 return None, f"**Cannot use this photo:** {error}"
 
         def on_lift(photo, depth, viewset, seed, label, sampler, guidance, pad, progress=tracker):
-            options = LiftOptions(viewset, int(seed or 0), parse_class(label), sampler, float(guidance), bool(pad))
-            work = partial(handlers.lift_scene, models, photo, depth, options, output_dir)
+            def work(report: Report) -> SceneOutputs:
+                options = LiftOptions(viewset, int(seed or 0), parse_class(label), sampler, guidance, bool(pad))
+                return handlers.lift_scene(models, photo, depth, options, output_dir, report)
+
             yield from views_stream(work, progress, "Done: the photo is lifted.")
 
         def on_explore_video(outputs, trajectory, frames, progress=tracker):
