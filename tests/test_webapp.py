@@ -103,6 +103,18 @@ def test_generate_rejects_bad_settings_clearly(models, tmp_path):
         LiftOptions(guidance=float("nan"))
 
 
+def test_cancelling_a_generation_stops_it_before_any_scene_is_written(models, tmp_path):
+    jobs = JobQueue(min_interval=0)
+    work = partial(handlers.generate_scene, models, GenerateOptions(seed=5, viewset="swing:2"), tmp_path)
+    events = jobs.run(work)
+    first = next(events)
+    assert isinstance(first, Progress) and first.message == "view 1/3: step 1/1000"  # official: DDPM-1000 first
+    assert jobs.cancel()
+    rest = list(events)
+    assert rest[-1] == Failed("cancelled") and len(rest) < 100
+    assert not list(tmp_path.rglob("*.json")) and jobs.waiting() == 0
+
+
 def test_explore_frame_renders_the_chosen_camera(generated):
     _, outputs, _ = generated
     front = handlers.explore_frame(outputs.scene, 0.0, 0.0, ssaa=1)
