@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from iterview.data.images import load_image
+from iterview.diffusion.samplers import Callback
 from iterview.geometry.cameras import orbit_camera
 from iterview.io import atomic_path, to_uint8
 from iterview.pipeline.commands import resolve_samplers
@@ -138,10 +139,10 @@ def generate_scene(
         callback = _sampling_reporter(report, step_counts)
         result = pipeline(instance.viewset.modelviews[None], [instance.generator], labels, callback)
         save_instance(root, result, 0, instance, OFFICIAL_GEOMETRY)
-    return finish_scene(stem, render, report, SAMPLING_SHARE)
+    return finish_scene(stem, render, report, SAMPLING_SHARE, models.device)
 
 
-def _sampling_reporter(report: Report, step_counts: tuple[int, int]):
+def _sampling_reporter(report: Report, step_counts: tuple[int, int]) -> Callback:
     def callback(event: dict) -> None:
         view, views = event["view"], event["views"]
         if "sample" in event:
@@ -155,11 +156,13 @@ def _sampling_reporter(report: Report, step_counts: tuple[int, int]):
     return callback
 
 
-def finish_scene(stem: Path, render: RenderSettings, report: Report, start: float = 0.0) -> SceneOutputs:
-    """Render the swing video of a saved scene and export it (PLY, GLB, NeRF folder), unless already done;
-    progress runs from `start` to 1."""
+def finish_scene(
+    stem: Path, render: RenderSettings, report: Report, start: float = 0.0, device: torch.device | str = "cpu"
+) -> SceneOutputs:
+    """Render the swing video of a saved scene on `device` and export it (PLY, GLB, NeRF folder), unless already
+    done; progress runs from `start` to 1."""
     root, name = stem.parent.parent, stem.name
-    scene = Scene.load(stem)
+    scene = load_scene(stem, device)
     video = root / "videos" / f"{name}.mp4"
     if not (root / "videos" / f"{name}_depth.mp4").is_file():
         share = (1 - start) * 0.9
@@ -182,6 +185,13 @@ def finish_scene(stem: Path, render: RenderSettings, report: Report, start: floa
         video,
         scene_files(stem),
     )
+
+
+def load_scene(stem: Path, device: torch.device | str = "cpu") -> Scene:
+    """A saved scene with its views and cameras on `device` (where it is fused)."""
+    scene = Scene.load(stem)
+    scene.rgbd, scene.modelviews = scene.rgbd.to(device), scene.modelviews.to(device)
+    return scene
 
 
 def scene_files(stem: Path) -> list[Path]:
@@ -216,8 +226,7 @@ def explore_frame(stem: Path, yaw: float, pitch: float, ssaa: int = FUSION_SSAA,
         raise ValueError(f"yaw must be in [-π, π] radians, got {yaw}")
     if not (math.isfinite(pitch) and abs(pitch) < math.pi / 2):
         raise ValueError(f"pitch must be in (-π/2, π/2) radians, got {pitch}")
-    scene = Scene.load(stem)
-    scene.rgbd, scene.modelviews = scene.rgbd.to(device), scene.modelviews.to(device)
+    scene = load_scene(stem, device)
     camera = orbit_camera(torch.tensor([float(yaw)]), torch.tensor([float(pitch)]))
     with uncovered_cameras_explained():
         return to_uint8(render_fusion(scene, camera, ssaa=ssaa).color[0])
@@ -241,8 +250,7 @@ def explore_video(
     if frames < 2 or ssaa < 1:
         raise ValueError(f"a video needs at least 2 frames and SSAA >= 1, got {frames} and {ssaa}")
     stem = Path(stem)
-    scene = Scene.load(stem)
-    scene.rgbd, scene.modelviews = scene.rgbd.to(device), scene.modelviews.to(device)
+    scene = load_scene(stem, device)
 
     def on_frames(done: int, total: int) -> None:
         report(Progress(done / total, f"{trajectory}: frame {done}/{total}"))
