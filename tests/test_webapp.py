@@ -313,6 +313,20 @@ def test_leaving_a_job_early_stops_it():
     assert list(jobs.run(lambda report: 7)) == [Done(7)]
 
 
+def test_a_job_nobody_reads_any_more_still_frees_the_queue():
+    jobs = JobQueue(min_interval=0)
+
+    def short(report):
+        report(Progress(0.5, "working"))
+        time.sleep(0.2)
+        return 1
+
+    abandoned = jobs.run(short)
+    assert next(abandoned) == Progress(0.5, "working")
+    assert list(jobs.run(lambda report: 2, poll=0.05))[-1] == Done(2)
+    assert jobs.waiting() == 0
+
+
 def test_app_command_rejects_bad_models_without_a_traceback(tmp_path):
     result = CliRunner().invoke(app, ["app", "--uncond", str(tmp_path / "missing"), "--output-dir", str(tmp_path)])
     assert result.exit_code != 0 and "Traceback" not in result.output

@@ -71,27 +71,31 @@ class JobQueue:
 
     def run(self, work: Callable[[Report], Any], poll: float = 0.5) -> Iterator[Event]:
         """Queue `work`, then yield its progress (at most one event per min_interval, except those with an image)
-        and finally Done(result) or Failed(message). Closing the iterator early cancels the job or its turn."""
+        and finally Done(result) or Failed(message). Closing the iterator early cancels the job or its turn; the
+        worker thread frees the turn when the job ends, so the queue moves on even if nobody reads the events."""
         turn = object()
         with self._changed:
             self._turns.append(turn)
         cancel = threading.Event()
-        worker: threading.Thread | None = None
+        started = False
         try:
             while (ahead := self._jobs_ahead(turn, cancel, poll)) > 0:
                 yield Progress(0.0, f"queued: {ahead} job(s) ahead")
             events: queue.Queue[Event] = queue.Queue()
-            worker = threading.Thread(target=self._work, args=(work, events, cancel), daemon=True)
-            worker.start()
+            threading.Thread(target=self._work, args=(work, events, cancel, turn), daemon=True).start()
+            started = True
             yield from self._relay(events)
         finally:
             cancel.set()
-            if worker is not None:
-                worker.join()
-            with self._changed:
-                self._cancel = None if self._turns and self._turns[0] is turn else self._cancel
-                self._turns.remove(turn)
-                self._changed.notify_all()
+            if not started:
+                self._release(turn)
+
+    def _release(self, turn: object) -> None:
+        with self._changed:
+            if self._turns[0] is turn:
+                self._cancel = None
+            self._turns.remove(turn)
+            self._changed.notify_all()
 
     def _jobs_ahead(self, turn: object, cancel: threading.Event, poll: float) -> int:
         """Wait up to `poll` seconds for this turn; 0 once it has come (and the job is then the running one)."""
@@ -115,19 +119,24 @@ class JobQueue:
                 last = now
                 yield event
 
-    @staticmethod
-    def _work(work: Callable[[Report], Any], events: queue.Queue[Event], cancel: threading.Event) -> None:
+    def _work(
+        self, work: Callable[[Report], Any], events: queue.Queue[Event], cancel: threading.Event, turn: object
+    ) -> None:
         def report(progress: Progress) -> None:
             if cancel.is_set():
                 raise Cancelled
             events.put(progress)
 
+        outcome: Event = Failed("stopped")
         try:
-            events.put(Done(work(report)))
+            outcome = Done(work(report))
         except Cancelled:
-            events.put(Failed("cancelled"))
+            outcome = Failed("cancelled")
         except (ValueError, FileNotFoundError) as error:
-            events.put(Failed(str(error)))
+            outcome = Failed(str(error))
         except Exception as error:  # the page gets one line; the console keeps the traceback
             log.exception("job failed")
-            events.put(Failed(f"failed: {type(error).__name__}: {error}"))
+            outcome = Failed(f"failed: {type(error).__name__}: {error}")
+        finally:
+            self._release(turn)
+            events.put(outcome)
