@@ -23,8 +23,8 @@ from iterview.pipeline.multiview import MultiViewPipeline, SamplerChoice
 class ClippedSampler(SamplerChoice):
     """A sampler that clips the predicted x0 to [-1, 1] before any guidance, for models trained for minutes."""
 
-    def sample(self, model_fn, x_T, schedule, generator=None, x0_fn=None) -> torch.Tensor:
-        return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn))
+    def sample(self, model_fn, x_T, schedule, generator=None, x0_fn=None, callback=None) -> torch.Tensor:
+        return super().sample(model_fn, x_T, schedule, generator, clip_denoised(x0_fn), callback)
 
 
 class GivenFirstView(MultiViewPipeline):
@@ -34,7 +34,7 @@ class GivenFirstView(MultiViewPipeline):
         super().__init__(*args, **kwargs)
         self.first = first
 
-    def first_view(self, generators, classes) -> torch.Tensor:
+    def first_view(self, generators, classes, callback=None) -> torch.Tensor:
         return self.first
 
 
