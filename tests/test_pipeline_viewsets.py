@@ -14,8 +14,10 @@ from iterview.pipeline.viewsets import (
     make_viewset,
     orbit_viewset,
     random_viewset,
+    swing_viewset,
     viewset_name,
 )
+from iterview.render.video import swing_trajectory
 
 
 def yaw_pitch(modelviews):
@@ -73,6 +75,20 @@ def test_orbit_covers_the_full_circle_outward_from_the_front(views):
     assert torch.allclose(pitch, torch.zeros(views), atol=1e-6)
 
 
+@pytest.mark.parametrize("views", [1, 4, 8])
+def test_swing_is_the_front_then_the_video_path_nearest_first(views):
+    viewset = make_viewset(f"swing:{views}")
+    assert len(viewset) == views + 1 and viewset.name == "swing"
+    assert torch.allclose(viewset.modelviews[0], orbit_camera(0.0, 0.0), atol=1e-6)
+    # The official video path at t = 2πk/views (its last frame repeats the first).
+    path = swing_trajectory(views + 1)[:views]
+    shown = viewset.modelviews[list(viewset.grid[0][1:])]
+    assert viewset.grid[0][0] == 0 and torch.allclose(shown, path, atol=1e-5)
+    yaw, _ = yaw_pitch(viewset.modelviews[1:])
+    assert (yaw.abs().diff() >= -1e-5).all()
+    assert len(swing_viewset()) == 9
+
+
 def test_custom_camera_files(tmp_path):
     matrix = orbit_camera(0.2, -0.1, 1.5)
     (tmp_path / "cams.json").write_text(
@@ -113,5 +129,7 @@ def test_unknown_viewsets_and_missing_files():
         make_viewset("4x4")
     with pytest.raises(ValueError, match="orbit:N"):
         make_viewset("orbit:x")
+    with pytest.raises(ValueError, match="swing:N"):
+        make_viewset("swing:-1")
     with pytest.raises(FileNotFoundError, match="camera file"):
         make_viewset("missing.yaml")

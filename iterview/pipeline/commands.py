@@ -29,7 +29,7 @@ def sample(
     num_samples: Annotated[int | None, typer.Option(help="Sample seeds 0..N-1 instead of --seeds.")] = None,
     classes: Annotated[str, typer.Option(help="mod (seed mod classes), uniform, random, or ints.")] = "mod",
     viewset: Annotated[
-        str, typer.Option(help="uncond, random, 3x9, orbit, orbit:N, or a .json/.yaml camera file.")
+        str, typer.Option(help="uncond, random, 3x9, orbit, orbit:N, swing, swing:N, or a .json/.yaml camera file.")
     ] = "3x9",
     sampler: Annotated[
         str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (DPM-Solver++).")

@@ -1,5 +1,6 @@
-"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, and custom
-files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the origin (view 0 at (0, 0, 1))."""
+"""Camera sets for multi-view sampling: the official `uncond`, `random` and `3x9`, a 360° orbit, the swing of
+the official videos, and custom files of (yaw, pitch, radius) or 4×4 world->camera matrices. Cameras orbit the
+origin (view 0 at (0, 0, 1))."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ GRID_3X9 = (
 )
 RANDOM_YAW_STD = 0.3
 RANDOM_PITCH_STD = 0.15
-NAMED_VIEWSETS = ("uncond", "random", "3x9", "orbit")
+# Official render.py video path: yaw = 0.6·cos t, pitch = 0.15·sin t.
+SWING_YAW, SWING_PITCH = 0.6, 0.15
+NAMED_VIEWSETS = ("uncond", "random", "3x9", "orbit", "swing")
 
 
 @dataclass
@@ -68,6 +71,21 @@ def orbit_viewset(views: int = 16, pitch: float = 0.0, radius: float = 1.0) -> V
     yaw = torch.tensor(order, dtype=torch.float32) * (2 * math.pi / views)
     display = sorted(range(views), key=lambda i: -order[i])
     return Viewset("orbit", orbit_camera(yaw, torch.full_like(yaw, pitch), radius), (tuple(display),))
+
+
+def swing_viewset(views: int = 8) -> Viewset:
+    """The front camera, then `views` cameras evenly spaced on the swing path (yaw = 0.6·cos t, pitch = 0.15·sin t,
+    t = 2πk/views), generated nearest to the front first; the grid shows the front, then the path in order of t.
+    The path never crosses the front, so every swing camera sees the views before it."""
+    if views < 1:
+        raise ValueError(f"a swing needs at least 1 camera besides the front, got {views}")
+    t = torch.arange(views) * (2 * math.pi / views)
+    yaw, pitch = SWING_YAW * t.cos(), SWING_PITCH * t.sin()
+    order = sorted(range(views), key=lambda i: (round(float(yaw[i].abs()), 6), float(pitch[i].abs()), i))
+    yaws = torch.cat([torch.zeros(1), yaw[order]])
+    pitches = torch.cat([torch.zeros(1), pitch[order]])
+    display = (0, *(1 + order.index(i) for i in range(views)))
+    return Viewset("swing", orbit_camera(yaws, pitches), (display,))
 
 
 def load_cameras(path: str | Path) -> torch.Tensor:
@@ -127,7 +145,8 @@ def custom_viewset(path: str | Path) -> Viewset:
 
 
 def make_viewset(spec: str, generator: torch.Generator | None = None) -> Viewset:
-    """`uncond`, `random` (drawn from generator), `3x9`, `orbit` / `orbit:N` (N views), or a camera file."""
+    """`uncond`, `random` (drawn from generator), `3x9`, `orbit` / `orbit:N` (N views), `swing` / `swing:N` (the
+    front + N swing cameras), or a camera file."""
     name, _, arg = spec.partition(":")
     if name == "uncond":
         return uncond_viewset()
@@ -135,14 +154,14 @@ def make_viewset(spec: str, generator: torch.Generator | None = None) -> Viewset
         return random_viewset(generator)
     if name == "3x9":
         return grid_viewset_3x9()
-    if name == "orbit":
+    if name in ("orbit", "swing"):
         if arg and not arg.isdigit():
-            raise ValueError(f"expected orbit or orbit:N with N views, got {spec!r}")
-        return orbit_viewset(int(arg) if arg else 16)
+            raise ValueError(f"expected {name} or {name}:N with N views, got {spec!r}")
+        return orbit_viewset(int(arg) if arg else 16) if name == "orbit" else swing_viewset(int(arg) if arg else 8)
     if Path(spec).suffix.lower() in (".json", ".yaml", ".yml"):
         return custom_viewset(spec)
     raise ValueError(
-        f"unknown viewset {spec!r}: expected one of {', '.join(NAMED_VIEWSETS)}, orbit:N or a .json/.yaml file"
+        f"unknown viewset {spec!r}: expected one of {', '.join(NAMED_VIEWSETS)}, orbit:N, swing:N or a .json/.yaml file"
     )
 
 
