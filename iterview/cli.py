@@ -12,6 +12,7 @@ from iterview.models.commands import convert
 from iterview.pipeline import commands as pipeline_commands
 from iterview.render import commands as render_commands
 from iterview.training.commands import train_command
+from iterview.webapp.commands import app_command
 
 app = typer.Typer(
     help="3D-aware image generation with 2D diffusion models.",
@@ -43,6 +44,7 @@ app.command("export")(render_commands.export)
 app.command("lift")(pipeline_commands.lift)
 app.command("eval")(eval_commands.evaluate)
 app.command("demo")(demo.demo)
+app.command("app")(app_command)
 
 if __name__ == "__main__":
     app()

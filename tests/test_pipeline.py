@@ -149,6 +149,27 @@ def test_a_seed_gives_the_same_scene_whatever_its_batch(models):
     assert (pair.rgbd[:1] - alone.rgbd).abs().max() > 0.1 * scale  # different seeds, different scenes
 
 
+def test_callback_reports_every_step_and_view_and_can_stop_sampling(models):
+    g_u, g_c = models
+    pipeline = MultiViewPipeline(g_u, g_c, sampler_uncond=FAST, sampler_cond=SamplerChoice("ddim", 3))
+    cameras = grid_viewset_3x9().modelviews[:3].expand(1, 3, 4, 4)
+    events = []
+    result = pipeline(cameras, [torch.Generator().manual_seed(0)], torch.tensor([1]), callback=events.append)
+    steps = [(e["view"], e["i"]) for e in events if "sample" not in e]
+    assert steps == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    finished = [e for e in events if "sample" in e]
+    assert [e["view"] for e in finished] == [0, 1, 2] and all(e["views"] == 3 for e in events)
+    for e in finished:
+        assert torch.equal(e["sample"], result.rgbd[:, e["view"]])
+
+    def stop_at_view_1(event):
+        if event["view"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline(cameras, [torch.Generator().manual_seed(0)], torch.tensor([1]), callback=stop_at_view_1)
+
+
 def test_render_and_export_a_sampled_scene(run_3x9, tmp_path):
     root, _ = run_3x9
     result = CliRunner().invoke(

@@ -275,7 +275,11 @@ class PhotoLifter:
         if not known.all():
             first = fill_unknown(pipeline, first, known, [generator], classes)
         modelviews = self.viewset.modelviews[None].to(self.device)
-        result = pipeline(modelviews, [generator], classes, first_view=first, callback=callback)
+        def finished(event: dict) -> None:  # the pipeline reports sampler steps and finished views
+            if callback is not None and "sample" in event:
+                callback(event["view"] + 1, event["views"])
+
+        result = pipeline(modelviews, [generator], classes, first_view=first, callback=finished)
         label = None if classes is None or classes[0] < 0 else int(classes[0])
         instance = Instance(self.settings.seed, label, self.viewset, generator)
         save_instance(root, result, 0, instance, self.geometry, self.record(view))

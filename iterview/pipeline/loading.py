@@ -38,16 +38,19 @@ def load_pipeline(
     guidance: float | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    config_uncond: str | Path | None = None,
+    config_cond: str | Path | None = None,
 ) -> MultiViewPipeline:
     """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
-    clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength."""
+    clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength;
+    config_uncond / config_cond: the configs of official `.pt` checkpoints."""
     settings = inference_settings(cond if cond is not None else uncond)
     choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
     clip = bool(settings.get("clip_denoised", False))
     choice_u, choice_c = (replace(choice, clip=clip) for choice in choices)
     strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
-    g_u = load_network(uncond, "uncond", device=device) if uncond is not None else None
-    g_c = load_network(cond, "cond", device=device) if cond is not None else None
+    g_u = load_network(uncond, "uncond", config_uncond, device) if uncond is not None else None
+    g_c = load_network(cond, "cond", config_cond, device) if cond is not None else None
     if g_u is not None:
         model_pair(g_u, uncond, g_c, cond)
     geometry = inference_geometry(cond if cond is not None else uncond, (g_u if g_u is not None else g_c).image_size)

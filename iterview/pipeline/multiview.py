@@ -7,7 +7,7 @@ free-space-hull guidance; the new view is meshed and joins the set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from iterview.diffusion.guidance import classifier_free, inpaint_model, replacement_guidance
 from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.samplers import Callback
 from iterview.diffusion.schedule import DiffusionSchedule, randn
 from iterview.geometry.aggregate import Conditions, aggregate_conditions
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
@@ -94,12 +95,13 @@ class MultiViewPipeline:
         generators: Sequence[torch.Generator],
         classes: torch.Tensor | None = None,
         first_view: torch.Tensor | None = None,
-        callback: Callable[[int, int], None] | None = None,
+        callback: Callback | None = None,
     ) -> MultiViewResult:
         """modelviews: (B, V, 4, 4) world->camera per instance, view 0 first; generators: one per instance, on
         the models' device; classes: (B,) long or None; first_view: (B, 4, H, W) in [-1, 1], view 0 given
-        instead of sampled by G_u (e.g. a real image with its depth; no random number is drawn for it);
-        callback(done_views, views) after each view."""
+        instead of sampled by G_u (e.g. a real image with its depth). callback gets each sampler step's dict
+        with "view" and "views" added, and once a view is finished {"view", "views", "sample": (B, 4, H, W)}
+        (a given first view counts as finished); an exception it raises stops sampling."""
         batch, views = modelviews.shape[:2]
         if len(generators) != batch:
             raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
@@ -113,19 +115,25 @@ class MultiViewPipeline:
         modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
 
-        def done(count: int) -> None:
+        def view_callback(view: int) -> Callback | None:
+            return None if callback is None else lambda step: callback({**step, "view": view, "views": views})
+
+        def finished(view: int, sample: torch.Tensor) -> None:
             bar.update()
             if callback is not None:
-                callback(count, views)
+                callback({"view": view, "views": views, "sample": sample})
 
-        x = self.first_view(generators, classes) if first_view is None else first_view.to(modelviews.device)
-        done(1)
+        if first_view is None:
+            x = self.first_view(generators, classes, view_callback(0))
+        else:
+            x = first_view.to(modelviews.device)
+        finished(0, x)
         mesh, texture = self.mesh(x, modelviews[:, 0])
         samples, meshes, textures, conditions = [x], [mesh], [texture], []
         for k in range(1, views):
             cond = self.aggregate(meshes, textures, modelviews[:, k])
-            x = self.next_view(cond, generators, classes)
-            done(k + 1)
+            x = self.next_view(cond, generators, classes, view_callback(k))
+            finished(k, x)
             mesh, texture = self.mesh(x, modelviews[:, k])
             samples.append(x)
             meshes.append(mesh)
@@ -135,11 +143,13 @@ class MultiViewPipeline:
         return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
 
     @torch.no_grad()
-    def first_view(self, generators: Sequence[torch.Generator], classes: torch.Tensor | None) -> torch.Tensor:
+    def first_view(
+        self, generators: Sequence[torch.Generator], classes: torch.Tensor | None, callback: Callback | None = None
+    ) -> torch.Tensor:
         """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
         x_T = self.initial_noise(generators)
         network = classifier_free(self.g_u, classes, self.guidance.strength)
-        return self.sampler_uncond.sample(network, x_T, self.schedule, generators)
+        return self.sampler_uncond.sample(network, x_T, self.schedule, generators, callback=callback)
 
     def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """x_T: (B, 4, H, W), row i drawn from generators[i]."""
@@ -154,7 +164,11 @@ class MultiViewPipeline:
         return aggregate_conditions(meshes, textures, modelview, self.image_size, self.geometry, allow_blind=True)
 
     def next_view(
-        self, cond: Conditions, generators: Sequence[torch.Generator], classes: torch.Tensor | None
+        self,
+        cond: Conditions,
+        generators: Sequence[torch.Generator],
+        classes: torch.Tensor | None,
+        callback: Callback | None = None,
     ) -> torch.Tensor:
         """G_c inpainting of the aggregated condition with replacement / hull guidance -> (B, 4, H, W)."""
         known = torch.cat([cond.color, cond.depth], dim=1) * 2 - 1
@@ -164,7 +178,7 @@ class MultiViewPipeline:
         # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
         model_fn = inpaint_model(self.g_c, known, cond.mask, cond.mask_rgb, classes, w.strength, generators)
         x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
-        return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn)
+        return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn, callback)
 
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""

@@ -5,6 +5,7 @@ re-fused by the aggregation compositor into each trajectory camera at the scene 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,13 @@ def render_fusion(
     chunk: int = 4,
     progress: bool = False,
     size: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> FusionFrames:
     """Fuse all views of `scene` into cameras modelviews (F, 4, 4), as the official video renderer: meshes rebuilt
     with numeric padding 32 and the scene's geometry, aggregation at its fusion_ssaa× the image size, colour
     LANCZOS-downsampled (clipped first, where the official 8-bit cast wraps around). Depth is expressed with the
-    scene's (near, far), not the official video's training (0.5, 100). `size`: frame size (default: the scene's)."""
+    scene's (near, far), not the official video's training (0.5, 100). `size`: frame size (default: the scene's).
+    callback(done, total) follows each chunk of frames; an exception it raises stops rendering."""
     size = size or scene.rgbd.shape[-1]
     meshes, textures = scene.meshes(FUSION_PADDING)
     modelviews = modelviews.to(scene.rgbd.device)
@@ -91,6 +94,8 @@ def render_fusion(
                 scene.geometry,
             )
         )
+        if callback is not None:
+            callback(start + n, len(modelviews))
     return FusionFrames(
         torch.cat([f.color for f in frames]),
         linear_to_zbuffer(torch.cat([f.depth for f in frames]), scene.near, scene.far),
@@ -130,13 +135,14 @@ def render_scene_video(
     generator: torch.Generator | None = None,
     progress: bool = False,
     size: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
     """Render `scene` along a trajectory: `videos/<name>.mp4` and `videos/<name>_depth.mp4` (inverted inferno,
     empty pixels black) under output_dir; the `random` trajectory writes one image `results/<name>.png`, the
-    official fusion evaluation set. Returns the files written."""
+    official fusion evaluation set. callback(done, total) follows each chunk of frames. Returns the files written."""
     output_dir = Path(output_dir)
     cameras = make_trajectory(trajectory, frames, generator)
-    fused = render_fusion(scene, cameras, progress=progress, size=size)
+    fused = render_fusion(scene, cameras, progress=progress, size=size, callback=callback)
     if trajectory == "random":
         return [save_png(fused.color[0], output_dir / "results" / f"{name}.png")]
     depth = colorize_depth(fused.depth) * fused.mask
