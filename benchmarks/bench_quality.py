@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from iterview.data.benchmark import BENCHMARK, write_benchmark
 from iterview.eval.benchmark import run_benchmark
 from iterview.pipeline.loading import load_pipeline
 
@@ -33,9 +36,11 @@ SETTINGS = {
 }
 
 
-def evaluations(sampler: str, steps_uncond: int | None, steps_cond: int | None, guidance: float) -> dict[str, int]:
+def evaluations(
+    models: str, sampler: str, steps_uncond: int | None, steps_cond: int | None, guidance: float
+) -> dict[str, int]:
     """U-Net image evaluations per 3x9 instance (a classifier-free pair counts two)."""
-    pipeline = load_pipeline("synth", "synth", sampler, steps_uncond, steps_cond)
+    pipeline = load_pipeline(models, models, sampler, steps_uncond, steps_cond)
     cfg = 2 if guidance > 0 else 1
     uncond = pipeline.sampler_uncond.steps * cfg
     cond = pipeline.sampler_cond.steps * cfg * 26
@@ -63,7 +68,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     )
     seconds = time.perf_counter() - start
     guidance = (metrics.get("cond") or metrics["uncond"])["guidance"]
-    record = {"setting": name, **evaluations(sampler, steps_u, steps_c, guidance), "total_s": round(seconds, 1)}
+    counts = evaluations(args.models, sampler, steps_u, steps_c, guidance)
+    record = {"setting": name, **counts, "total_s": round(seconds, 1)}
     if "cond" in metrics:
         record |= {k: metrics["cond"][k] for k in ("psnr_all", "depth_absrel_all", "reprojection_psnr")}
         record["cond_s_per_instance"] = metrics["cond"]["seconds_per_scene"]
@@ -102,17 +108,22 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bench", type=Path, required=True, help="a benchmark folder (iterview synth --preset bench)")
+    parser.add_argument("--bench", type=Path, help="a benchmark folder (iterview synth --preset bench)")
     parser.add_argument("--models", default="synth")
     parser.add_argument("--settings", default="official_cond,fast20,fast10,ddim10")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--scenes", type=int, default=20)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
-    parser.add_argument("--quick", action="store_true", help="seconds: few images, 1 scene, 3 steps")
+    parser.add_argument("--quick", action="store_true", help="seconds: one setting, 16 images, 1 scene, 3 steps")
     args = parser.parse_args()
-    if args.quick:
-        args.images, args.scenes, args.batch = 16, 1, 16
+    if args.quick:  # a miniature benchmark of the same recipe unless one is given
+        args.images, args.scenes, args.batch, args.settings = 16, 1, 16, "fast20"
+        if args.bench is None:
+            tiny = replace(BENCHMARK, train_count=16, heldout_count=16, truth_scenes=1)
+            args.bench = write_benchmark(Path(tempfile.mkdtemp(prefix="bench_quality_")) / "bench", tiny)
+    if args.bench is None:
+        parser.error("--bench is required (a folder written by `iterview synth DIR --preset bench`)")
     torch.manual_seed(0)
     records = []
     for name in args.settings.split(","):

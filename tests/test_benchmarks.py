@@ -18,8 +18,10 @@ EXPECTED_KEYS = {
     "bench_demo.py": {"bench", "mode", "total_s", "stages_s", "within_budget"},
     "bench_mesh.py": {"benchmark", "official_cpu_ms_per_mesh", "ours_cpu_b1_ms_per_mesh", "speedup_cpu_b16"},
     "bench_pipeline.py": {"bench", "official", "fast", "speedup"},
+    "bench_quality.py": {"bench", "setting", "evals_instance", "fid", "class_accuracy", "psnr_all", "depth_absrel_all"},
     "bench_sampler.py": {"bench", "official", "ours", "speedup_vs_ddpm1000", "cfg_step_seconds"},
     "bench_train.py": {"bench", "images_per_s", "speedup_vs_official_fp32"},
+    "bench_unet.py": {"bench", "official_b1_per_s", "sdpa_b16_ratio", "sdpa+channels_last_b16_max_abs_error"},
     "bench_warp.py": {
         "benchmark",
         "cpu_warps_per_s_b1",

@@ -17,6 +17,7 @@ from iterview.geometry.aggregate import (
 )
 from iterview.geometry.cameras import linear_to_zbuffer, look_at, orbit_camera, zbuffer_to_linear
 from iterview.geometry.imageops import depth_edge, erode
+from iterview.geometry.inference import InferenceGeometry
 from iterview.geometry.mesh import depth_to_mesh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,7 +102,7 @@ def test_fusion_render_matches_official(warping, fov):
     raw = {name: to_image(warping[f"fusion_raw_{name}"]) for name in ("color", "depth", "mask_color", "mask_depth")}
     assert_agrees(render.mask_color, raw["mask_color"], render.color, raw["color"])
     assert_agrees(render.mask_depth, raw["mask_depth"], depth=zbuffer(render.depth), ref_depth=zbuffer(raw["depth"]))
-    frame = fusion_render(meshes, textures, modelview, size, ssaa=ssaa)
+    frame = fusion_render(meshes, textures, modelview, size, InferenceGeometry(fusion_ssaa=ssaa))
     assert frame.color.shape == (1, 3, size, size) and frame.depth.shape == frame.mask.shape == (1, 1, size, size)
     torch.testing.assert_close(frame.depth, render.depth[..., ssaa // 2 :: ssaa, ssaa // 2 :: ssaa])
 

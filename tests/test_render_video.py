@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from iterview.data.synth import random_scene
 from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera
 from iterview.geometry.imageops import lanczos_downsample
+from iterview.geometry.inference import InferenceGeometry
 from iterview.pipeline.scene import Scene
 from iterview.render.video import make_trajectory, orbit_trajectory, random_camera, render_fusion, swing_trajectory
 
@@ -55,10 +56,11 @@ def test_fusion_render_matches_the_official_video_renderer(reference):
     data = load_file(str(reference / "warping" / "warping.safetensors"))
     views = indices(data, r"infer_rgbd(\d+)")
     rgbd = torch.stack([data[f"infer_rgbd{i}"] for i in views]).permute(0, 3, 1, 2) * 2 - 1
-    scene = Scene(rgbd, torch.stack([data[f"source{i}_modelview"] for i in views]))
     size, raw_size = rgbd.shape[-1], size_of(data, "fusion_raw_color")
     ssaa = raw_size // size
-    fused = render_fusion(scene, data["fusion_modelview"][None], ssaa=ssaa)
+    cameras = torch.stack([data[f"source{i}_modelview"] for i in views])
+    scene = Scene(rgbd, cameras, geometry=InferenceGeometry(fusion_ssaa=ssaa))
+    fused = render_fusion(scene, data["fusion_modelview"][None])
     raw_color = data["fusion_raw_color"].permute(2, 0, 1)[None]
     centre = slice(ssaa // 2, None, ssaa)
     raw_mask = data["fusion_raw_mask_depth"][centre, centre, 0].bool()
@@ -84,7 +86,7 @@ def test_fusion_depth_is_the_analytic_scene_depth(seed):
     rgb, depth = truth.render(cameras, size, ssaa=1)
     rgbd = torch.cat([rgb, linear_to_zbuffer(depth.clamp(near, far), near, far)], 1) * 2 - 1
     target = orbit_camera(torch.tensor([0.3]), torch.tensor([0.05]))
-    fused = render_fusion(Scene(rgbd, cameras, near=near, far=far), target)
+    fused = render_fusion(Scene(rgbd, cameras, geometry=InferenceGeometry(near=near, far=far)), target)
     exact = truth.render(target, size, ssaa=1)[1].clamp(near, far)
     low, high = -F.max_pool2d(-exact, 3, 1, 1), F.max_pool2d(exact, 3, 1, 1)
     discontinuity = F.max_pool2d(((high - low) > 0.1 * low).float(), 3, 1, 1).bool()  # jumps of over 10 %
