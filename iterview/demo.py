@@ -24,7 +24,7 @@ from iterview.data.benchmark import BENCHMARK
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of one demo run; the defaults take under 5 minutes on two CPU cores with the shipped models."""
+    """Sizes of one demo run; the defaults aim at 5 minutes on two CPU cores with the shipped models."""
 
     scenes_per_class: int = 1  # 3x9 viewsets sampled for each class
     heldout_scenes: int = 4  # held-out scenes whose 3x9 views G_c generates from the true view 0
