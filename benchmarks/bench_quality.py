@@ -119,9 +119,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:  # a miniature benchmark of the same recipe unless one is given
         args.images, args.scenes, args.batch, args.settings = 16, 1, 16, "fast20"
+        scratch = Path(tempfile.mkdtemp(prefix="bench_quality_"))
+        args.out = scratch / "out"
         if args.bench is None:
             tiny = replace(BENCHMARK, train_count=16, heldout_count=16, truth_scenes=1)
-            args.bench = write_benchmark(Path(tempfile.mkdtemp(prefix="bench_quality_")) / "bench", tiny)
+            args.bench = write_benchmark(scratch / "bench", tiny)
     if args.bench is None:
         parser.error("--bench is required (a folder written by `iterview synth DIR --preset bench`)")
     torch.manual_seed(0)
