@@ -6,9 +6,8 @@ from geometry_support import assert_agrees, indices, load_warping, load_warping_
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iterview.data.pairs import make_training_pair, sample_training_cameras
 from iterview.geometry.cameras import camera_center, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
-from iterview.geometry.imageops import depth_edge, erode, gaussian_blur3, lanczos_downsample, subsample_center
+from iterview.geometry.imageops import depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.mesh import Mesh, depth_to_mesh, unproject
 from iterview.geometry.warp import forward_backward_warp, render_simple
 
@@ -213,62 +212,6 @@ def test_warp_and_back_with_depth_edges_drops_what_the_side_camera_cannot_see(se
     assert depth_error.max() < 1e-2 and (depth_error < 1e-3).float().mean() > 0.99
     color_error = (result.color - rgbd[:, :3]).abs()[valid.expand(-1, 3, -1, -1)]
     assert color_error.mean() < 0.02 and (color_error < 0.1).float().mean() > 0.99
-
-
-def test_training_cameras_follow_the_official_distribution():
-    modelview, pose = sample_training_cameras(20000, torch.Generator().manual_seed(0))
-    assert modelview.shape == (20000, 4, 4) and pose.shape == (20000, 2)
-    assert pose.std(0).sub(0.15).abs().max() < 0.005 and pose.mean(0).abs().max() < 0.005
-    eye = camera_center(modelview)
-    radius = eye.norm(dim=1)
-    assert abs(radius.mean().item() - 1) < 0.005 and abs(radius.std().item() - 0.1) < 0.005
-    torch.testing.assert_close(torch.atan2(eye[:, 0], eye[:, 2]), pose[:, 0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.asin(eye[:, 1] / radius), pose[:, 1], atol=1e-4, rtol=0)
-    rotation = modelview[:, :3, :3]
-    torch.testing.assert_close(rotation @ rotation.transpose(1, 2), torch.eye(3).expand(20000, 3, 3), atol=1e-5, rtol=0)
-    # The look-at target is jittered with std 0.05 per axis: across the optical axis that moves the origin off
-    # the axis by a 2D Gaussian offset, mean square 2 · 0.05².
-    axis = modelview[:, 2, :3]  # unit, pointing backwards
-    offset = -eye - (-eye * axis).sum(1, keepdim=True) * axis
-    assert abs(offset.square().sum(1).mean().item() - 2 * 0.05**2) < 2e-4
-    again, _ = sample_training_cameras(20000, torch.Generator().manual_seed(0))
-    assert torch.equal(modelview, again)
-
-
-def test_training_pair_without_augments_is_the_forward_backward_warp():
-    rgbd = torch.cat([smooth_scene(24, 1), smooth_scene(24, 2)]) * 2 - 1
-    pair = make_training_pair(rgbd, torch.Generator().manual_seed(5), augments=())
-    modelview, pose = sample_training_cameras(2, torch.Generator().manual_seed(5))
-    warp = forward_backward_warp(rgbd * 0.5 + 0.5, modelview)
-    torch.testing.assert_close(pair["y"], torch.cat([warp.color, warp.depth], 1) * 2 - 1)
-    assert torch.equal(pair["mask"], warp.mask) and torch.equal(pair["mask_rgb"], warp.mask)
-    assert torch.equal(pair["pose"], pose)
-
-
-def test_training_pair_augments_are_seeded_and_official():
-    rgbd = torch.cat([smooth_scene(24, s) for s in range(8)])
-    rgbd[:, :3] = torch.rand(8, 3, 24, 24, generator=torch.Generator().manual_seed(0))  # detail tells blur apart
-    rgbd = rgbd * 2 - 1
-    pair = make_training_pair(rgbd, torch.Generator().manual_seed(3))
-    again = make_training_pair(rgbd, torch.Generator().manual_seed(3))
-    other = make_training_pair(rgbd, torch.Generator().manual_seed(4))
-    assert all(torch.equal(pair[k], again[k]) for k in pair)
-    assert not torch.equal(pair["y"], other["y"])
-    assert set(pair) == {"y", "mask", "mask_rgb", "pose"}
-    assert pair["y"].shape == (8, 4, 24, 24) and pair["mask"].shape == pair["mask_rgb"].shape == (8, 1, 24, 24)
-
-    mask, mask_rgb, y = pair["mask"].bool(), pair["mask_rgb"].bool(), pair["y"]
-    assert (y[~mask.expand_as(y)] == -1).all()
-    assert (y[:, :3][~mask_rgb.expand(-1, 3, -1, -1)] == -1).all()
-    for b in range(8):  # mask_rgb is the mask eroded by one of the official kernels
-        assert any(torch.equal(mask_rgb[b : b + 1], erode(mask[b : b + 1], k)) for k in (1, 3, 5, 7, 9))
-
-    # Blur: the RGB is either the noisy double warp or the clean image blurred with some sigma in [1e-3, 1.001).
-    rgb = (y[:, :3] + 1) / 2
-    blurred = [gaussian_blur3(rgbd[:, :3] * 0.5 + 0.5, torch.full((8,), s)) for s in torch.linspace(1e-3, 1.001, 201)]
-    close = torch.stack([((b - rgb).abs() * mask_rgb).amax((1, 2, 3)) for b in blurred]).amin(0)
-    assert (close < 0.01).sum() >= 4  # with p = 0.8 and this seed most samples are blurred
-    assert (close > 0.1).any()  # ... but not all
 
 
 def test_bad_input_raises_clear_errors(warping, meta):
