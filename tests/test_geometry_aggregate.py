@@ -213,7 +213,7 @@ def test_batch_elements_aggregate_independently(warping, fov, monkeypatch):
 def test_out_of_range_colour_saturates_in_fusion_frames(warping, fov):
     meshes, textures = source_views(warping, fov, padding=SCENE_PADDING)
     bright = [t * 0 + 1.2 for t in textures]
-    frame = fusion_render(meshes, bright, warping["fusion_modelview"][None], 32)
+    frame = fusion_render(meshes, bright, warping["fusion_modelview"][None], size_of(warping, "infer_rgbd0"))
     assert (frame.color[frame.mask.expand(-1, 3, -1, -1)] == 1).all()  # the official cast would wrap to 50/255
 
 
