@@ -33,6 +33,7 @@ class ADMConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     conv_resample: bool = True
+    prediction: str = "epsilon"  # ours: "v" for a v-prediction network (official models predict ε)
 
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:

@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iterview.diffusion.schedule import DiffusionSchedule
+
+PREDICTIONS = ("epsilon", "v")  # what the network's last layer outputs; forward() always returns ε
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back, so fp16 blocks normalise without overflow."""
@@ -180,8 +184,12 @@ class ADMUNet(nn.Module):
         use_scale_shift_norm: bool = True,
         resblock_updown: bool = True,
         conv_resample: bool = True,
+        prediction: str = "epsilon",
     ) -> None:
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, found {prediction!r}")
+        self.prediction = prediction
         self.image_size = image_size
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -241,6 +249,11 @@ class ADMUNet(nn.Module):
         )
         if use_fp16:
             self.convert_to_fp16()
+        if prediction == "v":
+            # Not in the state dict: the coefficients follow from the official linear 1000-step schedule.
+            schedule = DiffusionSchedule.linear(1000)
+            self.register_buffer("alpha", schedule.sqrt_alphas_cumprod.float(), persistent=False)
+            self.register_buffer("sigma", schedule.sqrt_one_minus_alphas_cumprod.float(), persistent=False)
 
     def _block_convs(self) -> list[nn.Module]:
         blocks = [*self.input_blocks, self.middle_block, *self.output_blocks]
@@ -263,7 +276,10 @@ class ADMUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, in, H, W); timesteps: (B,) network timesteps 0..999 (float allowed); classes: (B,) long,
-        -1 = null, or None (all null). Returns ε: (B, out, H, W), float32 (the `out` head's dtype)."""
+        -1 = null, or None (all null). Returns ε: (B, out, H, W), float32 (the `out` head's dtype).
+
+        A v-prediction network (prediction="v") outputs v = α·ε − σ·x_0, returned as ε = σ·x_t + α·v, so that
+        samplers, guidance and the (Min-SNR-weighted) ε loss work unchanged."""
         emb = self.time_embed(timesteps)
         if classes is not None:
             if self.num_classes is None:
@@ -279,4 +295,9 @@ class ADMUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h.to(self.out[-1].weight.dtype))
+        out = self.out(h.to(self.out[-1].weight.dtype))
+        if self.prediction == "v":
+            t = timesteps.round().long() if timesteps.is_floating_point() else timesteps
+            x_t = x[:, : self.out_channels].to(out.dtype)
+            out = self.sigma[t].view(-1, 1, 1, 1) * x_t + self.alpha[t].view(-1, 1, 1, 1) * out
+        return out

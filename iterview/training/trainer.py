@@ -165,6 +165,8 @@ def setup_run(
         init_weights(net, init_from)
     elif init_from is not None:
         accelerator.print(f"resuming from {checkpoint.name}: init_from {init_from} is not used")
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     ema, optimizer, generator = ema_copy(net), make_optimizer(net, config), torch.Generator(device)
     state = _restore(accelerator, checkpoint, net, ema, optimizer, generator, config)
     model, optimizer = accelerator.prepare(net, optimizer)
