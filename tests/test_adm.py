@@ -112,3 +112,28 @@ def test_first_level_multiplier_widens_the_stem():
     assert keys["out.2.weight"].shape == (4, 32, 3, 3)
     out = model(torch.randn(1, 4, 16, 16), torch.tensor([7]), torch.tensor([3]))
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_v_prediction_returns_epsilon_and_keeps_the_state_dict():
+    # A v-network's last layer outputs v = α·ε − σ·x_0; forward returns ε = σ·x_t + α·v, so the x_0 every sampler
+    # derives, (x_t − σ·ε) / α, is α·x_t − σ·v: the definition of v-prediction (Salimans & Ho 2022).
+    from iterview.diffusion.schedule import DiffusionSchedule
+
+    eps_net = tiny_adm(4, in_channels=10).eval()
+    v_net = tiny_adm(4, in_channels=10, prediction="v").eval()
+    assert v_net.state_dict().keys() == eps_net.state_dict().keys()
+    v_net.load_state_dict(eps_net.state_dict(), strict=True)
+    schedule = DiffusionSchedule.linear(1000)
+    x, t, c = torch.randn(3, 10, 16, 16), torch.tensor([0, 400, 999]), torch.tensor([1, -1, 2])
+    v, eps = eps_net(x, t, c).double(), v_net(x, t, c).double()
+    alpha = schedule.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1)
+    sigma = schedule.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = x[:, :4].double()
+    torch.testing.assert_close(eps, sigma * x_t + alpha * v, rtol=0, atol=1e-5)
+    torch.testing.assert_close((x_t - sigma * eps) / alpha, alpha * x_t - sigma * v, rtol=0, atol=1e-4)
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ValueError, match="prediction"):
+        tiny_adm(prediction="x0")
