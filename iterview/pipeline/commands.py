@@ -34,7 +34,10 @@ def sample(
     sampler_cond: Annotated[str | None, typer.Option(help="Override G_c's sampler: ddpm, ddim or dpmpp.")] = None,
     steps_uncond: Annotated[int | None, typer.Option(help="G_u steps (official: < 1000 switches to DDIM).")] = None,
     steps_cond: Annotated[int | None, typer.Option(help="G_c steps.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅.")] = 3.0,
+    guidance: Annotated[
+        float | None,
+        typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅ [a shipped set's own, else 3.0]."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Instances sampled together per process.")] = 10,
     fov: Annotated[float | None, typer.Option(help="Field of view in degrees [official 45].")] = None,
     near: Annotated[float | None, typer.Option(help="Depth channel z-buffer near plane [official 0.6].")] = None,
@@ -47,7 +50,8 @@ def sample(
     """Sample multi-view scenes: view 0 from G_u, every further view from G_c conditioned on all previous ones.
 
     The inference geometry is the official one carried to the model's image size
-    (`InferenceGeometry.for_size`); options override it, and every scene file records it.
+    (`InferenceGeometry.for_size`), or a shipped set's own (with its guidance and x0 clipping); options override
+    it, and every scene file records it.
     Re-running the same command skips finished instances. Multi-GPU: `accelerate launch -m iterview.cli sample ...`.
     """
     from accelerate import PartialState
@@ -55,9 +59,9 @@ def sample(
     from iterview import validate
     from iterview.diffusion.presets import resolve_samplers
     from iterview.errors import UserError
-    from iterview.geometry.inference import InferenceGeometry
     from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model
+    from iterview.pipeline.loading import inference_geometry, sampling_settings
     from iterview.pipeline.multiview import Guidance
     from iterview.pipeline.runinfo import recorded_run, run_record
     from iterview.pipeline.sampling import check_classes, parse_seeds, run_name, sample_viewset
@@ -70,10 +74,12 @@ def sample(
     ):
         validate.at_least(option, value)
     validate.at_least("--batch-size", batch_size)
-    validate.sampling_options(guidance, fov, near, far, atol, rtol, erode_rgb)
+    named = cond if cond is not None else uncond
+    choices = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
+    choice_u, choice_c, strength = sampling_settings(named, choices, guidance)
+    validate.sampling_options(strength, fov, near, far, atol, rtol, erode_rgb)
     seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
     check_classes(classes, len(seed_list))
-    choice_u, choice_c = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
     views = len(make_viewset(viewset))
     if views > 1 and cond is None:
         raise UserError(f"viewset {viewset!r} has {views} views", "--cond", "G_c is required", "pass --cond")
@@ -84,12 +90,12 @@ def sample(
     validate.model_pair(config_u, uncond, config_c, cond)
     overrides = {"fov": fov, "near": near, "far": far, "atol": atol, "rtol": rtol, "erode_rgb": erode_rgb}
     geometry = replace(
-        InferenceGeometry.for_size(config_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
+        inference_geometry(named, config_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
     )
-    strength = Guidance(strength=guidance)
-    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, strength, geometry)
+    guidance_weights = Guidance(strength=strength)
+    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, guidance_weights, geometry)
     state = PartialState(cpu=cpu)
-    root = output_dir / run_name(viewset, choice_u, choice_c, guidance)
+    root = output_dir / run_name(viewset, choice_u, choice_c, strength)
     with removed_if_failed(root), recorded_run(root, record):
         written = sample_viewset(
             g_u.to(state.device),
@@ -101,7 +107,7 @@ def sample(
             batch_size=batch_size,
             sampler_uncond=choice_u,
             sampler_cond=choice_c,
-            guidance=strength,
+            guidance=guidance_weights,
             geometry=geometry,
             rank=state.process_index,
             world_size=state.num_processes,

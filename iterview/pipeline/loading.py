@@ -29,6 +29,17 @@ def inference_geometry(spec: str | Path, image_size: int) -> InferenceGeometry:
     return InferenceGeometry.for_size(image_size)
 
 
+def sampling_settings(
+    spec: str | Path | None, choices: tuple[SamplerChoice, SamplerChoice], guidance: float | None
+) -> tuple[SamplerChoice, SamplerChoice, float]:
+    """The samplers (G_u, G_c) with the named models' x0 clipping, and the guidance strength: `guidance` if
+    given, else a shipped set's own, else the official one."""
+    settings = inference_settings(spec)
+    clip = bool(settings.get("clip_denoised", False))
+    strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
+    return replace(choices[0], clip=clip), replace(choices[1], clip=clip), float(strength)
+
+
 def load_pipeline(
     uncond: str | Path | None,
     cond: str | Path | None = None,
@@ -44,11 +55,8 @@ def load_pipeline(
     """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
     clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength;
     config_uncond / config_cond: the configs of official `.pt` checkpoints."""
-    settings = inference_settings(cond if cond is not None else uncond)
     choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
-    clip = bool(settings.get("clip_denoised", False))
-    choice_u, choice_c = (replace(choice, clip=clip) for choice in choices)
-    strength = guidance if guidance is not None else settings.get("guidance", Guidance().strength)
+    choice_u, choice_c, strength = sampling_settings(cond if cond is not None else uncond, choices, guidance)
     g_u = load_network(uncond, "uncond", config_uncond, device) if uncond is not None else None
     g_c = load_network(cond, "cond", config_cond, device) if cond is not None else None
     if g_u is not None:
