@@ -293,6 +293,7 @@ def train_step(
     t ~ U{0..T-1}, noise, x_t = q_sample(x_0, t, noise), the (Min-SNR-weighted) ε-MSE, backward."""
     model.train()
     total = torch.zeros((), device=accelerator.device)
+    scale = _loss_scale(accelerator)
     for batch in micro_batches:
         with accelerator.accumulate(model):
             model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
@@ -305,9 +306,18 @@ def train_step(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()
-    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
+    if scale is None or _loss_scale(accelerator) >= scale:  # else an fp16 overflow: no update, nothing to average
         update_ema(ema, net, ema_rate)
     return total / len(micro_batches)
+
+
+def _loss_scale(accelerator: Accelerator) -> float | None:
+    """The fp16 loss scale (None without loss scaling); the scaler halves it exactly when it skips a step.
+
+    A skip is read from here, not from `accelerator.optimizer_step_was_skipped`: the fused AdamW of the GPU skips
+    inside its kernel, and accelerate then reports the step as taken. Reading it waits for the GPU, as the scaler's
+    own skip check does for unfused optimisers."""
+    return accelerator.scaler.get_scale() if accelerator.scaler is not None else None
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
