@@ -67,11 +67,21 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
         dynamo_backend="inductor" if config.compile else "no",
     )
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        _enable_cpu_fp16(accelerator)
     try:
         return _run(accelerator, config, output_dir, resume, init_from, progress)
     finally:
         accelerator.end_training()
         AcceleratorState._reset_state()  # so a later train() in this process may pick another precision
+
+
+def _enable_cpu_fp16(accelerator: Accelerator) -> None:
+    """Switch on accelerate's own fp16 path (autocast in `prepare`, loss scaling in `backward` and the optimiser
+    step) on the CPU, before anything is prepared: accelerate (1.16) leaves fp16 off there and trains in fp32
+    without a word, although torch autocasts to fp16 and has a GradScaler on the CPU."""
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 @dataclass
@@ -283,6 +293,7 @@ def train_step(
     t ~ U{0..T-1}, noise, x_t = q_sample(x_0, t, noise), the (Min-SNR-weighted) ε-MSE, backward."""
     model.train()
     total = torch.zeros((), device=accelerator.device)
+    scale = _loss_scale(accelerator)
     for batch in micro_batches:
         with accelerator.accumulate(model):
             model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
@@ -295,9 +306,18 @@ def train_step(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()
-    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no update, so nothing to average
+    if scale is None or _loss_scale(accelerator) >= scale:  # else an fp16 overflow: no update, nothing to average
         update_ema(ema, net, ema_rate)
     return total / len(micro_batches)
+
+
+def _loss_scale(accelerator: Accelerator) -> float | None:
+    """The fp16 loss scale (None without loss scaling); the scaler halves it exactly when it skips a step.
+
+    A skip is read from here, not from `accelerator.optimizer_step_was_skipped`: the fused AdamW of the GPU skips
+    inside its kernel, and accelerate then reports the step as taken. Reading it waits for the GPU, as the scaler's
+    own skip check does for unfused optimisers."""
+    return accelerator.scaler.get_scale() if accelerator.scaler is not None else None
 
 
 def make_optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
