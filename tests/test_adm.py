@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iterview.config import ADMConfig
+from iterview.config import ADMConfig, tiny_adm_config
 from iterview.models.adm import ADMUNet
 from iterview.models.checkpoint import build_model, tiny_adm
 
@@ -132,6 +132,18 @@ def test_v_prediction_returns_epsilon_and_keeps_the_state_dict():
     x_t = x[:, :4].double()
     torch.testing.assert_close(eps, sigma * x_t + alpha * v, rtol=0, atol=1e-5)
     torch.testing.assert_close((x_t - sigma * eps) / alpha, alpha * x_t - sigma * v, rtol=0, atol=1e-4)
+
+
+@torch.no_grad()
+def test_v_prediction_model_saves_and_loads(tmp_path):
+    from iterview.models.checkpoint import load_model, save_model
+
+    model = tiny_adm(5, prediction="v").eval()
+    save_model(model, tiny_adm_config(prediction="v"), tmp_path / "g")
+    loaded, config = load_model(tmp_path / "g")  # built on the meta device, then assigned
+    assert config.prediction == "v"
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([3, 990])
+    assert torch.equal(loaded(x, t, None), model(x, t, None))
 
 
 def test_unknown_prediction_is_refused():

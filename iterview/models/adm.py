@@ -6,6 +6,7 @@ Module names and order follow the official code exactly, so the released `imagen
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -16,6 +17,14 @@ from torch import nn
 from iterview.diffusion.schedule import DiffusionSchedule
 
 PREDICTIONS = ("epsilon", "v")  # what the network's last layer outputs; forward() always returns ε
+
+
+@functools.cache
+def _alpha_sigma() -> torch.Tensor:
+    """(2, 1000) float32: α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t) of the official linear schedule (v-prediction)."""
+    with torch.device("cpu"):  # not the meta device of a model being built for loading
+        schedule = DiffusionSchedule.linear(1000)
+    return torch.stack([schedule.sqrt_alphas_cumprod, schedule.sqrt_one_minus_alphas_cumprod]).float()
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -249,11 +258,6 @@ class ADMUNet(nn.Module):
         )
         if use_fp16:
             self.convert_to_fp16()
-        if prediction == "v":
-            # Not in the state dict: the coefficients follow from the official linear 1000-step schedule.
-            schedule = DiffusionSchedule.linear(1000)
-            self.register_buffer("alpha", schedule.sqrt_alphas_cumprod.float(), persistent=False)
-            self.register_buffer("sigma", schedule.sqrt_one_minus_alphas_cumprod.float(), persistent=False)
 
     def _block_convs(self) -> list[nn.Module]:
         blocks = [*self.input_blocks, self.middle_block, *self.output_blocks]
@@ -298,6 +302,6 @@ class ADMUNet(nn.Module):
         out = self.out(h.to(self.out[-1].weight.dtype))
         if self.prediction == "v":
             t = timesteps.round().long() if timesteps.is_floating_point() else timesteps
-            x_t = x[:, : self.out_channels].to(out.dtype)
-            out = self.sigma[t].view(-1, 1, 1, 1) * x_t + self.alpha[t].view(-1, 1, 1, 1) * out
+            alpha, sigma = _alpha_sigma().to(out.device)[:, t].view(2, -1, 1, 1, 1)
+            out = sigma * x[:, : self.out_channels].to(out.dtype) + alpha * out
         return out
