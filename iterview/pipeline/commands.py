@@ -153,7 +153,6 @@ def lift(
     any photo failed."""
     import torch
 
-    from iterview.data.prepare import DEFAULT_DEPTH_MODEL
     from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
@@ -161,8 +160,9 @@ def lift(
         raise ValueError("give --depth files or --depth-model, not both")
     if depth and len(depth) != len(photos):
         raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
-    settings = LiftSettings(
-        depth_model=None if depth else depth_model or DEFAULT_DEPTH_MODEL,
+    settings = LiftSettings.from_options(
+        bool(depth),
+        depth_model,
         depth_kind=depth_kind,
         class_label=class_label,
         viewset=viewset,

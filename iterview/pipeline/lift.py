@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,12 @@ class LiftSettings:
     sampler: str = "official"
     guidance: float | None = None
 
+    @classmethod
+    def from_options(cls, depth_files: bool, depth_model: str | None, **fields: Any) -> LiftSettings:
+        """The settings of a lift command or call: user depth files win over a depth model, and with neither the
+        official depth model (DPT-BEiT-L-512) estimates depth. fields: the other fields, by name."""
+        return cls(depth_model=None if depth_files else depth_model or DEFAULT_DEPTH_MODEL, **fields)
+
 
 @dataclass
 class LiftModels:
@@ -77,6 +84,7 @@ class LiftModels:
 
     @property
     def image_size(self) -> int:
+        """The side of the square images both models work at."""
         return self.g_c.image_size
 
 
@@ -275,6 +283,7 @@ class PhotoLifter:
         if not known.all():
             first = fill_unknown(pipeline, first, known, [generator], classes)
         modelviews = self.viewset.modelviews[None].to(self.device)
+
         def finished(event: dict) -> None:  # the pipeline reports sampler steps and finished views
             if callback is not None and "sample" in event:
                 callback(event["view"] + 1, event["views"])
@@ -388,10 +397,9 @@ def lift_photo(
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = load_lift_models(cond, uncond, device=device)
-    if depth is None and depth_model is None:
-        depth_model = DEFAULT_DEPTH_MODEL
-    settings = LiftSettings(
-        depth_model=None if depth is not None else depth_model,
+    settings = LiftSettings.from_options(
+        depth is not None,
+        depth_model,
         depth_kind=depth_kind,
         class_label=class_label,
         viewset=viewset,
