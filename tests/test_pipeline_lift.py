@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from depth_support import save_tiny_depth_anything
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -70,42 +71,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def depth_model(tmp_path_factory) -> Path:
-    """A randomly initialised Depth Anything (relative disparity) with a tiny DINOv2 backbone, saved locally."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
-
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=28,
-        patch_size=14,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-        reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        neck_hidden_sizes=[16, 16, 16, 16],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-        reassemble_hidden_size=32,
-    )
-    torch.manual_seed(0)
-    model = DepthAnythingForDepthEstimation(config).eval()
-    with torch.no_grad():  # a positive disparity everywhere (the final ReLU would zero a random head's output)
-        model.head.conv3.bias.fill_(1.0)
-    folder = tmp_path_factory.mktemp("tiny_depth_anything")
-    model.save_pretrained(folder)
-    processor = DPTImageProcessorPil(
-        size={"height": 28, "width": 28},
-        keep_aspect_ratio=True,
-        ensure_multiple_of=14,
-        image_mean=[0.5] * 3,
-        image_std=[0.5] * 3,
-    )
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_depth_anything(tmp_path_factory.mktemp("tiny_depth_anything"), varied=False)
 
 
 @pytest.fixture(autouse=True)
