@@ -16,14 +16,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.config import ADMConfig
+from iterview.config import ADMConfig, tiny_adm_config
 from iterview.data.datasets import RGBDDataset
 from iterview.data.layout import load_depth, read_index
 from iterview.data.synth import write_synth_dataset
 from iterview.diffusion.presets import resolve_samplers
 from iterview.geometry.inference import InferenceGeometry
 from iterview.models import shipped
-from iterview.models.checkpoint import build_model, save_model
+from iterview.models.adm import ADMUNet
+from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline import lift as lift_module
 from iterview.pipeline.lift import LiftSettings, PhotoLifter, lift_photo, load_lift_models
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
@@ -37,35 +38,18 @@ SIZE = 16
 CLASSES = 5
 
 
-def tiny_adm(in_channels: int, seed: int, size: int = SIZE):
-    config = ADMConfig(
-        image_size=size,
-        in_channels=in_channels,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=CLASSES,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=8,
-    )
-    torch.manual_seed(seed)
-    model = build_model(config)
-    with torch.no_grad():  # wake the zero-initialised layers up: outputs must depend on inputs
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model, config
+def tiny_model(in_channels: int, seed: int, size: int = SIZE) -> tuple[ADMUNet, ADMConfig]:
+    shape = {"image_size": size, "in_channels": in_channels, "num_classes": CLASSES}
+    return tiny_adm(seed, **shape), tiny_adm_config(**shape)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {
-        "g_c": save_model(*tiny_adm(10, 2), root / "gc"),
-        "g_u": save_model(*tiny_adm(4, 1), root / "gu"),
-        "g_c32": save_model(*tiny_adm(10, 3, 32), root / "gc32"),
+        "g_c": save_model(*tiny_model(10, 2), root / "gc"),
+        "g_u": save_model(*tiny_model(4, 1), root / "gu"),
+        "g_c32": save_model(*tiny_model(10, 3, 32), root / "gc32"),
     }
 
 
@@ -344,7 +328,7 @@ def test_a_lifted_synth_image_gives_the_pipelines_views_from_the_same_first_view
 def test_a_shipped_name_brings_its_inference_settings(tmp_path, monkeypatch):
     """`--cond NAME` of a shipped set loads its G_c and samples with the set's geometry, guidance and clipping."""
     weights = tmp_path / "weights" / "tinyset"
-    save_model(*tiny_adm(10, 2), weights / "g_c")
+    save_model(*tiny_model(10, 2), weights / "g_c")
     (weights / "MODEL_CARD.md").write_text("tiny")
     geometry = {"fov": 45.0, "near": 0.5, "far": 100.0, "atol": 0.12, "rtol": 0.12, "erode_rgb": 1}
     (weights / "inference.json").write_text(json.dumps({"geometry": geometry, "guidance": 1.0, "clip_denoised": True}))
