@@ -11,8 +11,8 @@ the padding is unknown, and G_c (or G_u, when given) inpaints it in view 0's own
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,12 @@ class LiftSettings:
     guidance: float | None = None
 
     @classmethod
-    def from_options(cls, depth_files: bool, depth_model: str | None, **fields: Any) -> LiftSettings:
-        """The settings of a lift command or call: user depth files win over a depth model, and with neither the
-        official depth model (DPT-BEiT-L-512) estimates depth. fields: the other fields, by name."""
-        return cls(depth_model=None if depth_files else depth_model or DEFAULT_DEPTH_MODEL, **fields)
+    def from_options(cls, options: Mapping[str, Any], depth_files: bool) -> LiftSettings:
+        """The settings named in a lift command's or call's options (other keys are ignored): user depth files
+        win over a depth model, and with neither the official depth model (DPT-BEiT-L-512) estimates depth."""
+        values = {name.name: options[name.name] for name in fields(cls)}
+        values["depth_model"] = None if depth_files else values["depth_model"] or DEFAULT_DEPTH_MODEL
+        return cls(**values)
 
 
 @dataclass
@@ -397,16 +399,16 @@ def lift_photo(
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = load_lift_models(cond, uncond, device=device)
-    settings = LiftSettings.from_options(
-        depth is not None,
-        depth_model,
-        depth_kind=depth_kind,
-        class_label=class_label,
-        viewset=viewset,
-        pad=pad,
-        seed=seed,
-        sampler=sampler,
-        guidance=guidance,
-    )
+    options = {
+        "depth_model": depth_model,
+        "depth_kind": depth_kind,
+        "class_label": class_label,
+        "viewset": viewset,
+        "pad": pad,
+        "seed": seed,
+        "sampler": sampler,
+        "guidance": guidance,
+    }
+    settings = LiftSettings.from_options(options, depth_files=depth is not None)
     lifter = PhotoLifter(models, settings, device)
     return lifter.lift(lifter.first_view(photo, depth), output_dir, callback)
