@@ -185,6 +185,8 @@ class Loaded:
 
 @dataclass
 class Skipped:
+    """An image that was not prepared, and why (unreadable, too small, a taken name, bad depth)."""
+
     job: Job
     reason: str
 

@@ -261,6 +261,7 @@ class PhotoLifter:
         return FirstView(photo, rgbd, known, source)
 
     def pipeline(self) -> MultiViewPipeline:
+        """The multi-view pipeline of these models and settings (no guidance for the null class)."""
         strength = self.strength if self.classes is not None and self.classes[0] >= 0 else 0.0
         return MultiViewPipeline(
             self.models.g_u,
