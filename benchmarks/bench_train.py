@@ -1,5 +1,6 @@
-"""Training throughput: our step (`iterview.training.trainer.train_step`) vs a plain re-statement of the official
-fp32 step, same model, same batch, in one run. Prints one JSON line with images/s and ratios.
+"""Training throughput: our step (the body of the training loop: `iterview.training.trainer.loss_of`, backward,
+clipping, fused AdamW step, EMA update) vs a plain re-statement of the official fp32 step, same model, same batch,
+in one run. Prints one JSON line with images/s and ratios.
 
 The official step (diffusion/trainers/basic.py in fp32 mode + ClassifierFreeGuidance / InpaintCFG
 training_losses): label dropout, t ~ U{0..999}, the G_c input assembly, ε-MSE, backward, per-parameter AdamW
@@ -25,8 +26,8 @@ from accelerate.state import AcceleratorState
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.models.checkpoint import build_model
 from iterview.training.config import get_preset
-from iterview.training.ema import ema_copy
-from iterview.training.trainer import make_optimizer, train_step
+from iterview.training.ema import ema_copy, update_ema
+from iterview.training.trainer import loss_of, make_optimizer
 
 
 def official_step(model, optimizer, ema_params, schedule, batch, p_uncond=0.1, rate=0.9999):
@@ -79,13 +80,20 @@ def time_ours(base, config, schedule, batch, precision, compiled, args, device) 
         mixed_precision=precision, cpu=device.type == "cpu", dynamo_backend="inductor" if compiled else "no"
     )
     try:
-        net = copy.deepcopy(base).to(accelerator.device)
+        net = copy.deepcopy(base).to(accelerator.device).train()
         ema = ema_copy(net)
         model, optimizer = accelerator.prepare(net, make_optimizer(net, config))
         generator = torch.Generator(accelerator.device).manual_seed(0)
 
-        def step():
-            train_step(accelerator, model, net, ema, optimizer, schedule, [batch], config, generator, config.ema_rate)
+        def step():  # the body of the loop in `trainer._run`, for one micro-batch
+            with accelerator.accumulate(model):
+                loss = loss_of(model, batch, schedule, config, generator)
+                accelerator.backward(loss)
+                if config.grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            update_ema(ema, net, config.ema_rate)
 
         return timed(step, args.warmup + 2 * compiled, args.steps, device)
     finally:

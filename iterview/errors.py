@@ -80,6 +80,7 @@ class ErrorBoundary(TyperGroup):
     """The Typer group every subcommand runs in: expected errors -> `error: ...` on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context):
+        """Run the subcommand; expected errors end it with one line on stderr (a traceback with debugging on)."""
         try:
             return super().invoke(ctx)
         except EXPECTED_ERRORS as error:
@@ -111,5 +112,6 @@ class BatchReport:
         return True
 
     def finish(self) -> None:
+        """Raise BatchFailed (with the count) if any item failed; nothing otherwise."""
         if self.failed:
             raise BatchFailed(self.what, self.where, self.failed, self.done + self.failed)

@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.config import ADMConfig
+from iterview.config import tiny_adm_config
 from iterview.data.benchmark import BENCHMARK, load_truth, write_benchmark
 from iterview.eval.benchmark import _summarise, _truth_errors
 from iterview.eval.classifier import SynthClassifier, save_classifier
-from iterview.models.checkpoint import build_model, save_model
+from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline.multiview import MultiViewResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,20 +22,8 @@ TINY = replace(BENCHMARK, image_size=16, train_count=8, heldout_count=8, truth_s
 
 
 def _model(in_channels: int, folder):
-    config = ADMConfig(
-        image_size=TINY.image_size,
-        in_channels=in_channels,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=4,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=8,
-    )
-    return save_model(build_model(config), config, folder)
+    shape = {"image_size": TINY.image_size, "in_channels": in_channels, "num_classes": 4}
+    return save_model(tiny_adm(perturb=False, **shape), tiny_adm_config(**shape), folder)
 
 
 def test_eval_benchmark_command_measures_both_models(tmp_path):

@@ -14,29 +14,19 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_pipeline import tiny
+from test_training import SMALL
 from typer.testing import CliRunner
 
 from iterview.cli import app
 from iterview.data.synth import write_synth_dataset
+from iterview.models.checkpoint import save_model
 from iterview.training.state import checkpoint_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = {
-    "model.image_size": 16,
-    "model.model_channels": 16,
-    "model.num_groups": 4,
-    "model.num_head_channels": 8,
-    "model.attention_resolutions": [8],
-    "batch_size": 2,
-    "num_workers": 0,
-    "log_every": 1,
-    "sample_every": 1000,
-    "save_every": 3,
-    "keep_last": None,
-    "max_steps": 8,
-}
+TRAIN = {**SMALL, "batch_size": 2, "save_every": 3, "keep_last": None, "max_steps": 8}
 
 
 def run_then_kill(tmp_path: Path, target: str, count: int, arguments: list[str]) -> None:
@@ -75,6 +65,13 @@ def train_arguments(synth: Path, output: Path) -> list[str]:
     return ["train", "--preset", "tiny", "--data", str(synth), "--output", str(output), "--no-progress", *settings]
 
 
+def sample_arguments(tmp_path: Path) -> list[str]:
+    """`iterview sample` of four random-viewset instances, one at a time, with tiny models saved in tmp_path."""
+    g_u, g_c = save_model(*tiny(4, 1), tmp_path / "gu"), save_model(*tiny(10, 2), tmp_path / "gc")
+    base = ["sample", "--uncond", str(g_u), "--cond", str(g_c), "--viewset", "random", "--seeds", "0-3"]
+    return [*base, "--sampler", "fast", "--steps-uncond", "2", "--steps-cond", "2", "--batch-size", "1", "--cpu"]
+
+
 def test_training_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(synth, tmp_path):
     straight = tmp_path / "straight"
     result = CliRunner().invoke(app, train_arguments(synth, straight))
@@ -104,13 +101,7 @@ def test_training_killed_mid_checkpoint_resumes_to_the_uninterrupted_result(synt
 
 
 def test_sampling_killed_mid_instance_resumes_to_the_uninterrupted_result(tmp_path):
-    from test_pipeline import tiny
-
-    from iterview.models.checkpoint import save_model
-
-    g_u, g_c = save_model(*tiny(4, 1), tmp_path / "gu"), save_model(*tiny(10, 2), tmp_path / "gc")
-    base = ["sample", "--uncond", str(g_u), "--cond", str(g_c), "--viewset", "random", "--seeds", "0-3"]
-    base += ["--sampler", "fast", "--steps-uncond", "2", "--steps-cond", "2", "--batch-size", "1", "--cpu"]
+    base = sample_arguments(tmp_path)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = CliRunner().invoke(app, [*base, "--output-dir", str(straight)])
     assert result.exit_code == 0, result.output
@@ -132,13 +123,7 @@ def test_accelerate_launch_of_sampling_splits_the_seeds_and_matches_one_process(
     files, byte for byte, of a single-process run."""
     import socket
 
-    from test_pipeline import tiny
-
-    from iterview.models.checkpoint import save_model
-
-    g_u, g_c = save_model(*tiny(4, 1), tmp_path / "gu"), save_model(*tiny(10, 2), tmp_path / "gc")
-    base = ["sample", "--uncond", str(g_u), "--cond", str(g_c), "--viewset", "random", "--seeds", "0-3"]
-    base += ["--sampler", "fast", "--steps-uncond", "2", "--steps-cond", "2", "--batch-size", "1", "--cpu"]
+    base = sample_arguments(tmp_path)
     single, launched = tmp_path / "single", tmp_path / "launched"
     result = CliRunner().invoke(app, [*base, "--output-dir", str(single)])
     assert result.exit_code == 0, result.output

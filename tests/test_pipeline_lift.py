@@ -11,18 +11,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from depth_support import save_tiny_depth_anything
 from PIL import Image
 from typer.testing import CliRunner
 
 from iterview.cli import app
-from iterview.config import ADMConfig
+from iterview.config import ADMConfig, tiny_adm_config
 from iterview.data.datasets import RGBDDataset
 from iterview.data.layout import load_depth, read_index
 from iterview.data.synth import write_synth_dataset
 from iterview.diffusion.presets import resolve_samplers
 from iterview.geometry.inference import InferenceGeometry
 from iterview.models import shipped
-from iterview.models.checkpoint import build_model, save_model
+from iterview.models.adm import ADMUNet
+from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline import lift as lift_module
 from iterview.pipeline.lift import LiftSettings, PhotoLifter, lift_photo, load_lift_models
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
@@ -36,76 +38,24 @@ SIZE = 16
 CLASSES = 5
 
 
-def tiny_adm(in_channels: int, seed: int, size: int = SIZE):
-    config = ADMConfig(
-        image_size=size,
-        in_channels=in_channels,
-        model_channels=16,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[8],
-        channel_mult=[1, 2],
-        num_classes=CLASSES,
-        has_null_class=True,
-        num_groups=8,
-        num_head_channels=8,
-    )
-    torch.manual_seed(seed)
-    model = build_model(config)
-    with torch.no_grad():  # wake the zero-initialised layers up: outputs must depend on inputs
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
-    return model, config
+def tiny_model(in_channels: int, seed: int, size: int = SIZE) -> tuple[ADMUNet, ADMConfig]:
+    shape = {"image_size": size, "in_channels": in_channels, "num_classes": CLASSES}
+    return tiny_adm(seed, **shape), tiny_adm_config(**shape)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {
-        "g_c": save_model(*tiny_adm(10, 2), root / "gc"),
-        "g_u": save_model(*tiny_adm(4, 1), root / "gu"),
-        "g_c32": save_model(*tiny_adm(10, 3, 32), root / "gc32"),
+        "g_c": save_model(*tiny_model(10, 2), root / "gc"),
+        "g_u": save_model(*tiny_model(4, 1), root / "gu"),
+        "g_c32": save_model(*tiny_model(10, 3, 32), root / "gc32"),
     }
 
 
 @pytest.fixture(scope="module")
 def depth_model(tmp_path_factory) -> Path:
-    """A randomly initialised Depth Anything (relative disparity) with a tiny DINOv2 backbone, saved locally."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
-
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=28,
-        patch_size=14,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-        reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        neck_hidden_sizes=[16, 16, 16, 16],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-        reassemble_hidden_size=32,
-    )
-    torch.manual_seed(0)
-    model = DepthAnythingForDepthEstimation(config).eval()
-    with torch.no_grad():  # a positive disparity everywhere (the final ReLU would zero a random head's output)
-        model.head.conv3.bias.fill_(1.0)
-    folder = tmp_path_factory.mktemp("tiny_depth_anything")
-    model.save_pretrained(folder)
-    processor = DPTImageProcessorPil(
-        size={"height": 28, "width": 28},
-        keep_aspect_ratio=True,
-        ensure_multiple_of=14,
-        image_mean=[0.5] * 3,
-        image_std=[0.5] * 3,
-    )
-    processor.save_pretrained(folder)
-    return folder
+    return save_tiny_depth_anything(tmp_path_factory.mktemp("tiny_depth_anything"), varied=False)
 
 
 @pytest.fixture(autouse=True)
@@ -378,7 +328,7 @@ def test_a_lifted_synth_image_gives_the_pipelines_views_from_the_same_first_view
 def test_a_shipped_name_brings_its_inference_settings(tmp_path, monkeypatch):
     """`--cond NAME` of a shipped set loads its G_c and samples with the set's geometry, guidance and clipping."""
     weights = tmp_path / "weights" / "tinyset"
-    save_model(*tiny_adm(10, 2), weights / "g_c")
+    save_model(*tiny_model(10, 2), weights / "g_c")
     (weights / "MODEL_CARD.md").write_text("tiny")
     geometry = {"fov": 45.0, "near": 0.5, "far": 100.0, "atol": 0.12, "rtol": 0.12, "erode_rgb": 1}
     (weights / "inference.json").write_text(json.dumps({"geometry": geometry, "guidance": 1.0, "clip_denoised": True}))

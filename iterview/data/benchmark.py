@@ -79,6 +79,7 @@ def write_benchmark(root: str | Path, recipe: BenchmarkRecipe = BENCHMARK) -> Pa
 
 
 def truth_path(root: str | Path, index: int) -> Path:
+    """The file of held-out scene `index`: its 3x9 true views (RGB, linear depth, cameras), see the module docstring."""
     return Path(root) / "truth" / f"{index:06d}.npz"
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from iterview.data.layout import (
     write_index,
 )
 from iterview.io import atomic_path, remove_partials, write_json
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 DEFAULT_DEPTH_MODEL = "Intel/dpt-beit-large-512"
 DEPTH_KINDS = ("official", "disparity", "depth")
@@ -181,6 +185,8 @@ class Loaded:
 
 @dataclass
 class Skipped:
+    """An image that was not prepared, and why (unreadable, too small, a taken name, bad depth)."""
+
     job: Job
     reason: str
 
@@ -270,6 +276,17 @@ def plan_jobs(images_dir: Path) -> tuple[list[Job], list[Skipped], bool]:
     return jobs, collisions, labelled
 
 
+def _open_output(out_dir: Path, record: dict, state: PartialState) -> None:
+    """Once every process is ready: the main process creates out_dir, drops partial files a killed run left and
+    writes the run's record; the others wait for it."""
+    state.wait_for_everyone()
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_partials(out_dir)
+        write_record(out_dir, "prepare", record)
+    state.wait_for_everyone()
+
+
 def prepare_dataset(
     images_dir: str | Path,
     out_dir: str | Path,
@@ -304,13 +321,7 @@ def prepare_dataset(
     record = {"images": str(images_dir.resolve()), "depth_source": source, "depth_kind": depth_kind}
     claim_dataset(out_dir, "prepare", record, overwrite, clear=state.is_main_process)
     estimator = None if depth_from is not None else DepthEstimator(depth_model, state.device, half)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_partials(out_dir)
-        write_record(out_dir, "prepare", record)
-    state.wait_for_everyone()
-
+    _open_output(out_dir, record, state)
     pending = [job for job in jobs if not (out_dir / job.depth).is_file()]
     shard = pending[state.process_index :: state.num_processes]
     kind = depth_kind or ("official" if estimator is None else estimator.kind)

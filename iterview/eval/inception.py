@@ -41,6 +41,7 @@ class ConvBN(nn.Module):
         self.register_buffer("var", torch.ones(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolution, batch norm (frozen statistics, no scale) and ReLU: (B, cin, H, W) -> (B, cout, H', W')."""
         x = F.conv2d(x, self.weight, None, self.stride, self.padding)
         return F.relu(F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.0, 1e-3))
 
@@ -66,6 +67,7 @@ class MixedA(nn.Module):
         self.tower_2 = _tower(ConvBN(cin, pool_features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the towers' outputs concatenated along channels."""
         return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(_avg_pool(x))], 1)
 
 
@@ -78,6 +80,7 @@ class MixedB(nn.Module):
         self.tower = _tower(ConvBN(cin, 64, 1), ConvBN(64, 96, 3, padding=1), ConvBN(96, 96, 3, stride=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the towers' outputs concatenated along channels."""
         return torch.cat([self.conv(x), self.tower(x), F.max_pool2d(x, 3, 2)], 1)
 
 
@@ -99,6 +102,7 @@ class MixedC(nn.Module):
         self.tower_2 = _tower(ConvBN(cin, 192, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the towers' outputs concatenated along channels."""
         return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(_avg_pool(x))], 1)
 
 
@@ -116,6 +120,7 @@ class MixedD(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the towers' outputs concatenated along channels."""
         return torch.cat([self.tower(x), self.tower_1(x), F.max_pool2d(x, 3, 2)], 1)
 
 
@@ -137,6 +142,7 @@ class MixedE(nn.Module):
         self.tower_2_conv = ConvBN(cin, 192, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> the towers' outputs concatenated along channels."""
         a = self.tower_conv(x)
         b = self.tower_1_conv_1(self.tower_1_conv(x))
         pooled = F.max_pool2d(x, 3, 1, 1) if self.max_pool else _avg_pool(x)
@@ -203,6 +209,7 @@ class InceptionV3(nn.Module):
         self.logits = nn.Linear(FEATURE_DIM, NUM_LOGITS, bias=False) if with_logits else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 255], resized to 299² -> pool features (B, 2048)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(images.shape)}")
         x = tf_bilinear_resize(images.to(torch.float32), INPUT_SIZE)

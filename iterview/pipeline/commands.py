@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from iterview.diffusion.presets import SamplerChoice
+    from iterview.geometry.inference import InferenceGeometry
+    from iterview.models.adm import ADMUNet
+    from iterview.pipeline.lift import FirstView, PhotoLifter
+    from iterview.pipeline.multiview import Guidance
+
+# The sample command's options in the order `validate.sampling_options` / `resolve_samplers` take them.
+GEOMETRY_OPTIONS = ("fov", "near", "far", "atol", "rtol", "erode_rgb")
+SAMPLER_OPTIONS = ("sampler", "sampler_uncond", "sampler_cond", "steps_uncond", "steps_cond")
+
 
 def sample(
+    ctx: typer.Context,
     uncond: Annotated[Path, typer.Option(help="G_u: our model folder, or the official .pt (with --config-uncond).")],
     cond: Annotated[
         Path | None, typer.Option(help="G_c: our model folder or the official .pt; not needed for uncond.")
@@ -54,70 +66,97 @@ def sample(
     it, and every scene file records it.
     Re-running the same command skips finished instances. Multi-GPU: `accelerate launch -m iterview.cli sample ...`.
     """
-    from accelerate import PartialState
+    run = _sampling_run(ctx.params)
+    written = _sample_scenes(run, viewset, classes, batch_size, cpu)
+    typer.echo(f"{len(written)} new scene(s) in {run.root}")
 
+
+@dataclass
+class SamplingRun:
+    """What `iterview sample` samples: the models (on the CPU), the seeds, samplers, guidance and inference
+    geometry, the run's record (its identity, see `runinfo.run_record`) and its folder."""
+
+    g_u: ADMUNet
+    g_c: ADMUNet | None
+    seeds: list[int]
+    sampler_uncond: SamplerChoice
+    sampler_cond: SamplerChoice
+    guidance: Guidance
+    geometry: InferenceGeometry
+    record: dict
+    root: Path
+
+
+def _sampling_run(options: dict[str, Any]) -> SamplingRun:
+    """Check the sample command's options (UserErrors name the option), load its models and describe the run."""
     from iterview import validate
     from iterview.diffusion.presets import resolve_samplers
     from iterview.errors import UserError
-    from iterview.io import removed_if_failed
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.loading import inference_geometry, sampling_settings
     from iterview.pipeline.multiview import Guidance
-    from iterview.pipeline.runinfo import recorded_run, run_record
-    from iterview.pipeline.sampling import check_classes, parse_seeds, run_name, sample_viewset
+    from iterview.pipeline.runinfo import run_record
+    from iterview.pipeline.sampling import check_classes, parse_seeds, run_name
     from iterview.pipeline.viewsets import make_viewset
 
-    for option, value in (
-        ("--num-samples", num_samples),
-        ("--steps-uncond", steps_uncond),
-        ("--steps-cond", steps_cond),
-    ):
-        validate.at_least(option, value)
-    validate.at_least("--batch-size", batch_size)
+    for name in ("num_samples", "steps_uncond", "steps_cond", "batch_size"):
+        validate.at_least("--" + name.replace("_", "-"), options[name])
+    count = options["num_samples"]
+    seeds = list(range(count)) if count is not None else parse_seeds(options["seeds"])
+    check_classes(options["classes"], len(seeds))
+    viewset, uncond, cond = options["viewset"], options["uncond"], options["cond"]
     named = cond if cond is not None else uncond
-    choices = resolve_samplers(sampler, sampler_uncond, sampler_cond, steps_uncond, steps_cond)
-    choice_u, choice_c, strength = sampling_settings(named, choices, guidance)
-    validate.sampling_options(strength, fov, near, far, atol, rtol, erode_rgb)
-    seed_list = list(range(num_samples)) if num_samples is not None else parse_seeds(seeds)
-    check_classes(classes, len(seed_list))
+    choices = resolve_samplers(*(options[name] for name in SAMPLER_OPTIONS))
+    choice_u, choice_c, strength = sampling_settings(named, choices, options["guidance"])
+    validate.sampling_options(strength, *(options[name] for name in GEOMETRY_OPTIONS))
     views = len(make_viewset(viewset))
     if views > 1 and cond is None:
         raise UserError(f"viewset {viewset!r} has {views} views", "--cond", "G_c is required", "pass --cond")
     weights_u = validate.resolve_weights(uncond, "uncond")
     weights_c = validate.resolve_weights(cond, "cond") if views > 1 else None
-    g_u, config_u = load_model(weights_u, config_uncond)
-    g_c, config_c = load_model(weights_c, config_cond) if weights_c is not None else (None, None)
+    g_u, config_u = load_model(weights_u, options["config_uncond"])
+    g_c, config_c = load_model(weights_c, options["config_cond"]) if weights_c is not None else (None, None)
     validate.model_pair(config_u, uncond, config_c, cond)
-    overrides = {"fov": fov, "near": near, "far": far, "atol": atol, "rtol": rtol, "erode_rgb": erode_rgb}
-    geometry = replace(
-        inference_geometry(named, config_u.image_size), **{k: v for k, v in overrides.items() if v is not None}
-    )
-    guidance_weights = Guidance(strength=strength)
-    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, guidance_weights, geometry)
+    overrides = {name: options[name] for name in GEOMETRY_OPTIONS if options[name] is not None}
+    geometry = replace(inference_geometry(named, config_u.image_size), **overrides)
+    guidance = Guidance(strength=strength)
+    record = run_record(weights_u, config_u, weights_c, config_c, choice_u, choice_c, guidance, geometry)
+    root = options["output_dir"] / run_name(viewset, choice_u, choice_c, strength)
+    return SamplingRun(g_u, g_c, seeds, choice_u, choice_c, guidance, geometry, record, root)
+
+
+def _sample_scenes(run: SamplingRun, viewset: str, classes: str, batch_size: int, cpu: bool) -> list[Path]:
+    """Sample the run's seeds into its folder on this process's device (its share of them under `accelerate
+    launch`); returns the scenes written. A folder made by other models or settings is refused."""
+    from accelerate import PartialState
+
+    from iterview.io import removed_if_failed
+    from iterview.pipeline.runinfo import recorded_run
+    from iterview.pipeline.sampling import sample_viewset
+
     state = PartialState(cpu=cpu)
-    root = output_dir / run_name(viewset, choice_u, choice_c, strength)
-    with removed_if_failed(root), recorded_run(root, record):
-        written = sample_viewset(
-            g_u.to(state.device),
-            None if g_c is None else g_c.to(state.device),
-            root,
-            seed_list,
+    with removed_if_failed(run.root), recorded_run(run.root, run.record):
+        return sample_viewset(
+            run.g_u.to(state.device),
+            None if run.g_c is None else run.g_c.to(state.device),
+            run.root,
+            run.seeds,
             viewset=viewset,
             classes=classes,
             batch_size=batch_size,
-            sampler_uncond=choice_u,
-            sampler_cond=choice_c,
-            guidance=guidance_weights,
-            geometry=geometry,
+            sampler_uncond=run.sampler_uncond,
+            sampler_cond=run.sampler_cond,
+            guidance=run.guidance,
+            geometry=run.geometry,
             rank=state.process_index,
             world_size=state.num_processes,
             progress=state.is_local_main_process,
-            made_by=record,
+            made_by=run.record,
         )
-    typer.echo(f"{len(written)} new scene(s) in {root}")
 
 
 def lift(
+    ctx: typer.Context,
     photos: Annotated[list[Path], typer.Argument(help="Photos to lift (any common format, size and aspect).")],
     cond: Annotated[
         str,
@@ -159,7 +198,6 @@ def lift(
     any photo failed."""
     import torch
 
-    from iterview.data.prepare import DEFAULT_DEPTH_MODEL
     from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
@@ -167,32 +205,29 @@ def lift(
         raise ValueError("give --depth files or --depth-model, not both")
     if depth and len(depth) != len(photos):
         raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
-    settings = LiftSettings(
-        depth_model=None if depth else depth_model or DEFAULT_DEPTH_MODEL,
-        depth_kind=depth_kind,
-        class_label=class_label,
-        viewset=viewset,
-        pad=pad,
-        seed=seed,
-        sampler=sampler,
-        guidance=guidance,
-    )
+    settings = LiftSettings.from_options(ctx.params, depth_files=bool(depth))
     models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
     lifter = PhotoLifter(models, settings, device, progress=True)
-    views, failed = [], []
-    for photo, depth_file in zip(photos, depth or [None] * len(photos), strict=True):
-        try:
-            views.append(lifter.first_view(photo, depth_file))
-        except (ValueError, FileNotFoundError) as error:
-            failed.append(photo)
-            typer.echo(f"error: {error}", err=True)
-    names = photo_folders([view.photo for view in views])
-    for view, name in zip(views, names, strict=True):
+    views, failed = _first_views(lifter, photos, depth or [None] * len(photos))
+    for view, name in zip(views, photo_folders([view.photo for view in views]), strict=True):
         root = lifter.lift(view, output if len(photos) == 1 else output / name)
         typer.echo(f"{view.photo} -> {root}")
     if failed:
         typer.echo(f"{len(failed)} of {len(photos)} photo(s) failed: {', '.join(map(str, failed))}", err=True)
         raise typer.Exit(1)
+
+
+def _first_views(lifter: PhotoLifter, photos: list[Path], depths: list[Path | None]) -> tuple[list[FirstView], list]:
+    """Every photo's first view, checked before any sampling; returns them and the photos that failed (each
+    reported as it fails)."""
+    views, failed = [], []
+    for photo, depth_file in zip(photos, depths, strict=True):
+        try:
+            views.append(lifter.first_view(photo, depth_file))
+        except (ValueError, FileNotFoundError) as error:
+            failed.append(photo)
+            typer.echo(f"error: {error}", err=True)
+    return views, failed
 
 
 def photo_folders(photos: list[Path]) -> list[str]:

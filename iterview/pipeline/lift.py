@@ -11,9 +11,10 @@ the padding is unknown, and G_c (or G_u, when given) inpaints it in view 0's own
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,14 @@ class LiftSettings:
     sampler: str = "official"
     guidance: float | None = None
 
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], depth_files: bool) -> LiftSettings:
+        """The settings named in a lift command's or call's options (other keys are ignored): user depth files
+        win over a depth model, and with neither the official depth model (DPT-BEiT-L-512) estimates depth."""
+        values = {name.name: options[name.name] for name in fields(cls)}
+        values["depth_model"] = None if depth_files else values["depth_model"] or DEFAULT_DEPTH_MODEL
+        return cls(**values)
+
 
 @dataclass
 class LiftModels:
@@ -77,6 +86,7 @@ class LiftModels:
 
     @property
     def image_size(self) -> int:
+        """The side of the square images both models work at."""
         return self.g_c.image_size
 
 
@@ -251,6 +261,7 @@ class PhotoLifter:
         return FirstView(photo, rgbd, known, source)
 
     def pipeline(self) -> MultiViewPipeline:
+        """The multi-view pipeline of these models and settings (no guidance for the null class)."""
         strength = self.strength if self.classes is not None and self.classes[0] >= 0 else 0.0
         return MultiViewPipeline(
             self.models.g_u,
@@ -275,6 +286,7 @@ class PhotoLifter:
         if not known.all():
             first = fill_unknown(pipeline, first, known, [generator], classes)
         modelviews = self.viewset.modelviews[None].to(self.device)
+
         def finished(event: dict) -> None:  # the pipeline reports sampler steps and finished views
             if callback is not None and "sample" in event:
                 callback(event["view"] + 1, event["views"])
@@ -388,17 +400,16 @@ def lift_photo(
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = load_lift_models(cond, uncond, device=device)
-    if depth is None and depth_model is None:
-        depth_model = DEFAULT_DEPTH_MODEL
-    settings = LiftSettings(
-        depth_model=None if depth is not None else depth_model,
-        depth_kind=depth_kind,
-        class_label=class_label,
-        viewset=viewset,
-        pad=pad,
-        seed=seed,
-        sampler=sampler,
-        guidance=guidance,
-    )
+    options = {
+        "depth_model": depth_model,
+        "depth_kind": depth_kind,
+        "class_label": class_label,
+        "viewset": viewset,
+        "pad": pad,
+        "seed": seed,
+        "sampler": sampler,
+        "guidance": guidance,
+    }
+    settings = LiftSettings.from_options(options, depth_files=depth is not None)
     lifter = PhotoLifter(models, settings, device)
     return lifter.lift(lifter.first_view(photo, depth), output_dir, callback)

@@ -155,6 +155,13 @@ def save_instance(
     return scene.save(scene_path(root, sfx))
 
 
+def _already_sampled(root: Path, instance: Instance, made_by: dict | None) -> bool:
+    """Whether the instance's scene is finished in root; with made_by, also whole and made by that run."""
+    if made_by is None:
+        return is_finished(root, instance.suffix)
+    return scene_is_complete(scene_path(root, instance.suffix), made_by)
+
+
 def sample_viewset(
     g_u: nn.Module,
     g_c: nn.Module | None,
@@ -202,12 +209,7 @@ def sample_viewset(
     batch: list[Instance] = []
     for index, seed in mine:
         instance = make_instance(seed, index, classes, num_classes, viewset, device)
-        done = (
-            is_finished(root, instance.suffix)
-            if made_by is None
-            else scene_is_complete(scene_path(root, instance.suffix), made_by)
-        )
-        if done:
+        if _already_sampled(root, instance, made_by):
             bar.update()
             continue
         batch.append(instance)

@@ -115,6 +115,7 @@ class TrainConfig:
         return cls(**data)
 
     def to_dict(self) -> dict:
+        """The config as plain JSON values (the model's config nested under `model`)."""
         return {**asdict(self), "model": self.model.to_dict()}
 
     def save(self, path: str | Path) -> Path:
@@ -149,6 +150,7 @@ def load_config(
 
 
 def get_preset(name: str) -> TrainConfig:
+    """A copy of a named preset (PRESETS); a ValueError lists the names for an unknown one."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])

@@ -109,46 +109,46 @@ def _run(
     init_from: str | Path | None,
     progress: bool,
 ) -> Path:
+    """The loop: one optimiser step over grad_accum micro-batches and the EMA update per iteration, then the log
+    record, the sample grid and the checkpoint when their step comes."""
     run = setup_run(accelerator, config, output_dir, resume, init_from)
-    state, device = run.state, accelerator.device
+    model, net, optimizer, state, device = run.model, run.net, run.optimizer, run.state, accelerator.device
     images_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     bar = tqdm(
         total=config.max_steps, initial=state.step, unit="step", disable=not (progress and accelerator.is_main_process)
     )
     window = LossWindow(torch.zeros((), device=device))
+    model.train()
     while state.step < config.max_steps:
         tick = time.perf_counter()
-        micro_batches = []
+        total = torch.zeros((), device=device)  # on device, so the step never waits for the GPU
+        scale = _loss_scale(accelerator)
         for _ in range(config.grad_accum):
             batch, state.epoch, state.batch = next(run.batches)
-            micro_batches.append(batch)
-        rate = min(config.ema_rate, (1 + state.step) / (10 + state.step)) if config.ema_warmup else config.ema_rate
-        loss = train_step(
-            accelerator,
-            run.model,
-            run.net,
-            run.ema,
-            run.optimizer,
-            run.schedule,
-            micro_batches,
-            config,
-            run.generator,
-            rate,
-        )
+            with accelerator.accumulate(model):
+                loss = loss_of(model, batch, run.schedule, config, run.generator)
+                accelerator.backward(loss)
+                if config.grad_clip is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.detach()
+        if scale is None or _loss_scale(accelerator) >= scale:  # else an fp16 overflow: no update, nothing to average
+            update_ema(run.ema, net, ema_rate_at(config, state.step))
         state.step += 1
-        window.add(loss, time.perf_counter() - tick)
+        window.add(total / config.grad_accum, time.perf_counter() - tick)
         bar.update()
 
         if state.step % config.log_every == 0 or state.step == config.max_steps:
-            record = window.record(accelerator, state, run.optimizer, images_per_step)
+            record = window.record(accelerator, state, optimizer, images_per_step)
             _write_log(accelerator, output_dir / LOG_FILE, record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
         if state.step % config.sample_every == 0 and accelerator.is_main_process:
             generator = _sample_generator(config, device)
-            grid = sample_grid(run.net, run.schedule, run.sample_batch, config.sample_steps, config.guidance, generator)
+            grid = sample_grid(net, run.schedule, run.sample_batch, config.sample_steps, config.guidance, generator)
             save_png(grid, output_dir / "samples" / f"step_{state.step:07d}.png")
         if state.step % config.save_every == 0 or state.step == config.max_steps:
-            _save(accelerator, output_dir, state, run.net, run.ema, config, run.optimizer, run.generator)
+            _save(accelerator, output_dir, state, net, run.ema, config, optimizer, run.generator)
     bar.close()
     return checkpoint_path(output_dir, state.step) / "ema"  # the last step is always saved
 
@@ -274,41 +274,26 @@ def _write_log(accelerator: Accelerator, path: Path, record: dict[str, float]) -
     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
-def train_step(
-    accelerator: Accelerator,
+def loss_of(
     model: nn.Module,
-    net: nn.Module,
-    ema: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
     schedule: DiffusionSchedule,
-    micro_batches: list[dict[str, torch.Tensor]],
     config: TrainConfig,
     generator: torch.Generator,
-    ema_rate: float,
 ) -> torch.Tensor:
-    """One optimiser step over grad_accum micro-batches, then the EMA update; returns the mean loss (on device,
-    so the step never waits for the GPU). model: the prepared (DDP/compiled) module; net: the bare one.
+    """The official ε-prediction loss on one micro-batch: label dropout (and the G_c input) in
+    `conditioned_model`, t ~ U{0..T-1}, noise, x_t = q_sample(x_0, t, noise), the (Min-SNR-weighted) ε-MSE.
+    model: the prepared (DDP/compiled) module; batch as in `conditioned_model`."""
+    model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = randn_like(x0, generator)
+    return schedule.eps_loss(model_fn(schedule.q_sample(x0, t, noise), t), noise, t, config.min_snr_gamma)
 
-    Per micro-batch, the official ε-prediction step: label dropout (and the G_c input) in `conditioned_model`,
-    t ~ U{0..T-1}, noise, x_t = q_sample(x_0, t, noise), the (Min-SNR-weighted) ε-MSE, backward."""
-    model.train()
-    total = torch.zeros((), device=accelerator.device)
-    scale = _loss_scale(accelerator)
-    for batch in micro_batches:
-        with accelerator.accumulate(model):
-            model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
-            t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-            noise = randn_like(x0, generator)
-            loss = schedule.eps_loss(model_fn(schedule.q_sample(x0, t, noise), t), noise, t, config.min_snr_gamma)
-            accelerator.backward(loss)
-            if config.grad_clip is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        total += loss.detach()
-    if scale is None or _loss_scale(accelerator) >= scale:  # else an fp16 overflow: no update, nothing to average
-        update_ema(ema, net, ema_rate)
-    return total / len(micro_batches)
+
+def ema_rate_at(config: TrainConfig, step: int) -> float:
+    """The EMA rate of the update after `step` optimiser steps: config.ema_rate, ramped up as
+    (1 + step) / (10 + step) over the first steps when config.ema_warmup is set."""
+    return min(config.ema_rate, (1 + step) / (10 + step)) if config.ema_warmup else config.ema_rate
 
 
 def _loss_scale(accelerator: Accelerator) -> float | None:

@@ -67,6 +67,7 @@ class AppModels:
 
     @property
     def num_classes(self) -> int | None:
+        """G_u's number of classes; None for an unconditional model."""
         return getattr(self.g_u, "num_classes", None)
 
 

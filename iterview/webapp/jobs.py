@@ -32,6 +32,8 @@ class Progress:
 
 @dataclass
 class Done:
+    """value: what the job returned."""
+
     value: Any
 
 
