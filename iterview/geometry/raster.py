@@ -205,7 +205,7 @@ def _rasterize_group(
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
     front = _front_facing(corners)
-    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
+    setup = _row_bands(_setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size))
 
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
     for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
@@ -280,18 +280,27 @@ def _clip_polygons(triangles: torch.Tensor, planes: torch.Tensor) -> tuple[torch
 
 @dataclass
 class _Setup:
-    """Drawn triangles in window space, cut into bands of up to `height` sample rows: band i < T is the first
-    band of triangle i, the bands after them continue the tall triangles."""
+    """Drawn triangles in window space, one column each of `table`."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
-    height: int
-    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
-    band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
-    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
     # (17, T) float64 per triangle: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row
     # r being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
     # row 0 (b S² + (S - 1) S) and the face index.
     table: torch.Tensor
+    row_first: torch.Tensor  # (T,) float64 first sample row (window y, up)
+    rows: torch.Tensor  # (T,) int64 sample rows crossed (0 for none)
+
+
+@dataclass
+class _Bands:
+    """The triangles of a _Setup cut into bands of up to `height` sample rows: band i < T is the first band of
+    triangle i, the bands after them continue the tall triangles."""
+
+    height: int
+    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
+    band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
+    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    table: torch.Tensor  # (17, T) the setup's table
 
     def band_table(self, start: int, stop: int) -> torch.Tensor:
         """(17, stop - start) table rows of bands [start, stop)."""
@@ -303,15 +312,9 @@ class _Setup:
 def _setup_triangles(
     triangles: torch.Tensor, owner: torch.Tensor, drawn_back: torch.Tensor, num_faces: int, size: int
 ) -> _Setup:
-    """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
-    depth planes and row bands. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
-    x, y, z, w = triangles
-    # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
-    scale = w.reciprocal()
-    shift = (size / 2 - 0.5) * _ONE
-    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
-    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
-    zw = (z * scale).mul_(0.5).add_(0.5).double()
+    """Snap (4, 3, T) triangles to the sub-pixel grid, drop those GL does not draw and tabulate their edges, depth
+    planes and rows. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
+    xw, yw, zw = _window_coordinates(triangles, size)
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
     keep = (area != 0) & drawn_back.index_select(0, owner)  # GL draws no zero-area triangle
@@ -321,7 +324,35 @@ def _setup_triangles(
     clockwise = area < 0
     swap = torch.stack([torch.zeros_like(clockwise), clockwise, clockwise])
     xf, yf = (torch.where(swap, v[[0, 2, 1]], v) for v in (xf, yf))
+    slots, flat_bottom = _edge_slots(xf, yf)
+    row_first = torch.ceil((yf.amin(0) + flat_bottom) / _ONE).clamp_(min=0)
+    row_last = torch.floor(yf.amax(0) / _ONE).clamp_(max=size - 1)
+    batch = torch.div(owner, num_faces, rounding_mode="floor")
+    pixel_base = batch * (size * size) + (size - 1) * size
+    extra = torch.stack([*_depth_plane(xw, yw, zw), pixel_base.double(), (owner - batch * num_faces).double()])
+    return _Setup(
+        owner=owner,
+        table=torch.cat([slots.reshape(12, -1), extra]),
+        row_first=row_first,
+        rows=(row_last - row_first + 1).clamp_(min=0).long(),
+    )
 
+
+def _window_coordinates(triangles: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(4, 3, T) clip-space triangles -> float64 window x, y relative to the pixel centres (GL's half-pixel
+    offset) in 1/256 pixel, and window depth in [0, 1]; each (3, T)."""
+    x, y, z, w = triangles
+    scale = w.reciprocal()
+    shift = (size / 2 - 0.5) * _ONE
+    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    zw = (z * scale).mul_(0.5).add_(0.5).double()
+    return xw, yw, zw
+
+
+def _edge_slots(xf: torch.Tensor, yf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column bounds of counter-clockwise snapped triangles xf, yf (3, T): (A|D|m, slot, T) for the two left and
+    two right slots, and (T,) 1.0 where a flat bottom edge drops the first row."""
     dx, dy = xf.roll(-1, 0) - xf, yf.roll(-1, 0) - yf  # edge k runs from vertex k to vertex k + 1
     offset = dy * xf - dx * yf  # E_k(px, py) = dx_k py - dy_k px + offset_k; sample (c, r) is at (256 c, 256 r)
     # Top-left rule in GL window space (y up): left edges (dy < 0) and top edges (dy = 0, dx < 0) own their
@@ -332,52 +363,45 @@ def _setup_triangles(
     m = (dy * _ONE).abs()
     edge = torch.stack([torch.where(left, m - 1 - offset, offset - 1), torch.where(left, -dx, dx) * _ONE, m], dim=1)
 
-    # Two left and two right slots per triangle: the first and last edge of each side (a side with one edge
-    # repeats it). A flat edge only limits the rows.
+    # The first and last edge of each side (a side with one edge repeats it). A flat edge only limits the rows.
     def first(side: torch.Tensor) -> torch.Tensor:
         return torch.where(side[0], edge[0], torch.where(side[1], edge[1], edge[2]))
 
     def last(side: torch.Tensor) -> torch.Tensor:
         return torch.where(side[2], edge[2], torch.where(side[1], edge[1], edge[0]))
 
-    slots = torch.stack([first(left), last(left), first(right), last(right)], dim=1)  # (A|D|m, slot, T)
+    slots = torch.stack([first(left), last(left), first(right), last(right)], dim=1)
     # A flat bottom edge (dx > 0) does not own its samples, a flat top edge does.
-    flat_bottom = ((dy == 0) & (dx > 0)).any(0).double()
-    row_first = torch.ceil((yf.amin(0) + flat_bottom) / _ONE).clamp_(min=0)
-    row_last = torch.floor(yf.amax(0) / _ONE).clamp_(max=size - 1)
-    rows = (row_last - row_first + 1).clamp_(min=0).long()
+    return slots, ((dy == 0) & (dx > 0)).any(0).double()
 
-    # Depth is affine in window space; its plane comes from the unsnapped coordinates, as in llvmpipe (nearly
-    # edge-on triangles would otherwise tilt visibly).
+
+def _depth_plane(
+    xw: torch.Tensor, yw: torch.Tensor, zw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Window depth z = z0 + dzdx c + dzdy r per sample column c and row r: (T,) each. The plane comes from the
+    unsnapped coordinates, as in llvmpipe (nearly edge-on triangles would otherwise tilt visibly)."""
     e1x, e1y, e2x, e2y = xw[1] - xw[0], yw[1] - yw[0], xw[2] - xw[0], yw[2] - yw[0]
     e1z, e2z = zw[1] - zw[0], zw[2] - zw[0]
     det = e1x * e2y - e2x * e1y
     dzdx = (e1z * e2y - e2z * e1y) / det
     dzdy = (e2z * e1x - e1z * e2x) / det
     z0 = zw[0] - dzdx * xw[0] - dzdy * yw[0]
-    batch = torch.div(owner, num_faces, rounding_mode="floor")
-    pixel_base = batch * (size * size) + (size - 1) * size
-    extra = torch.stack([z0, dzdx * _ONE, dzdy * _ONE, pixel_base.double(), (owner - batch * num_faces).double()])
-    table = torch.cat([slots.reshape(12, -1), extra])
+    return z0, dzdx * _ONE, dzdy * _ONE
 
-    # Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
-    # several, so that the row work stays dense.
+
+def _row_bands(setup: _Setup) -> _Bands:
+    """Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
+    several, so that the row work stays dense."""
+    rows = setup.rows
     height = int(min(max(rows.double().mean().ceil().item() if len(rows) else 1, 2), 16))
     extra = torch.div(rows - 1, height, rounding_mode="floor").clamp_(min=0)
     tall = torch.repeat_interleave(extra)
     index = torch.arange(1, len(tall) + 1, device=tall.device) - (torch.cumsum(extra, 0) - extra).index_select(0, tall)
     band_triangle = torch.cat([torch.arange(len(rows), device=rows.device), tall])
     band_index = torch.cat([torch.zeros_like(rows), index])
-    band_row = row_first.index_select(0, band_triangle) + band_index * height
+    band_row = setup.row_first.index_select(0, band_triangle) + band_index * height
     bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
-    return _Setup(
-        owner=owner,
-        height=height,
-        band_triangle=band_triangle,
-        band_row=band_row,
-        bands=bands,
-        table=table,
-    )
+    return _Bands(height=height, band_triangle=band_triangle, band_row=band_row, bands=bands, table=setup.table)
 
 
 @dataclass
@@ -389,7 +413,7 @@ class _Spans:
     depth: torch.Tensor  # (2, P) float32: depth at the first covered sample, depth step per column
 
 
-def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
+def _row_spans(setup: _Bands, start: int, stop: int, size: int) -> _Spans:
     """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
     table = setup.band_table(start, stop)[..., None]  # (17, N, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
