@@ -20,9 +20,14 @@ dimensions first (coordinate, corner, then triangle): PyTorch reduces and gather
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal
 
+import numpy as np
 import torch
 
 from iterview.geometry.cameras import perspective
@@ -42,6 +47,7 @@ _MAX_BANDS = 1 << 16
 _MAX_CANDIDATES = 1 << 20
 _MAX_GATHERED = 1 << 20  # attribute values gathered at once by interpolate()
 _EMPTY_KEY = torch.iinfo(torch.int64).max
+Backend = Literal["auto", "torch", "numba"]
 
 
 @dataclass
@@ -73,6 +79,7 @@ def rasterize(
     far: float = 200.0,
     face_mask: torch.Tensor | None = None,
     discard_back: torch.Tensor | None = None,
+    backend: Backend = "auto",
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
     that may be drawn. Strict '<' depth test, near-plane clipping.
@@ -81,8 +88,11 @@ def rasterize(
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
     discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
     shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
+    backend: "torch" (plain PyTorch, any device), "numba" (compiled CPU loops, the same result) or "auto" (numba
+    for CPU tensors when it is installed, else torch).
     """
     _check_inputs(position, faces, modelview, size)
+    compiled = use_kernels(position.device, backend)
     flags = [face_mask, discard_back]
     for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
         if flag is not None and flag.shape != faces.shape[:2]:
@@ -100,6 +110,7 @@ def rasterize(
             fov=fov,
             near=near,
             far=far,
+            compiled=compiled,
         )
         for i in range(0, len(position), group)
     ]
@@ -120,13 +131,25 @@ def clip_coordinates(
     return eye @ projection[:, :3].T + projection[:, 3]
 
 
-def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+def interpolate(
+    fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor, backend: Backend = "auto"
+) -> torch.Tensor:
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
-    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free."""
+    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free.
+    backend: as in `rasterize`."""
     if not attributes.is_floating_point():
         attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
+    if use_kernels(attributes.device, backend):
+        out = attributes.new_empty(channels, batch, size, size)
+        kernels = _kernels()
+        kernels.interpolate_pixels(
+            *_numpy(fragments.face.reshape(-1), fragments.bary.movedim(-1, 0).reshape(3, -1), faces, attributes),
+            size * size,
+            out.numpy().reshape(channels, -1),
+        )
+        return out.permute(1, 2, 3, 0)
     # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
     # the gathered values in cache.
     vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
@@ -194,6 +217,7 @@ def _rasterize_group(
     fov: float,
     near: float,
     far: float,
+    compiled: bool,
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
@@ -205,15 +229,32 @@ def _rasterize_group(
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
     front = _front_facing(corners)
-    setup = _row_bands(_setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size))
-
+    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
+    if compiled:
+        return _draw_compiled(setup, corners, front, batch, size)
+    bands = _row_bands(setup)
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
-    for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
-        spans = _row_spans(setup, start, stop, size)
+    for start, stop in _chunks(bands.bands, _MAX_BANDS, split=bands.table.shape[1]):
+        spans = _row_spans(bands, start, stop, size)
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
             best.scatter_reduce_(0, pixel, key, "amin")
     return _resolve(best, corners, front, batch, size)
+
+
+def _draw_compiled(setup: _Setup, corners: torch.Tensor, front: torch.Tensor, batch: int, size: int) -> Fragments:
+    """The compiled equivalent of the torch path's candidates, depth test and _resolve."""
+    kernels = _kernels()
+    shape = (batch, size, size)
+    zbuffer = torch.full(shape, math.inf)
+    face = torch.full(shape, -1, dtype=torch.int64)
+    bary = torch.empty(3, *shape)
+    covered_front = torch.empty(shape, dtype=torch.bool)
+    buffers = _numpy(zbuffer.view(-1), face.view(-1), bary.view(3, -1), covered_front.view(-1))
+    kernels.draw_triangles(*_numpy(setup.table, setup.row_first, setup.rows), size, *buffers[:2])
+    planes, num_faces = _barycentric_planes(corners), corners.shape[-1] // batch
+    kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
+    return Fragments(face=face, bary=bary.permute(1, 2, 3, 0), zbuffer=zbuffer, front=covered_front)
 
 
 def _front_facing(corners: torch.Tensor) -> torch.Tensor:
@@ -466,15 +507,7 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
     flat_face = (face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, num_faces, best.device)).reshape(-1)
 
-    # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
-    # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small
-    # triangle are nearly parallel vectors whose cross products cancel: float32 would lose ~(S/2)²·ε, so they are
-    # formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32, as GL's own setup.
-    x, y, _, w = corners.double()
-    x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
-    coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
-    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
-    plane = coefficients.reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
+    plane = _barycentric_planes(corners).reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
     centres = (torch.arange(size, device=best.device, dtype=torch.float32) + 0.5) * (2 / size) - 1
     ndc_y, ndc_x = torch.meshgrid(centres.flip(0), centres, indexing="ij")  # image row 0 is the top
     value = torch.addcmul(plane[2], plane[0], ndc_x.reshape(-1).repeat(batch))
@@ -485,3 +518,42 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     shape = (batch, size, size)
     bary = bary.reshape(3, *shape).permute(1, 2, 3, 0)  # stays corner-major underneath, for interpolate()
     return Fragments(face=face.reshape(shape), bary=bary, zbuffer=zbuffer.reshape(shape), front=front.reshape(shape))
+
+
+def _barycentric_planes(corners: torch.Tensor) -> torch.Tensor:
+    """(4, 3, B F) clip-space triangles -> (3, 4, B F) float32: the x, y and constant coefficients of the three
+    barycentric planes and of their sum.
+
+    b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
+    The vertices of a small triangle are nearly parallel vectors whose cross products cancel: float32 would lose
+    ~(S/2)²·ε, so they are formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32,
+    as GL's own setup.
+    """
+    x, y, _, w = corners.double()
+    x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
+    coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
+    return torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The compiled kernels, or None without numba (imported on first use: numba takes a while to load)."""
+    try:
+        from iterview.geometry import raster_kernels
+    except ImportError:
+        return None
+    return raster_kernels
+
+
+def use_kernels(device: torch.device, backend: Backend) -> bool:
+    """Whether `backend` ("auto", "torch" or "numba") runs the compiled kernels for tensors on `device`."""
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+    if backend == "numba" and (device.type != "cpu" or _kernels() is None):
+        raise ValueError(f"backend 'numba' needs numba installed and CPU tensors, got {device.type} tensors")
+    return backend == "numba" or (backend == "auto" and device.type == "cpu" and _kernels() is not None)
+
+
+def _numpy(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """Contiguous CPU tensors as numpy arrays sharing their memory."""
+    return [t.contiguous().numpy() for t in tensors]
