@@ -228,11 +228,10 @@ def _rasterize_group(
     owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
-    front = _front_facing(corners)
-    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
     if compiled:
-        return _draw_compiled(setup, corners, front, batch, size)
-    bands = _row_bands(setup)
+        return _draw_compiled(triangles, owner, corners, discard_back.reshape(-1), batch, size)
+    front = _front_facing(corners)
+    bands = _row_bands(_setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size))
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
     for start, stop in _chunks(bands.bands, _MAX_BANDS, split=bands.table.shape[1]):
         spans = _row_spans(bands, start, stop, size)
@@ -242,17 +241,28 @@ def _rasterize_group(
     return _resolve(best, corners, front, batch, size)
 
 
-def _draw_compiled(setup: _Setup, corners: torch.Tensor, front: torch.Tensor, batch: int, size: int) -> Fragments:
-    """The compiled equivalent of the torch path's candidates, depth test and _resolve."""
+def _draw_compiled(
+    triangles: torch.Tensor,
+    owner: torch.Tensor,
+    corners: torch.Tensor,
+    discard_back: torch.Tensor,
+    batch: int,
+    size: int,
+) -> Fragments:
+    """The compiled equivalent of the torch path's facing, setup, candidates, depth test and _resolve.
+    triangles: (4, 3, T) drawn (clipped) triangles of owner (T,); corners: (4, 3, B F); discard_back: (B F,)."""
     kernels = _kernels()
     shape = (batch, size, size)
+    planes = torch.empty(3, 4, corners.shape[-1])
+    front = torch.empty(corners.shape[-1], dtype=torch.bool)
+    kernels.face_planes(*_numpy(corners, planes, front))
     zbuffer = torch.full(shape, math.inf)
     face = torch.full(shape, -1, dtype=torch.int64)
     bary = torch.empty(3, *shape)
     covered_front = torch.empty(shape, dtype=torch.bool)
     buffers = _numpy(zbuffer.view(-1), face.view(-1), bary.view(3, -1), covered_front.view(-1))
-    kernels.draw_triangles(*_numpy(setup.table, setup.row_first, setup.rows), size, *buffers[:2])
-    planes, num_faces = _barycentric_planes(corners), corners.shape[-1] // batch
+    num_faces = corners.shape[-1] // batch
+    kernels.draw_triangles(*_numpy(triangles, owner, front | ~discard_back), num_faces, size, *buffers[:2])
     kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
     return Fragments(face=face, bary=bary.permute(1, 2, 3, 0), zbuffer=zbuffer, front=covered_front)
 
