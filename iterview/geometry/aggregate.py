@@ -219,7 +219,7 @@ def _shade_and_composite(
     far: float,
 ) -> None:
     """shade_view followed by compositor.add in one compiled pass over the pixels (CPU, numba)."""
-    from iterview.geometry import aggregate_kernels
+    from iterview.geometry import aggregate_kernels, raster_kernels
 
     discard, attributes = _shading_inputs(mesh)
     fragments = rasterize(
@@ -242,7 +242,10 @@ def _shade_and_composite(
         compositor.count_color.view(batch, -1),
         compositor.count_depth.view(batch, -1),
     )
-    aggregate_kernels.shade_and_composite(*(t.contiguous().numpy() for t in inputs), *(t.numpy() for t in accumulators))
+    with raster_kernels.running_on(torch.get_num_threads()):
+        aggregate_kernels.shade_and_composite(
+            *(t.contiguous().numpy() for t in inputs), *(t.numpy() for t in accumulators)
+        )
 
 
 class Compositor:

@@ -22,6 +22,7 @@ _WEAK_DEPTH_WEIGHT = np.float32(1e-8)
 _HULL_LIMIT = np.float32(2e-8)
 _ZERO, _ONE, _TINY = np.float32(0.0), np.float32(1.0), np.float32(1e-30)
 _EDGE_LEVEL, _PADDING_LEVEL = np.float32(0.999), np.float32(0.001)
+_CHUNK = 4096  # pixels a thread takes at once
 
 
 @numba.njit(cache=True, nogil=True)
@@ -39,7 +40,7 @@ def _view_weight(values: np.ndarray, centre: np.ndarray) -> np.float32:
     return max(weight, _WEAK_WEIGHT)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def shade_and_composite(
     face: np.ndarray,
     bary: np.ndarray,
@@ -61,38 +62,76 @@ def shade_and_composite(
     the view's camera centre. Accumulators: color (B, 4, P) Σ rgb·w, Σ w; depth (B, 2, P) Σ d·w_d, Σ w_d;
     count_color, count_depth (B, P) int32.
     """
-    texels = texture.shape[-1]
-    values = np.empty(attributes.shape[2], dtype=np.float32)
+    chunks = (face.shape[1] + _CHUNK - 1) // _CHUNK
     for b in range(face.shape[0]):
-        for p in range(face.shape[1]):
-            f = face[b, p]
-            if f < 0 or not front[b, p]:
-                continue  # weight 0: nothing is added
-            v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
-            w0, w1, w2 = bary[0, b, p], bary[1, b, p], bary[2, b, p]
-            for c in range(values.shape[0]):
-                values[c] = attributes[b, v0, c] * w0 + attributes[b, v1, c] * w1 + attributes[b, v2, c] * w2
-            weight = _view_weight(values, centre[b])
-            column = min(max(math.floor(values[0] * np.float32(texels)), 0), texels - 1)
-            row = min(max(math.floor(values[1] * np.float32(texels)), 0), texels - 1)
-            strong = weight > _STRONG_DEPTH
-            depth_weight = _ONE if strong else _WEAK_DEPTH_WEIGHT
-            if weight > _STRONG_COLOR:
-                count_color[b, p] += 1
-            if strong:
-                count_depth[b, p] += 1
-            weighted_depth = zbuffer[b, p] * depth_weight
-            stored = depth[b, 1, p]
-            if not strong and _ZERO < stored < _HULL_LIMIT:  # only weak samples so far: keep the farthest
-                if not weighted_depth > depth[b, 0, p]:
-                    continue
-                for k in range(3):
-                    color[b, k, p] = texture[b, k, row, column] * weight
-                color[b, 3, p] = weight
-                depth[b, 0, p], depth[b, 1, p] = weighted_depth, depth_weight
+        for chunk in numba.prange(chunks):
+            _composite_pixels(
+                chunk * _CHUNK,
+                min((chunk + 1) * _CHUNK, face.shape[1]),
+                face[b],
+                bary[:, b],
+                zbuffer[b],
+                front[b],
+                faces[b],
+                attributes[b],
+                texture[b],
+                centre[b],
+                color[b],
+                depth[b],
+                count_color[b],
+                count_depth[b],
+            )
+
+
+@numba.njit(cache=True, nogil=True)
+def _composite_pixels(
+    start: int,
+    stop: int,
+    face: np.ndarray,
+    bary: np.ndarray,
+    zbuffer: np.ndarray,
+    front: np.ndarray,
+    faces: np.ndarray,
+    attributes: np.ndarray,
+    texture: np.ndarray,
+    centre: np.ndarray,
+    color: np.ndarray,
+    depth: np.ndarray,
+    count_color: np.ndarray,
+    count_depth: np.ndarray,
+) -> None:
+    """shade_and_composite over pixels [start, stop) of one batch element (the arguments without batch)."""
+    texels = texture.shape[-1]
+    values = np.empty(attributes.shape[1], dtype=np.float32)
+    for p in range(start, stop):
+        f = face[p]
+        if f < 0 or not front[p]:
+            continue  # weight 0: nothing is added
+        v0, v1, v2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        w0, w1, w2 = bary[0, p], bary[1, p], bary[2, p]
+        for c in range(values.shape[0]):
+            values[c] = attributes[v0, c] * w0 + attributes[v1, c] * w1 + attributes[v2, c] * w2
+        weight = _view_weight(values, centre)
+        column = min(max(math.floor(values[0] * np.float32(texels)), 0), texels - 1)
+        row = min(max(math.floor(values[1] * np.float32(texels)), 0), texels - 1)
+        strong = weight > _STRONG_DEPTH
+        depth_weight = _ONE if strong else _WEAK_DEPTH_WEIGHT
+        if weight > _STRONG_COLOR:
+            count_color[p] += 1
+        if strong:
+            count_depth[p] += 1
+        weighted_depth = zbuffer[p] * depth_weight
+        stored = depth[1, p]
+        if not strong and _ZERO < stored < _HULL_LIMIT:  # only weak samples so far: keep the farthest
+            if not weighted_depth > depth[0, p]:
                 continue
             for k in range(3):
-                color[b, k, p] += texture[b, k, row, column] * weight
-            color[b, 3, p] += weight
-            depth[b, 0, p] += weighted_depth
-            depth[b, 1, p] += depth_weight
+                color[k, p] = texture[k, row, column] * weight
+            color[3, p] = weight
+            depth[0, p], depth[1, p] = weighted_depth, depth_weight
+            continue
+        for k in range(3):
+            color[k, p] += texture[k, row, column] * weight
+        color[3, p] += weight
+        depth[0, p] += weighted_depth
+        depth[1, p] += depth_weight

@@ -144,11 +144,12 @@ def interpolate(
     if use_kernels(attributes.device, backend):
         out = attributes.new_empty(channels, batch, size, size)
         kernels = _kernels()
-        kernels.interpolate_pixels(
-            *_numpy(fragments.face.reshape(-1), fragments.bary.movedim(-1, 0).reshape(3, -1), faces, attributes),
-            size * size,
-            out.numpy().reshape(channels, -1),
-        )
+        with kernels.running_on(torch.get_num_threads()):
+            kernels.interpolate_pixels(
+                *_numpy(fragments.face.reshape(-1), fragments.bary.movedim(-1, 0).reshape(3, -1), faces, attributes),
+                size * size,
+                out.numpy().reshape(channels, -1),
+            )
         return out.permute(1, 2, 3, 0)
     # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
     # the gathered values in cache.
@@ -255,15 +256,16 @@ def _draw_compiled(
     shape = (batch, size, size)
     planes = torch.empty(3, 4, corners.shape[-1])
     front = torch.empty(corners.shape[-1], dtype=torch.bool)
-    kernels.face_planes(*_numpy(corners, planes, front))
     zbuffer = torch.full(shape, math.inf)
     face = torch.full(shape, -1, dtype=torch.int64)
     bary = torch.empty(3, *shape)
     covered_front = torch.empty(shape, dtype=torch.bool)
     buffers = _numpy(zbuffer.view(-1), face.view(-1), bary.view(3, -1), covered_front.view(-1))
     num_faces = corners.shape[-1] // batch
-    kernels.draw_triangles(*_numpy(triangles, owner, front | ~discard_back), num_faces, size, *buffers[:2])
-    kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
+    with kernels.running_on(torch.get_num_threads()):
+        kernels.face_planes(*_numpy(corners, planes, front))
+        kernels.draw_triangles(*_numpy(triangles, owner, front | ~discard_back), num_faces, size, *buffers[:2])
+        kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
     return Fragments(face=face, bary=bary.permute(1, 2, 3, 0), zbuffer=zbuffer, front=covered_front)
 
 

@@ -8,20 +8,29 @@ falls back to its PyTorch path without it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import threading
+from collections.abc import Iterator
 
 import numba
 import numpy as np
 
 _ONE = 256.0  # sub-pixel units per pixel (`raster.SUBPIXEL_BITS`)
+_LOCK = threading.Lock()
+# PyTorch runs its own OpenMP pool: numba's 'omp' layer would start a second one, whose spinning threads slowed
+# every PyTorch operation after a kernel about 5x (measured); workqueue threads sleep between kernels.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> None:
     """Per face of corners (4, 3, B F) float32 clip space: planes (3, 4, B F) float32, the x, y and constant
     coefficients of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
     `raster._barycentric_planes`), and front (B F,) bool, counter-clockwise in window space."""
-    for t in range(corners.shape[2]):
+    for t in numba.prange(corners.shape[2]):
         total_x = total_y = total_1 = 0.0
         for k in range(3):
             k1, k2 = (k + 1) % 3, (k + 2) % 3
@@ -37,7 +46,6 @@ def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> N
         front[t] = x0 * (y1 * w2 - w1 * y2) - y0 * (x1 * w2 - w1 * x2) + w0 * (x1 * y2 - y1 * x2) > 0
 
 
-@numba.njit(cache=True, nogil=True)
 def draw_triangles(
     triangles: np.ndarray,
     owner: np.ndarray,
@@ -52,44 +60,62 @@ def draw_triangles(
     owner: (T,) flat face index b F + f; drawn_back: (B F,) False for faces to discard where back-facing.
     The nearest fragment wins; equal depths go to the lower face index (GL's strict '<' in draw order).
     """
-    xw, yw, zw, xf, yf = np.empty(3), np.empty(3), np.empty(3), np.empty(3), np.empty(3)
-    edge, bounds = np.empty((3, 3)), np.empty((3, 4))
+    table = np.empty((_TABLE_ROWS, triangles.shape[2]))
+    _setup_table(triangles, owner, drawn_back, num_faces, size, table)
+    _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
+
+
+# Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
+# first and last sample row (window y, up), the depth plane (z0, dz/dcolumn, dz/drow), the pixel index of column 0
+# of row 0 and the face index.
+_TABLE_ROWS = 19
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _setup_table(
+    triangles: np.ndarray, owner: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int, table: np.ndarray
+) -> None:
+    """Fill table (19, T) for the triangles (see draw_triangles); a triangle not drawn gets no rows."""
     half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
-    for t in range(triangles.shape[2]):
-        for k in range(3):
-            scale = np.float32(1.0) / triangles[3, k, t]
-            xw[k] = np.float64(triangles[0, k, t] * scale * half + shift)
-            yw[k] = np.float64(triangles[1, k, t] * scale * half + shift)
-            zw[k] = np.float64(triangles[2, k, t] * scale * np.float32(0.5) + np.float32(0.5))
-            xf[k], yf[k] = np.rint(xw[k]), np.rint(yw[k])
-        area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
+    for t in numba.prange(triangles.shape[2]):
+        table[12, t], table[13, t] = 0.0, -1.0
+        xw0, yw0, zw0 = _window(triangles[:, 0, t], half, shift)
+        xw1, yw1, zw1 = _window(triangles[:, 1, t], half, shift)
+        xw2, yw2, zw2 = _window(triangles[:, 2, t], half, shift)
+        x0, x1, x2, y0, y1, y2 = np.rint(xw0), np.rint(xw1), np.rint(xw2), np.rint(yw0), np.rint(yw1), np.rint(yw2)
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
         if area == 0 or not drawn_back[owner[t]]:
             continue  # GL draws no zero-area triangle
         if area < 0:  # clockwise: swap two vertices, then "inside" means every edge function is >= 0
-            xf[1], xf[2], yf[1], yf[2] = xf[2], xf[1], yf[2], yf[1]
-        flat_bottom = _edge_bounds(xf, yf, edge, bounds)
-        row_first = max(math.ceil((min(yf[0], yf[1], yf[2]) + flat_bottom) / _ONE), 0.0)
-        row_last = min(math.floor(max(yf[0], yf[1], yf[2]) / _ONE), size - 1.0)
+            x1, x2, y1, y2 = x2, x1, y2, y1
+        flat_bottom = _edge_bounds((x0, x1, x2), (y0, y1, y2), table[:12, t])
+        table[12, t] = max(math.ceil((min(y0, y1, y2) + flat_bottom) / _ONE), 0.0)
+        table[13, t] = min(math.floor(max(y0, y1, y2) / _ONE), size - 1.0)
+        table[14, t], table[15, t], table[16, t] = _depth_plane(xw0, yw0, zw0, xw1, yw1, zw1, xw2, yw2, zw2)
         batch = owner[t] // num_faces
-        base = np.float64(batch * size * size + (size - 1) * size)
-        plane = _depth_plane(xw, yw, zw)
-        _draw_rows(bounds, row_first, row_last, plane, base, owner[t] - batch * num_faces, size, depth, face)
+        table[17, t] = batch * size * size + (size - 1) * size
+        table[18, t] = owner[t] - batch * num_faces
 
 
 @numba.njit(cache=True, nogil=True)
-def _edge_bounds(xf: np.ndarray, yf: np.ndarray, edge: np.ndarray, bounds: np.ndarray) -> float:
-    """Column bounds of a counter-clockwise snapped triangle, as `raster._edge_slots`: bounds (A|D|m, slot) for
-    the first and last left and right edge, the column bound of row r being floor((A + D r) / m); edge (3, 3)
-    is scratch. Returns 1.0 where a flat bottom edge drops the first row, else 0.0."""
+def _window(vertex: np.ndarray, half: np.float32, shift: np.float32) -> tuple[float, float, float]:
+    """Float64 window x, y (1/256 pixel, relative to the pixel centres) and depth of a (4,) clip-space vertex,
+    computed in float32 as `raster._window_coordinates`."""
+    scale = np.float32(1.0) / vertex[3]
+    x = np.float64(vertex[0] * scale * half + shift)
+    y = np.float64(vertex[1] * scale * half + shift)
+    return x, y, np.float64(vertex[2] * scale * np.float32(0.5) + np.float32(0.5))
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_bounds(xf: tuple[float, float, float], yf: tuple[float, float, float], bounds: np.ndarray) -> float:
+    """Column bounds of a counter-clockwise snapped triangle, as `raster._edge_slots`: bounds (12,) = A, D, m
+    for the first and last left and right edge, the column bound of row r being floor((A + D r) / m). Returns
+    1.0 where a flat bottom edge drops the first row, else 0.0."""
     flat_bottom = 0.0
     left_first = left_last = right_first = right_last = -1
     for k in range(3):
-        dx, dy = xf[(k + 1) % 3] - xf[k], yf[(k + 1) % 3] - yf[k]
-        offset = dy * xf[k] - dx * yf[k]
-        m = abs(dy * _ONE)
-        edge[0, k] = m - 1 - offset if dy < 0 else offset - 1
-        edge[1, k] = (-dx if dy < 0 else dx) * _ONE
-        edge[2, k] = m
+        dy, dx = yf[(k + 1) % 3] - yf[k], xf[(k + 1) % 3] - xf[k]
         if dy < 0:
             left_last = k
             left_first = k if left_first < 0 else left_first
@@ -99,59 +125,68 @@ def _edge_bounds(xf: np.ndarray, yf: np.ndarray, edge: np.ndarray, bounds: np.nd
         if dy == 0 and dx > 0:
             flat_bottom = 1.0
     for slot, k in enumerate((left_first, left_last, right_first, right_last)):
-        bounds[0, slot], bounds[1, slot], bounds[2, slot] = edge[0, k], edge[1, k], edge[2, k]
+        dx, dy = xf[(k + 1) % 3] - xf[k], yf[(k + 1) % 3] - yf[k]
+        offset = dy * xf[k] - dx * yf[k]
+        m = abs(dy * _ONE)
+        bounds[slot] = m - 1 - offset if dy < 0 else offset - 1
+        bounds[4 + slot] = (-dx if dy < 0 else dx) * _ONE
+        bounds[8 + slot] = m
     return flat_bottom
 
 
 @numba.njit(cache=True, nogil=True)
-def _depth_plane(xw: np.ndarray, yw: np.ndarray, zw: np.ndarray) -> tuple[float, float, float]:
-    """(z0, dzdx, dzdy) of window depth per sample, from the unsnapped coordinates as `raster._depth_plane`."""
-    e1x, e1y, e2x, e2y = xw[1] - xw[0], yw[1] - yw[0], xw[2] - xw[0], yw[2] - yw[0]
-    e1z, e2z = zw[1] - zw[0], zw[2] - zw[0]
+def _depth_plane(
+    x0: float, y0: float, z0: float, x1: float, y1: float, z1: float, x2: float, y2: float, z2: float
+) -> tuple[float, float, float]:
+    """(z at sample (0, 0), dz per column, dz per row) of window depth, from the unsnapped window coordinates
+    as `raster._depth_plane`."""
+    e1x, e1y, e2x, e2y, e1z, e2z = x1 - x0, y1 - y0, x2 - x0, y2 - y0, z1 - z0, z2 - z0
     det = e1x * e2y - e2x * e1y
     dzdx = (e1z * e2y - e2z * e1y) / det
     dzdy = (e2z * e1x - e1z * e2x) / det
-    return zw[0] - dzdx * xw[0] - dzdy * yw[0], dzdx * _ONE, dzdy * _ONE
+    return z0 - dzdx * x0 - dzdy * y0, dzdx * _ONE, dzdy * _ONE
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _draw_table(table: np.ndarray, size: int, parts: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test every triangle of the table. The sample rows are cut into `parts` bands that threads take
+    whole, so none writes another's pixels; each walks all triangles over its band."""
+    for part in numba.prange(parts):
+        low, high = part * size // parts, (part + 1) * size // parts - 1
+        for t in range(table.shape[1]):
+            first, last = max(table[12, t], low), min(table[13, t], high)
+            if first <= last:
+                _draw_rows(table[:, t], first, last, size, depth, face)
 
 
 @numba.njit(cache=True, nogil=True)
-def _draw_rows(
-    bounds: np.ndarray,
-    row_first: float,
-    row_last: float,
-    plane: tuple[float, float, float],
-    base: float,
-    index: int,
-    size: int,
-    depth: np.ndarray,
-    face: np.ndarray,
-) -> None:
-    """Depth-test the covered samples of rows [row_first, row_last] of one triangle (see draw_triangles)."""
-    z0, dzdx, dzdy = plane
+def _draw_rows(column: np.ndarray, first: float, last: float, size: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test the covered samples of rows [first, last] of one triangle's table column."""
+    z0, dzdx, dzdy, base, index = column[14], column[15], column[16], column[17], np.int64(column[18])
     step = np.float32(dzdx)
-    for k in range(int(row_last - row_first) + 1):
-        row = row_first + k
+    for k in range(int(last - first) + 1):
+        row = first + k
         lower = max(
-            math.floor((bounds[0, 0] + bounds[1, 0] * row) / bounds[2, 0]),
-            math.floor((bounds[0, 1] + bounds[1, 1] * row) / bounds[2, 1]),
+            math.floor((column[0] + column[4] * row) / column[8]),
+            math.floor((column[1] + column[5] * row) / column[9]),
             0.0,
         )
         upper = min(
-            math.floor((bounds[0, 2] + bounds[1, 2] * row) / bounds[2, 2]),
-            math.floor((bounds[0, 3] + bounds[1, 3] * row) / bounds[2, 3]),
+            math.floor((column[2] + column[6] * row) / column[10]),
+            math.floor((column[3] + column[7] * row) / column[11]),
             size - 1.0,
         )
         start = np.float32(z0 + dzdx * lower + dzdy * row)
         pixel = np.int64(base + lower - row * size)
-        for column in range(np.int64(upper - lower) + 1):
-            z = min(max(start + step * np.float32(column), np.float32(0.0)), np.float32(1.0))
-            p = pixel + column
+        for offset in range(np.int64(upper - lower) + 1):
+            z = min(max(start + step * np.float32(offset), np.float32(0.0)), np.float32(1.0))
+            p = pixel + offset
             if z < depth[p] or (z == depth[p] and index < face[p]):
                 depth[p] = z
                 face[p] = index
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def resolve_pixels(
     depth: np.ndarray,
     face: np.ndarray,
@@ -168,7 +203,7 @@ def resolve_pixels(
     of their sum; front_table: (B F,) bool."""
     pixels = size * size
     half = np.float32(2.0 / size)
-    for p in range(face.shape[0]):
+    for p in numba.prange(face.shape[0]):
         f = face[p]
         if f < 0:
             depth[p] = 1.0
@@ -188,14 +223,14 @@ def resolve_pixels(
         front[p] = front_table[flat]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def interpolate_pixels(
     face: np.ndarray, bary: np.ndarray, faces: np.ndarray, attributes: np.ndarray, pixels: int, out: np.ndarray
 ) -> None:
     """out (C, B S²) = Σ_k bary_k · attribute of corner k of each pixel's face, 0 where empty.
     face: (B S²,) int64; bary: (3, B S²) float32; faces: (B, F, 3) int64; attributes: (B, V, C) float32."""
     channels = attributes.shape[2]
-    for p in range(face.shape[0]):
+    for p in numba.prange(face.shape[0]):
         f = face[p]
         if f < 0:
             for c in range(channels):
@@ -206,3 +241,12 @@ def interpolate_pixels(
         w0, w1, w2 = bary[0, p], bary[1, p], bary[2, p]
         for c in range(channels):
             out[c, p] = attributes[b, v0, c] * w0 + attributes[b, v1, c] * w1 + attributes[b, v2, c] * w2
+
+
+@contextlib.contextmanager
+def running_on(threads: int) -> Iterator[None]:
+    """Run the kernels called inside on `threads` threads (at most the cores numba found; callers pass PyTorch's
+    count). One caller at a time: the workqueue threading layer does not take concurrent launches."""
+    with _LOCK:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        yield
