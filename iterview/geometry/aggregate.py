@@ -102,7 +102,7 @@ def aggregate_render(
             if compiled:
                 _shade_and_composite(compositor, view, texture, modelview[select], size, near, far)
             else:
-                compositor.add(shade_view(view, texture, modelview[select], size, near, far, backend))
+                compositor.add(shade_view(view, texture, modelview[select], size, near, far, backend, validate=False))
         parts.append(compositor.result(near, far))
     if len(parts) == 1:
         return parts[0]
@@ -132,7 +132,7 @@ def aggregate_conditions(
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, g.renderer_near, g.renderer_far)
     if not allow_blind:
         _check_seen(render)
-    color = lanczos_downsample(render.color, image_size)
+    color = lanczos_downsample(render.color, image_size, validate=False)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), g.near, g.far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, g.atol, g.rtol)
     mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * g.erode_rgb - 1)
@@ -157,7 +157,7 @@ def fusion_render(
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, geometry.fusion_near, geometry.fusion_far)
     _check_seen(render)
     return FusionFrame(
-        color=lanczos_downsample(render.color, image_size),
+        color=lanczos_downsample(render.color, image_size, validate=False),
         depth=subsample_center(render.depth, ssaa),
         mask=subsample_center(render.mask_depth, ssaa),
     )
@@ -171,17 +171,27 @@ def shade_view(
     near: float = 0.01,
     far: float = 200.0,
     backend: Backend = "auto",
+    validate: bool = True,
 ) -> ViewSamples:
     """One view's pass of the official aggregation shader into target cameras modelview (B, 4, 4).
 
     mesh needs normals; texture: (B, 3, N, N). The nearest fragment of this mesh alone (back-facing padding is
     discarded) gets weight w = max(exp(max(-20·angle, -50)), 1e-4), the angle being between the interpolated
     normal and the direction to the mesh's camera centre; ×1e-8 if eroded (interpolated flag >= 0.999); 1e-16
-    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude. backend: as in `rasterize`.
+    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude. backend, validate: as in `rasterize`.
     """
     discard, attributes = _shading_inputs(mesh)
     fragments = rasterize(
-        mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, discard_back=discard, backend=backend
+        mesh.position,
+        mesh.faces,
+        modelview,
+        size,
+        mesh.fov,
+        near,
+        far,
+        discard_back=discard,
+        backend=backend,
+        validate=validate,
     )
     values = interpolate(fragments, mesh.faces, attributes, backend=backend).permute(0, 3, 1, 2)  # (B, 11, S, S)
     uv, edge, pad, eroded, normal, position = values.split([2, 1, 1, 1, 3, 3], dim=1)
@@ -223,7 +233,16 @@ def _shade_and_composite(
 
     discard, attributes = _shading_inputs(mesh)
     fragments = rasterize(
-        mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, discard_back=discard, backend="numba"
+        mesh.position,
+        mesh.faces,
+        modelview,
+        size,
+        mesh.fov,
+        near,
+        far,
+        discard_back=discard,
+        backend="numba",
+        validate=False,
     )
     batch = len(texture)
     inputs = (

@@ -15,18 +15,19 @@ _PIL_PRECISION_BITS = 22
 _LANCZOS_SUPPORT = 3.0
 
 
-def lanczos_downsample(image: torch.Tensor, size: int) -> torch.Tensor:
+def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) -> torch.Tensor:
     """PIL LANCZOS resize of uint8-quantised colour. image: (B, C, H, W) in [0, 1] -> (B, C, size, size).
 
     Bit-exact with the official `Image.fromarray((clip(x, 0, 1) * 255).astype(uint8)).resize(..., LANCZOS) / 255`:
     truncating quantisation, PIL's fixed-point weights, two separable passes each rounded to uint8.
-    Returns multiples of 1/255 in image's dtype.
+    Returns multiples of 1/255 in image's dtype. validate=False skips the input checks (and the device sync of
+    the finiteness test), for images the caller rendered itself.
     """
     if image.ndim != 4 or not image.is_floating_point():
         raise ValueError(f"expected a floating-point image batch (B, C, H, W), got {image.dtype} {tuple(image.shape)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if not torch.isfinite(image).all():
+    if validate and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf")
     # float32 like the official numpy arrays, truncation like astype(uint8); float64 sums of these integer
     # products stay exact, which keeps the fixed-point arithmetic exact on devices without integer matmul.

@@ -80,6 +80,7 @@ def rasterize(
     face_mask: torch.Tensor | None = None,
     discard_back: torch.Tensor | None = None,
     backend: Backend = "auto",
+    validate: bool = True,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
     that may be drawn. Strict '<' depth test, near-plane clipping.
@@ -89,9 +90,11 @@ def rasterize(
     discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
     shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
     backend: "torch" (plain PyTorch, any device), "numba" (compiled CPU loops, the same result) or "auto" (numba
-    for CPU tensors when it is installed, else torch).
+    for CPU tensors when it is installed, else torch). validate=False skips the checks of position, faces,
+    modelview and size (and their device syncs), for callers that validated them once for many renders.
     """
-    _check_inputs(position, faces, modelview, size)
+    if validate:
+        _check_inputs(position, faces, modelview, size)
     compiled = use_kernels(position.device, backend)
     flags = [face_mask, discard_back]
     for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
