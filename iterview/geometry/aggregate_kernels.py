@@ -23,20 +23,26 @@ _HULL_LIMIT = np.float32(2e-8)
 _ZERO, _ONE, _TINY = np.float32(0.0), np.float32(1.0), np.float32(1e-30)
 _EDGE_LEVEL, _PADDING_LEVEL = np.float32(0.999), np.float32(0.001)
 _CHUNK = 4096  # pixels a thread takes at once
+# exp(-20·acos(0.89)) = 7.7e-5: below this cosine the weight is the 1e-4 floor, with a wide margin.
+_FLOOR_COSINE = np.float32(0.89)
 
 
 @numba.njit(cache=True, nogil=True)
 def _view_weight(values: np.ndarray, centre: np.ndarray) -> np.float32:
-    """The official weight of a front fragment; values: uv (2), edge, padding, eroded, normal (3), position (3)."""
+    """The official weight of a front fragment; values: uv (2), edge, padding, eroded, normal (3), position (3).
+    Shortcuts that give the same float32 value: edges and padding are weak whatever the angle, and beyond the
+    angle where exp(-20·angle) < 1e-4 the floor holds."""
+    if values[3] > _PADDING_LEVEL or values[2] > _EDGE_LEVEL:
+        return _WEAK_WEIGHT
     tx, ty, tz = centre[0] - values[8], centre[1] - values[9], centre[2] - values[10]
     nx, ny, nz = values[5], values[6], values[7]
     lengths = max(math.sqrt(tx * tx + ty * ty + tz * tz) * math.sqrt(nx * nx + ny * ny + nz * nz), _TINY)
     cosine = min(max((tx * nx + ty * ny + tz * nz) / lengths, _ZERO), _ONE)
-    weight = max(np.float32(math.exp(math.acos(cosine) * -_ANGLE_FALLOFF)), _MIN_WEIGHT)
+    weight = _MIN_WEIGHT
+    if cosine >= _FLOOR_COSINE:
+        weight = max(np.float32(math.exp(math.acos(cosine) * -_ANGLE_FALLOFF)), _MIN_WEIGHT)
     if values[4] >= _EDGE_LEVEL:
         weight = weight * _ERODED_FACTOR
-    if values[3] > _PADDING_LEVEL or values[2] > _EDGE_LEVEL:
-        weight = _WEAK_WEIGHT
     return max(weight, _WEAK_WEIGHT)
 
 
