@@ -224,6 +224,8 @@ def _rasterize_group(
     compiled: bool,
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
+    if compiled:
+        return _draw_compiled(position, faces, modelview, face_mask, discard_back, size, fov, near, far)
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
     vertex = faces + _batch_offset(batch, position.shape[1], faces.device)[..., None]
     corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
@@ -232,8 +234,6 @@ def _rasterize_group(
     owner = drawn.nonzero().squeeze(1)  # flat index b * F + f of each drawn face
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
-    if compiled:
-        return _draw_compiled(triangles, owner, corners, discard_back.reshape(-1), batch, size)
     front = _front_facing(corners)
     bands = _row_bands(_setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size))
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
@@ -246,30 +246,57 @@ def _rasterize_group(
 
 
 def _draw_compiled(
-    triangles: torch.Tensor,
-    owner: torch.Tensor,
-    corners: torch.Tensor,
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    face_mask: torch.Tensor,
     discard_back: torch.Tensor,
-    batch: int,
     size: int,
+    fov: float,
+    near: float,
+    far: float,
 ) -> Fragments:
-    """The compiled equivalent of the torch path's facing, setup, candidates, depth test and _resolve.
-    triangles: (4, 3, T) drawn (clipped) triangles of owner (T,); corners: (4, 3, B F); discard_back: (B F,)."""
+    """_rasterize_group with the compiled kernels: the same culling, clipping (in PyTorch: few triangles need
+    it), facing, setup, depth test and barycentrics."""
     kernels = _kernels()
+    batch, num_faces = faces.shape[:2]
     shape = (batch, size, size)
-    planes = torch.empty(3, 4, corners.shape[-1])
-    front = torch.empty(corners.shape[-1], dtype=torch.bool)
+    clip = clip_coordinates(position, modelview, fov, near, far)
+    corners = torch.empty(4, 3, batch * num_faces)
+    planes = torch.empty(3, 4, batch * num_faces)
+    front = torch.empty(batch * num_faces, dtype=torch.bool)
     zbuffer = torch.full(shape, math.inf)
     face = torch.full(shape, -1, dtype=torch.int64)
     bary = torch.empty(3, *shape)
     covered_front = torch.empty(shape, dtype=torch.bool)
     buffers = _numpy(zbuffer.view(-1), face.view(-1), bary.view(3, -1), covered_front.view(-1))
-    num_faces = corners.shape[-1] // batch
     with kernels.running_on(torch.get_num_threads()):
+        status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
         kernels.face_planes(*_numpy(corners, planes, front))
-        kernels.draw_triangles(*_numpy(triangles, owner, front | ~discard_back), num_faces, size, *buffers[:2])
+        triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
+        drawn_back = front | ~discard_back.reshape(-1)
+        kernels.draw_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size, *buffers[:2])
         kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
     return Fragments(face=face, bary=bary.permute(1, 2, 3, 0), zbuffer=zbuffer, front=covered_front)
+
+
+def _with_clipped_pieces(
+    corners: torch.Tensor, status: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The triangles to draw: every face (4, 3, B F), drawn where status is 1, then the pieces of the faces of
+    status 2 clipped against near, far and the guard band. Returns triangles (4, 3, T), owner (T,), drawn (T,)."""
+    owner = torch.arange(corners.shape[-1])
+    drawn = status == 1
+    crossing = (status == 2).nonzero().squeeze(1)
+    if len(crossing) == 0:
+        return corners, owner, drawn
+    all_crossing = torch.ones(len(crossing), dtype=torch.bool)
+    pieces, piece_owner = _clip_triangles(corners.index_select(2, crossing), crossing, all_crossing, size)
+    return (
+        torch.cat([corners, pieces], dim=2),
+        torch.cat([owner, piece_owner]),
+        torch.cat([drawn, torch.ones(len(piece_owner), dtype=torch.bool)]),
+    )
 
 
 def _front_facing(corners: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,40 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
+def gather_corners(
+    clip: np.ndarray, faces: np.ndarray, planes: np.ndarray, face_mask: np.ndarray, corners: np.ndarray
+) -> np.ndarray:
+    """Corners (4, 3, B F) float32 of the faces (B, F, 3) from clip-space vertices (B, V, 4), and their status
+    (B F,) int8 against planes (10, 4) (`raster._PLANES`): 0 not drawn (face_mask (B F,) False, or outside the
+    frustum), 1 drawn as it is, 2 drawn once clipped against near, far and the guard band."""
+    num_faces = faces.shape[1]
+    status = np.zeros(corners.shape[2], dtype=np.int8)
+    for t in numba.prange(corners.shape[2]):
+        b, f = t // num_faces, t % num_faces
+        for k in range(3):
+            for c in range(4):
+                corners[c, k, t] = clip[b, faces[b, f, k], c]
+        if not face_mask[t]:
+            continue
+        inside_all, crossing = True, False
+        for plane in range(10):
+            nearest = -np.inf
+            for k in range(3):
+                d = (
+                    planes[plane, 0] * corners[0, k, t]
+                    + planes[plane, 1] * corners[1, k, t]
+                    + planes[plane, 2] * corners[2, k, t]
+                    + planes[plane, 3] * corners[3, k, t]
+                )
+                nearest = max(nearest, d)
+                crossing = crossing or (plane >= 4 and d < 0)
+            inside_all = inside_all and (plane >= 6 or nearest >= 0)
+        if inside_all:
+            status[t] = 2 if crossing else 1
+    return status
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> None:
     """Per face of corners (4, 3, B F) float32 clip space: planes (3, 4, B F) float32, the x, y and constant
     coefficients of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
@@ -49,6 +83,7 @@ def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> N
 def draw_triangles(
     triangles: np.ndarray,
     owner: np.ndarray,
+    drawn: np.ndarray,
     drawn_back: np.ndarray,
     num_faces: int,
     size: int,
@@ -57,11 +92,12 @@ def draw_triangles(
 ) -> None:
     """Set up and depth-test the (4, 3, T) float32 clip-space triangles into depth (B S²,) float32 (+inf where
     empty) and face (B S²,) int64, as `raster._setup_triangles` and the candidates' depth test of the torch path.
-    owner: (T,) flat face index b F + f; drawn_back: (B F,) False for faces to discard where back-facing.
-    The nearest fragment wins; equal depths go to the lower face index (GL's strict '<' in draw order).
+    owner: (T,) flat face index b F + f; drawn: (T,) bool, False for triangles to skip; drawn_back: (B F,) False
+    for faces to discard where back-facing. The nearest fragment wins; equal depths go to the lower face index
+    (GL's strict '<' in draw order).
     """
     table = np.empty((_TABLE_ROWS, triangles.shape[2]))
-    _setup_table(triangles, owner, drawn_back, num_faces, size, table)
+    _setup_table(triangles, owner, drawn, drawn_back, num_faces, size, table)
     _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
 
 
@@ -73,12 +109,20 @@ _TABLE_ROWS = 19
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _setup_table(
-    triangles: np.ndarray, owner: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int, table: np.ndarray
+    triangles: np.ndarray,
+    owner: np.ndarray,
+    drawn: np.ndarray,
+    drawn_back: np.ndarray,
+    num_faces: int,
+    size: int,
+    table: np.ndarray,
 ) -> None:
     """Fill table (19, T) for the triangles (see draw_triangles); a triangle not drawn gets no rows."""
     half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
     for t in numba.prange(triangles.shape[2]):
         table[12, t], table[13, t] = 0.0, -1.0
+        if not drawn[t]:
+            continue
         xw0, yw0, zw0 = _window(triangles[:, 0, t], half, shift)
         xw1, yw1, zw1 = _window(triangles[:, 1, t], half, shift)
         xw2, yw2, zw2 = _window(triangles[:, 2, t], half, shift)
