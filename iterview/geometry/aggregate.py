@@ -16,7 +16,15 @@ from iterview.geometry.cameras import camera_center, check_modelview, linear_to_
 from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh
-from iterview.geometry.raster import Backend, interpolate, rasterize, sample_nearest, use_kernels, window_to_linear
+from iterview.geometry.raster import (
+    Backend,
+    interpolate,
+    nearest_faces,
+    rasterize,
+    sample_nearest,
+    use_kernels,
+    window_to_linear,
+)
 
 # Official aggregation shader constants.
 ANGLE_FALLOFF = 20.0  # w = exp(-20 · angle between the normal and the direction to the source camera)
@@ -232,24 +240,14 @@ def _shade_and_composite(
     from iterview.geometry import aggregate_kernels, raster_kernels
 
     discard, attributes = _shading_inputs(mesh)
-    fragments = rasterize(
-        mesh.position,
-        mesh.faces,
-        modelview,
-        size,
-        mesh.fov,
-        near,
-        far,
-        discard_back=discard,
-        backend="numba",
-        validate=False,
-    )
+    drawn = torch.ones_like(discard)
+    nearest = nearest_faces(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, drawn, discard)
     batch = len(texture)
     inputs = (
-        fragments.face.reshape(batch, -1),
-        fragments.bary.movedim(-1, 0).reshape(3, batch, -1),
-        fragments.zbuffer.reshape(batch, -1),
-        fragments.front.reshape(batch, -1),
+        nearest.face,
+        nearest.zbuffer,
+        nearest.planes,
+        nearest.front,
         mesh.faces,
         attributes,
         texture,

@@ -22,7 +22,6 @@ _WEAK_DEPTH_WEIGHT = np.float32(1e-8)
 _HULL_LIMIT = np.float32(2e-8)
 _ZERO, _ONE, _TINY = np.float32(0.0), np.float32(1.0), np.float32(1e-30)
 _EDGE_LEVEL, _PADDING_LEVEL = np.float32(0.999), np.float32(0.001)
-_CHUNK = 4096  # pixels a thread takes at once
 # exp(-20·acos(0.89)) = 7.7e-5: below this cosine the weight is the 1e-4 floor, with a wide margin.
 _FLOOR_COSINE = np.float32(0.89)
 
@@ -49,8 +48,8 @@ def _view_weight(values: np.ndarray, centre: np.ndarray) -> np.float32:
 @numba.njit(cache=True, nogil=True, parallel=True)
 def shade_and_composite(
     face: np.ndarray,
-    bary: np.ndarray,
     zbuffer: np.ndarray,
+    planes: np.ndarray,
     front: np.ndarray,
     faces: np.ndarray,
     attributes: np.ndarray,
@@ -63,39 +62,39 @@ def shade_and_composite(
 ) -> None:
     """Composite one view into the accumulators in place.
 
-    face, zbuffer, front: (B, P) of the view's fragments (P = S² pixels); bary: (3, B, P); faces: (B, F, 3);
-    attributes: (B, V, 11) uv, edge, padding, eroded, normal, position; texture: (B, 3, N, N); centre: (B, 3)
-    the view's camera centre. Accumulators: color (B, 4, P) Σ rgb·w, Σ w; depth (B, 2, P) Σ d·w_d, Σ w_d;
-    count_color, count_depth (B, P) int32.
+    face, zbuffer: (B, S, S) the view's nearest faces (`raster.NearestFaces`); planes: (3, 4, B F) and front
+    (B F,) per face; faces: (B, F, 3); attributes: (B, V, 11) uv, edge, padding, eroded, normal, position;
+    texture: (B, 3, N, N); centre: (B, 3) the view's camera centre. Accumulators: color (B, 4, S²) Σ rgb·w, Σ w;
+    depth (B, 2, S²) Σ d·w_d, Σ w_d; count_color, count_depth (B, S²) int32.
     """
-    chunks = (face.shape[1] + _CHUNK - 1) // _CHUNK
+    size = face.shape[-1]
     for b in range(face.shape[0]):
-        for chunk in numba.prange(chunks):
-            _composite_pixels(
-                chunk * _CHUNK,
-                min((chunk + 1) * _CHUNK, face.shape[1]),
-                face[b],
-                bary[:, b],
-                zbuffer[b],
-                front[b],
-                faces[b],
-                attributes[b],
-                texture[b],
-                centre[b],
-                color[b],
-                depth[b],
-                count_color[b],
-                count_depth[b],
+        for row in numba.prange(size):
+            _composite_row(
+                b,
+                row,
+                face,
+                zbuffer,
+                planes,
+                front,
+                faces,
+                attributes,
+                texture,
+                centre,
+                color,
+                depth,
+                count_color,
+                count_depth,
             )
 
 
 @numba.njit(cache=True, nogil=True)
-def _composite_pixels(
-    start: int,
-    stop: int,
+def _composite_row(
+    b: int,
+    row: int,
     face: np.ndarray,
-    bary: np.ndarray,
     zbuffer: np.ndarray,
+    planes: np.ndarray,
     front: np.ndarray,
     faces: np.ndarray,
     attributes: np.ndarray,
@@ -106,38 +105,54 @@ def _composite_pixels(
     count_color: np.ndarray,
     count_depth: np.ndarray,
 ) -> None:
-    """shade_and_composite over pixels [start, stop) of one batch element (the arguments without batch)."""
-    texels = texture.shape[-1]
-    values = np.empty(attributes.shape[1], dtype=np.float32)
-    for p in range(start, stop):
-        f = face[p]
-        if f < 0 or not front[p]:
+    """shade_and_composite over one image row of batch element b."""
+    size, texels, num_faces = face.shape[-1], texture.shape[-1], faces.shape[1]
+    values = np.empty(attributes.shape[2], dtype=np.float32)
+    half = np.float32(2.0 / size)
+    y = (np.float32(size - 1 - row) + np.float32(0.5)) * half - _ONE
+    for column in range(size):
+        f = face[b, row, column]
+        flat = b * num_faces + f
+        if f < 0 or not front[flat]:
             continue  # weight 0: nothing is added
-        v0, v1, v2 = faces[f, 0], faces[f, 1], faces[f, 2]
-        w0, w1, w2 = bary[0, p], bary[1, p], bary[2, p]
+        x = (np.float32(column) + np.float32(0.5)) * half - _ONE
+        w0, w1, w2 = _barycentrics(planes, flat, x, y)
+        v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
         for c in range(values.shape[0]):
-            values[c] = attributes[v0, c] * w0 + attributes[v1, c] * w1 + attributes[v2, c] * w2
-        weight = _view_weight(values, centre)
-        column = min(max(math.floor(values[0] * np.float32(texels)), 0), texels - 1)
-        row = min(max(math.floor(values[1] * np.float32(texels)), 0), texels - 1)
+            values[c] = attributes[b, v0, c] * w0 + attributes[b, v1, c] * w1 + attributes[b, v2, c] * w2
+        weight = _view_weight(values, centre[b])
+        u = min(max(math.floor(values[0] * np.float32(texels)), 0), texels - 1)
+        v = min(max(math.floor(values[1] * np.float32(texels)), 0), texels - 1)
         strong = weight > _STRONG_DEPTH
         depth_weight = _ONE if strong else _WEAK_DEPTH_WEIGHT
+        p = row * size + column
         if weight > _STRONG_COLOR:
-            count_color[p] += 1
+            count_color[b, p] += 1
         if strong:
-            count_depth[p] += 1
-        weighted_depth = zbuffer[p] * depth_weight
-        stored = depth[1, p]
+            count_depth[b, p] += 1
+        weighted_depth = zbuffer[b, row, column] * depth_weight
+        stored = depth[b, 1, p]
         if not strong and _ZERO < stored < _HULL_LIMIT:  # only weak samples so far: keep the farthest
-            if not weighted_depth > depth[0, p]:
+            if not weighted_depth > depth[b, 0, p]:
                 continue
             for k in range(3):
-                color[k, p] = texture[k, row, column] * weight
-            color[3, p] = weight
-            depth[0, p], depth[1, p] = weighted_depth, depth_weight
+                color[b, k, p] = texture[b, k, v, u] * weight
+            color[b, 3, p] = weight
+            depth[b, 0, p], depth[b, 1, p] = weighted_depth, depth_weight
             continue
         for k in range(3):
-            color[k, p] += texture[k, row, column] * weight
-        color[3, p] += weight
-        depth[0, p] += weighted_depth
-        depth[1, p] += depth_weight
+            color[b, k, p] += texture[b, k, v, u] * weight
+        color[b, 3, p] += weight
+        depth[b, 0, p] += weighted_depth
+        depth[b, 1, p] += depth_weight
+
+
+@numba.njit(cache=True, nogil=True)
+def _barycentrics(planes: np.ndarray, flat: int, x: np.float32, y: np.float32) -> tuple[float, float, float]:
+    """Perspective-correct barycentrics of face `flat` at NDC (x, y), as `raster_kernels.resolve_pixels`."""
+    total = planes[2, 3, flat] + planes[0, 3, flat] * x + planes[1, 3, flat] * y
+    b0 = max((planes[2, 0, flat] + planes[0, 0, flat] * x + planes[1, 0, flat] * y) / total, _ZERO)
+    b1 = max((planes[2, 1, flat] + planes[0, 1, flat] * x + planes[1, 1, flat] * y) / total, _ZERO)
+    b2 = max((planes[2, 2, flat] + planes[0, 2, flat] * x + planes[1, 2, flat] * y) / total, _ZERO)
+    norm = b0 + b1 + b2
+    return b0 / norm, b1 / norm, b2 / norm

@@ -245,6 +245,52 @@ def _rasterize_group(
     return _resolve(best, corners, front, batch, size)
 
 
+@dataclass
+class NearestFaces:
+    """The compiled depth test's winners, before barycentrics. face: (B, S, S) int64, -1 where empty; zbuffer:
+    (B, S, S) float32 window depth, +inf where empty; planes: (3, 4, B F) float32 barycentric planes of each face
+    (x, y and constant coefficients of the three planes and of their sum); front: (B F,) bool, counter-clockwise."""
+
+    face: torch.Tensor
+    zbuffer: torch.Tensor
+    planes: torch.Tensor
+    front: torch.Tensor
+
+
+def nearest_faces(
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    fov: float,
+    near: float,
+    far: float,
+    face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
+) -> NearestFaces:
+    """The depth test of `rasterize` with the compiled kernels (CPU, numba), without the per-pixel barycentrics:
+    for shaders that form them as they shade. Inputs as `rasterize`, already validated; face_mask and
+    discard_back: (B, F) bool."""
+    kernels = _kernels()
+    batch, num_faces = faces.shape[:2]
+    clip = clip_coordinates(position, modelview, fov, near, far)
+    corners = torch.empty(4, 3, batch * num_faces)
+    result = NearestFaces(
+        face=torch.full((batch, size, size), -1, dtype=torch.int64),
+        zbuffer=torch.full((batch, size, size), math.inf),
+        planes=torch.empty(3, 4, batch * num_faces),
+        front=torch.empty(batch * num_faces, dtype=torch.bool),
+    )
+    with kernels.running_on(torch.get_num_threads()):
+        status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
+        kernels.face_planes(*_numpy(corners, result.planes, result.front))
+        triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
+        drawn_back = result.front | ~discard_back.reshape(-1)
+        depth_test = _numpy(result.zbuffer.view(-1), result.face.view(-1))
+        kernels.draw_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size, *depth_test)
+    return result
+
+
 def _draw_compiled(
     position: torch.Tensor,
     faces: torch.Tensor,
@@ -258,26 +304,18 @@ def _draw_compiled(
 ) -> Fragments:
     """_rasterize_group with the compiled kernels: the same culling, clipping (in PyTorch: few triangles need
     it), facing, setup, depth test and barycentrics."""
+    nearest = nearest_faces(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
     kernels = _kernels()
-    batch, num_faces = faces.shape[:2]
-    shape = (batch, size, size)
-    clip = clip_coordinates(position, modelview, fov, near, far)
-    corners = torch.empty(4, 3, batch * num_faces)
-    planes = torch.empty(3, 4, batch * num_faces)
-    front = torch.empty(batch * num_faces, dtype=torch.bool)
-    zbuffer = torch.full(shape, math.inf)
-    face = torch.full(shape, -1, dtype=torch.int64)
-    bary = torch.empty(3, *shape)
-    covered_front = torch.empty(shape, dtype=torch.bool)
-    buffers = _numpy(zbuffer.view(-1), face.view(-1), bary.view(3, -1), covered_front.view(-1))
+    bary = torch.empty(3, *nearest.face.shape)
+    front = torch.empty(nearest.face.shape, dtype=torch.bool)
     with kernels.running_on(torch.get_num_threads()):
-        status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
-        kernels.face_planes(*_numpy(corners, planes, front))
-        triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
-        drawn_back = front | ~discard_back.reshape(-1)
-        kernels.draw_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size, *buffers[:2])
-        kernels.resolve_pixels(*buffers[:2], *_numpy(planes, front), num_faces, size, *buffers[2:])
-    return Fragments(face=face, bary=bary.permute(1, 2, 3, 0), zbuffer=zbuffer, front=covered_front)
+        kernels.resolve_pixels(
+            *_numpy(nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front),
+            faces.shape[1],
+            size,
+            *_numpy(bary.view(3, -1), front.view(-1)),
+        )
+    return Fragments(face=nearest.face, bary=bary.permute(1, 2, 3, 0), zbuffer=nearest.zbuffer, front=front)
 
 
 def _with_clipped_pieces(
