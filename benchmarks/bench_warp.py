@@ -2,9 +2,11 @@
 
 Prints one JSON line with, per available device: forward-backward warps per second at 128² with 3× SSAA (batch 1
 and 16), aggregations per second (aggregate_conditions over 26 source views at 128², 3× SSAA) and seconds per
-fusion frame (26 views at 640², 5× SSAA), next to the official figures of `warping/official_cpu_timing.json`
-(moderngl on Mesa llvmpipe, 2 CPU cores) and the speed-up ratios (official time / our wall time). Process CPU
-time per item is printed too: on a busy machine it shows what the work costs when the wall clock does not.
+fusion frame (26 views at 128² with 5× SSAA, i.e. rendered at 640²). Beside each: our wall time and process CPU
+time per item, the official figure of `warping/official_cpu_timing.json` (moderngl on Mesa llvmpipe, 2 CPU
+cores) and the ratios official / ours for both (null without the reference file). On a busy machine the CPU time
+shows what the work costs when the wall clock does not. On CPU the compiled kernels run when numba is installed
+(`cpu_backend` says which path ran).
 Run: python benchmarks/bench_warp.py [--repeats 5] [--threads N] [--quick]
 """
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,14 +25,14 @@ import torch
 from iterview.geometry.aggregate import aggregate_conditions, fusion_render
 from iterview.geometry.cameras import linear_to_zbuffer, orbit_camera, zbuffer_to_linear
 from iterview.geometry.mesh import depth_to_mesh
+from iterview.geometry.raster import use_kernels
 from iterview.geometry.warp import forward_backward_warp, render_simple
 
-OFFICIAL_TIMING = Path(__file__).resolve().parents[2] / "shared" / "reference" / "warping" / "official_cpu_timing.json"
-# The figures in that file, for checkouts without the reference folder.
-OFFICIAL_FALLBACK_S = {
-    "forward_backward_warp_128_ssaa3_s": 0.067,
-    "aggregate_conditions_26_views_128_ssaa3_s": 0.88,
-    "fusion_render_26_views_128_ssaa5_one_frame_s": 1.52,
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+OFFICIAL_KEYS = {
+    "warp": "forward_backward_warp_128_ssaa3_s",
+    "aggregation": "aggregate_conditions_26_views_128_ssaa3_s",
+    "fusion": "fusion_render_26_views_128_ssaa5_one_frame_s",
 }
 SIZE = 128
 YAWS = (0.0, 0.15, -0.15, 0.30, -0.30, 0.45, -0.45, 0.60, -0.60)
@@ -77,39 +81,52 @@ def median_seconds(run: Callable[[], object], device: torch.device, repeats: int
     return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
 
 
-def bench_device(device: torch.device, repeats: int, official: dict[str, float]) -> dict[str, float]:
-    result: dict[str, float] = {}
+def official_seconds() -> dict[str, float | None]:
+    """The official seconds per operation from `warping/official_cpu_timing.json` in the reference folder
+    (`ITERVIEW_REFERENCE` or ../shared/reference); None for each where the file is missing."""
+    path = Path(os.environ.get("ITERVIEW_REFERENCE") or DEFAULT_REFERENCE) / "warping" / "official_cpu_timing.json"
+    if not path.is_file():
+        print(f"warning: {path} not found: the official figures and ratios are null", file=sys.stderr)
+        return dict.fromkeys(OFFICIAL_KEYS)
+    timing = json.loads(path.read_text())
+    return {name: float(timing[key]) for name, key in OFFICIAL_KEYS.items()}
+
+
+def report(name: str, seconds: float, cpu: float, official: float | None) -> dict[str, float | None]:
+    """Our wall and CPU seconds per item beside the official seconds and the ratios official / ours."""
+    return {
+        f"{name}_wall_s": round(seconds, 4),
+        f"{name}_process_cpu_s": round(cpu, 4),
+        f"{name}_official_s": official,
+        f"{name}_speedup_wall": None if official is None else round(official / seconds, 2),
+        f"{name}_speedup_cpu": None if official is None else round(official / cpu, 2),
+    }
+
+
+def bench_device(device: torch.device, repeats: int, official: dict[str, float | None]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    prefix = device.type
     for batch in (1, 16):
         rgbd = scene(batch, device)
         side = orbit_camera(torch.full((batch,), 0.15), torch.full((batch,), 0.05)).to(device)
         seconds, cpu = median_seconds(lambda rgbd=rgbd, side=side: forward_backward_warp(rgbd, side), device, repeats)
-        per_warp = seconds / batch
-        result[f"{device.type}_warps_per_s_b{batch}"] = round(1 / per_warp, 2)
-        result[f"{device.type}_process_cpu_ms_per_warp_b{batch}"] = round(cpu / batch * 1e3, 1)
-        result[f"{device.type}_speedup_warp_b{batch}"] = round(
-            official["forward_backward_warp_128_ssaa3_s"] / per_warp, 2
-        )
+        result[f"{prefix}_warps_per_s_b{batch}"] = round(batch / seconds, 2)
+        result.update(report(f"{prefix}_warp_b{batch}", seconds / batch, cpu / batch, official["warp"]))
 
     depth, colors, sources, target = viewset(device)
     colors = list(colors.split(1))
     inference = dict(padding="frustum", atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
     meshes = [depth_to_mesh(depth[k : k + 1], sources[k : k + 1], **inference) for k in range(len(sources))]
     seconds, cpu = median_seconds(lambda: aggregate_conditions(meshes, colors, target, SIZE), device, repeats)
-    result[f"{device.type}_aggregations_per_s_26_views"] = round(1 / seconds, 3)
-    result[f"{device.type}_process_cpu_s_per_aggregation"] = round(cpu, 3)
-    result[f"{device.type}_speedup_aggregation"] = round(
-        official["aggregate_conditions_26_views_128_ssaa3_s"] / seconds, 2
-    )
+    result[f"{prefix}_aggregations_per_s_26_views"] = round(1 / seconds, 3)
+    result.update(report(f"{prefix}_aggregation", seconds, cpu, official["aggregation"]))
 
     fusion = dict(padding=32, atol=0.03, rtol=0.03, erode_rgb=3, compute_normals=True)
     meshes = [depth_to_mesh(depth[k : k + 1], sources[k : k + 1], **fusion) for k in range(len(sources))]
     camera = orbit_camera(torch.tensor([0.3]), torch.tensor([0.05])).to(device)
     seconds, cpu = median_seconds(lambda: fusion_render(meshes, colors, camera, SIZE), device, max(1, repeats // 2))
-    result[f"{device.type}_fusion_s_per_frame_26_views"] = round(seconds, 3)
-    result[f"{device.type}_process_cpu_s_per_fusion_frame"] = round(cpu, 3)
-    result[f"{device.type}_speedup_fusion"] = round(
-        official["fusion_render_26_views_128_ssaa5_one_frame_s"] / seconds, 2
-    )
+    result[f"{prefix}_fusion_s_per_frame_26_views"] = round(seconds, 3)
+    result.update(report(f"{prefix}_fusion", seconds, cpu, official["fusion"]))
     return result
 
 
@@ -124,15 +141,12 @@ def main() -> None:
         SIZE, args.repeats = 32, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    official = dict(OFFICIAL_FALLBACK_S)
-    if OFFICIAL_TIMING.is_file():
-        official.update({k: v for k, v in json.loads(OFFICIAL_TIMING.read_text()).items() if k in official})
+    official = official_seconds()
     result: dict[str, object] = {
         "benchmark": "warp_aggregate_fusion_128",
-        "official_cpu_warps_per_s": round(1 / official["forward_backward_warp_128_ssaa3_s"], 2),
-        "official_cpu_aggregations_per_s_26_views": round(1 / official["aggregate_conditions_26_views_128_ssaa3_s"], 3),
-        "official_cpu_fusion_s_per_frame_26_views": official["fusion_render_26_views_128_ssaa5_one_frame_s"],
+        "official_cpu_warps_per_s": None if official["warp"] is None else round(1 / official["warp"], 2),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_backend": "numba" if use_kernels(torch.device("cpu"), "auto") else "torch",
     }
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:

@@ -16,7 +16,15 @@ from iterview.geometry.cameras import camera_center, check_modelview, linear_to_
 from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
 from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh
-from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
+from iterview.geometry.raster import (
+    Backend,
+    interpolate,
+    nearest_faces,
+    rasterize,
+    sample_nearest,
+    use_kernels,
+    window_to_linear,
+)
 
 # Official aggregation shader constants.
 ANGLE_FALLOFF = 20.0  # w = exp(-20 · angle between the normal and the direction to the source camera)
@@ -78,15 +86,18 @@ def aggregate_render(
     size: int,
     near: float = 0.01,
     far: float = 200.0,
+    backend: Backend = "auto",
 ) -> AggregateRender:
     """Blend every source view's mesh (each textures[i]: (B, 3, N, N)) into the target cameras (B, 4, 4).
 
     Meshes need normals (``depth_to_mesh(..., compute_normals=True)``). Each view is shaded alone
     (``shade_view``) and composited in list order (``Compositor``): colour is the weighted mean; depth the mean
     of GL window depths over strong samples, or the farthest weak sample where only weak ones exist.
+    backend: as in `raster.rasterize`; "numba" shades and composites each view in one compiled pass.
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)
+    compiled = use_kernels(modelview.device, backend)
     # Targets are aggregated a few at a time, which bounds memory whatever the batch (views come one by one).
     group = max(1, _MAX_PIXELS // (size * size))
     parts = []
@@ -95,7 +106,11 @@ def aggregate_render(
         compositor = Compositor(len(modelview[select]), size, modelview.device)
         for mesh, texture in zip(meshes, textures, strict=True):
             view = map_mesh(mesh, lambda v, select=select: v[select])
-            compositor.add(shade_view(view, texture[select].to(torch.float32), modelview[select], size, near, far))
+            texture = texture[select].to(torch.float32)
+            if compiled:
+                _shade_and_composite(compositor, view, texture, modelview[select], size, near, far)
+            else:
+                compositor.add(shade_view(view, texture, modelview[select], size, near, far, backend, validate=False))
         parts.append(compositor.result(near, far))
     if len(parts) == 1:
         return parts[0]
@@ -125,7 +140,7 @@ def aggregate_conditions(
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, g.renderer_near, g.renderer_far)
     if not allow_blind:
         _check_seen(render)
-    color = lanczos_downsample(render.color, image_size)
+    color = lanczos_downsample(render.color, image_size, validate=False)
     depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), g.near, g.far)
     mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, g.atol, g.rtol)
     mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * g.erode_rgb - 1)
@@ -150,28 +165,43 @@ def fusion_render(
     render = aggregate_render(meshes, textures, modelview, image_size * ssaa, geometry.fusion_near, geometry.fusion_far)
     _check_seen(render)
     return FusionFrame(
-        color=lanczos_downsample(render.color, image_size),
+        color=lanczos_downsample(render.color, image_size, validate=False),
         depth=subsample_center(render.depth, ssaa),
         mask=subsample_center(render.mask_depth, ssaa),
     )
 
 
 def shade_view(
-    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float = 0.01, far: float = 200.0
+    mesh: Mesh,
+    texture: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    near: float = 0.01,
+    far: float = 200.0,
+    backend: Backend = "auto",
+    validate: bool = True,
 ) -> ViewSamples:
     """One view's pass of the official aggregation shader into target cameras modelview (B, 4, 4).
 
     mesh needs normals; texture: (B, 3, N, N). The nearest fragment of this mesh alone (back-facing padding is
     discarded) gets weight w = max(exp(max(-20·angle, -50)), 1e-4), the angle being between the interpolated
     normal and the direction to the mesh's camera centre; ×1e-8 if eroded (interpolated flag >= 0.999); 1e-16
-    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude.
+    if padding (> 0.001) or edge (> 0.999); 0 on back faces, which still occlude. backend, validate: as in `rasterize`.
     """
-    padding = (mesh.flag & FLAG_PADDING) > 0
-    discard = padding.gather(1, mesh.faces.reshape(len(padding), -1)).reshape(mesh.faces.shape).any(-1)
-    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, discard_back=discard)
-    bits = torch.stack([mesh.flag & FLAG_EDGE, mesh.flag & FLAG_PADDING, mesh.flag & FLAG_ERODED], -1) > 0
-    attributes = torch.cat([mesh.uv, bits, mesh.normal, mesh.position], dim=-1).to(torch.float32)
-    values = interpolate(fragments, mesh.faces, attributes).permute(0, 3, 1, 2)  # (B, 11, S, S)
+    discard, attributes = _shading_inputs(mesh)
+    fragments = rasterize(
+        mesh.position,
+        mesh.faces,
+        modelview,
+        size,
+        mesh.fov,
+        near,
+        far,
+        discard_back=discard,
+        backend=backend,
+        validate=validate,
+    )
+    values = interpolate(fragments, mesh.faces, attributes, backend=backend).permute(0, 3, 1, 2)  # (B, 11, S, S)
     uv, edge, pad, eroded, normal, position = values.split([2, 1, 1, 1, 3, 3], dim=1)
 
     color = sample_nearest(texture.to(torch.float32), uv.permute(0, 2, 3, 1))
@@ -186,6 +216,53 @@ def shade_view(
     weight = torch.where((pad > 0.001) | (edge > 0.999), WEAK_WEIGHT, weight).clamp_(min=WEAK_WEIGHT)
     weight = torch.where(fragments.front[:, None], weight, 0)  # empty pixels are not front either
     return ViewSamples(color=color, weight=weight, zbuffer=fragments.zbuffer[:, None])
+
+
+def _shading_inputs(mesh: Mesh) -> tuple[torch.Tensor, torch.Tensor]:
+    """The faces to discard where back-facing (B, F) bool (those touching padding), and the per-vertex attributes
+    the shader interpolates (B, V, 11) float32: uv, edge, padding, eroded, normal, position."""
+    padding = (mesh.flag & FLAG_PADDING) > 0
+    discard = padding.gather(1, mesh.faces.reshape(len(padding), -1)).reshape(mesh.faces.shape).any(-1)
+    bits = torch.stack([mesh.flag & FLAG_EDGE, mesh.flag & FLAG_PADDING, mesh.flag & FLAG_ERODED], -1) > 0
+    return discard, torch.cat([mesh.uv, bits, mesh.normal, mesh.position], dim=-1).to(torch.float32)
+
+
+def _shade_and_composite(
+    compositor: Compositor,
+    mesh: Mesh,
+    texture: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    near: float,
+    far: float,
+) -> None:
+    """shade_view followed by compositor.add in one compiled pass over the pixels (CPU, numba)."""
+    from iterview.geometry import aggregate_kernels, raster_kernels
+
+    discard, attributes = _shading_inputs(mesh)
+    drawn = torch.ones_like(discard)
+    nearest = nearest_faces(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, drawn, discard)
+    batch = len(texture)
+    inputs = (
+        nearest.face,
+        nearest.zbuffer,
+        nearest.planes,
+        nearest.front,
+        mesh.faces,
+        attributes,
+        texture,
+        camera_center(mesh.modelview).to(torch.float32),
+    )
+    accumulators = (
+        compositor.color.view(batch, 4, -1),
+        compositor.depth.view(batch, 2, -1),
+        compositor.count_color.view(batch, -1),
+        compositor.count_depth.view(batch, -1),
+    )
+    with raster_kernels.running_on(torch.get_num_threads()):
+        aggregate_kernels.shade_and_composite(
+            *(t.contiguous().numpy() for t in inputs), *(t.numpy() for t in accumulators)
+        )
 
 
 class Compositor:

@@ -15,33 +15,66 @@ _PIL_PRECISION_BITS = 22
 _LANCZOS_SUPPORT = 3.0
 
 
-def lanczos_downsample(image: torch.Tensor, size: int) -> torch.Tensor:
+def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) -> torch.Tensor:
     """PIL LANCZOS resize of uint8-quantised colour. image: (B, C, H, W) in [0, 1] -> (B, C, size, size).
 
     Bit-exact with the official `Image.fromarray((clip(x, 0, 1) * 255).astype(uint8)).resize(..., LANCZOS) / 255`:
     truncating quantisation, PIL's fixed-point weights, two separable passes each rounded to uint8.
-    Returns multiples of 1/255 in image's dtype.
+    Returns multiples of 1/255 in image's dtype. validate=False skips the input checks (and the device sync of
+    the finiteness test), for images the caller rendered itself.
     """
     if image.ndim != 4 or not image.is_floating_point():
         raise ValueError(f"expected a floating-point image batch (B, C, H, W), got {image.dtype} {tuple(image.shape)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    if not torch.isfinite(image).all():
+    if validate and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf")
-    # float32 like the official numpy arrays, truncation like astype(uint8); float64 sums of these integer
-    # products stay exact, which keeps the fixed-point arithmetic exact on devices without integer matmul.
-    levels = (image.to(torch.float32).clamp(0, 1) * 255).to(torch.uint8).to(torch.float64)
+    # float32 like the official numpy arrays, truncation like astype(uint8) (a floor: the values are >= 0);
+    # float64 sums of these integer products stay exact, which keeps the fixed-point arithmetic exact on devices
+    # without integer matmul.
+    levels = image.to(torch.float32).clamp(0, 1).mul_(255).floor_().to(torch.float64)
     rows = _pil_lanczos_weights(image.shape[-2], size).to(image.device)
     columns = _pil_lanczos_weights(image.shape[-1], size).to(image.device)
+    row_bands, column_bands = _lanczos_bands(image.shape[-2], size), _lanczos_bands(image.shape[-1], size)
     # Pillow 13 runs the vertical pass first when the height shrinks by more than twice the width; earlier
     # versions always go horizontal first. Both agree on the square images of the pipeline.
     height, width = image.shape[-2:]
     vertical_first = _PILLOW_MAJOR >= 13 and height - size > 0 and height - size > 2 * (width - size)
     if not vertical_first:
-        levels = _pil_round(rows @ _pil_round(levels @ columns.T))
+        levels = _pil_round(
+            _resample_rows(_pil_round(_resample_columns(levels, columns, column_bands)), rows, row_bands)
+        )
     else:
-        levels = _pil_round(_pil_round(rows @ levels) @ columns.T)
+        levels = _pil_round(
+            _resample_columns(_pil_round(_resample_rows(levels, rows, row_bands)), columns, column_bands)
+        )
     return (levels / 255).to(image.dtype)
+
+
+def _resample_columns(levels: torch.Tensor, weights: torch.Tensor, bands: Bands) -> torch.Tensor:
+    """levels (..., H, W_in) @ weights.T for the banded weights (W_out, W_in): a block of outputs at a time, each
+    with only the inputs under its filters (sums of integers, exact in float64 in any order)."""
+    return torch.cat([levels[..., lo:hi] @ weights[out, lo:hi].T for out, lo, hi in bands], dim=-1)
+
+
+def _resample_rows(levels: torch.Tensor, weights: torch.Tensor, bands: Bands) -> torch.Tensor:
+    """weights (H_out, H_in) @ levels (..., H_in, W), banded as `_resample_columns`."""
+    return torch.cat([weights[out, lo:hi] @ levels[..., lo:hi, :] for out, lo, hi in bands], dim=-2)
+
+
+Bands = list[tuple[slice, int, int]]
+
+
+@functools.lru_cache(maxsize=32)
+def _lanczos_bands(in_size: int, out_size: int, block: int = 16) -> Bands:
+    """(outputs, first input, end input) per block of `block` outputs of the LANCZOS weights (out, in)."""
+    used = _pil_lanczos_weights(in_size, out_size) != 0
+    bands = []
+    for start in range(0, out_size, block):
+        columns = used[start : start + block].any(0).nonzero()
+        lo, hi = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 0)
+        bands.append((slice(start, start + block), lo, hi))
+    return bands
 
 
 def _pil_round(accumulated: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,14 @@ dimensions first (coordinate, corner, then triangle): PyTorch reduces and gather
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal
 
+import numpy as np
 import torch
 
 from iterview.geometry.cameras import perspective
@@ -42,6 +47,7 @@ _MAX_BANDS = 1 << 16
 _MAX_CANDIDATES = 1 << 20
 _MAX_GATHERED = 1 << 20  # attribute values gathered at once by interpolate()
 _EMPTY_KEY = torch.iinfo(torch.int64).max
+Backend = Literal["auto", "torch", "numba"]
 
 
 @dataclass
@@ -73,6 +79,8 @@ def rasterize(
     far: float = 200.0,
     face_mask: torch.Tensor | None = None,
     discard_back: torch.Tensor | None = None,
+    backend: Backend = "auto",
+    validate: bool = True,
 ) -> Fragments:
     """position: (B, V, 3) world; faces: (B, F, 3); modelview: (B, 4, 4); face_mask: (B, F) bool of faces
     that may be drawn. Strict '<' depth test, near-plane clipping.
@@ -81,8 +89,13 @@ def rasterize(
     the facing: counter-clockwise in window space), top-left fill rule in GL window space (y up).
     discard_back: (B, F) bool of faces that are not drawn where they face away from the camera, as a fragment
     shader's ``discard`` on back faces (the aggregation's back-facing padding): they write no depth.
+    backend: "torch" (plain PyTorch, any device), "numba" (compiled CPU loops, the same result) or "auto" (numba
+    for CPU tensors when it is installed, else torch). validate=False skips the checks of position, faces,
+    modelview and size (and their device syncs), for callers that validated them once for many renders.
     """
-    _check_inputs(position, faces, modelview, size)
+    if validate:
+        _check_inputs(position, faces, modelview, size)
+    compiled = use_kernels(position.device, backend)
     flags = [face_mask, discard_back]
     for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
         if flag is not None and flag.shape != faces.shape[:2]:
@@ -100,6 +113,7 @@ def rasterize(
             fov=fov,
             near=near,
             far=far,
+            compiled=compiled,
         )
         for i in range(0, len(position), group)
     ]
@@ -120,13 +134,26 @@ def clip_coordinates(
     return eye @ projection[:, :3].T + projection[:, 3]
 
 
-def interpolate(fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+def interpolate(
+    fragments: Fragments, faces: torch.Tensor, attributes: torch.Tensor, backend: Backend = "auto"
+) -> torch.Tensor:
     """Perspective-correct interpolation of per-vertex attributes (B, V, C) -> (B, S, S, C) (integer attributes
-    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free."""
+    become float32); 0 where empty. The result is channel-major underneath: ``.permute(0, 3, 1, 2)`` is free.
+    backend: as in `rasterize`."""
     if not attributes.is_floating_point():
         attributes = attributes.to(torch.float32)
     batch, size = fragments.face.shape[0], fragments.face.shape[-1]
     num_vertices, channels = attributes.shape[1:]
+    if use_kernels(attributes.device, backend):
+        out = attributes.new_empty(channels, batch, size, size)
+        kernels = _kernels()
+        with kernels.running_on(torch.get_num_threads()):
+            kernels.interpolate_pixels(
+                *_numpy(fragments.face.reshape(-1), fragments.bary.movedim(-1, 0).reshape(3, -1), faces, attributes),
+                size * size,
+                out.numpy().reshape(channels, -1),
+            )
+        return out.permute(1, 2, 3, 0)
     # One long gather per corner and per channel beats gathering short rows per pixel; blocks of pixels keep
     # the gathered values in cache.
     vertex = faces + _batch_offset(batch, num_vertices, faces.device)[..., None]
@@ -194,8 +221,11 @@ def _rasterize_group(
     fov: float,
     near: float,
     far: float,
+    compiled: bool,
 ) -> Fragments:
     batch, num_faces = faces.shape[:2]
+    if compiled:
+        return _draw_compiled(position, faces, modelview, face_mask, discard_back, size, fov, near, far)
     clip = clip_coordinates(position, modelview, fov, near, far).reshape(-1, 4)
     vertex = faces + _batch_offset(batch, position.shape[1], faces.device)[..., None]
     corners = clip.T.index_select(1, vertex.reshape(-1, 3).T.reshape(-1)).reshape(4, 3, -1)  # (xyzw, corner, B F)
@@ -205,15 +235,106 @@ def _rasterize_group(
     crossing = (distance[_CLIPPING].amin(1).amin(0) < 0).index_select(0, owner)
     triangles, owner = _clip_triangles(corners.index_select(2, owner), owner, crossing, size)
     front = _front_facing(corners)
-    setup = _setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size)
-
+    bands = _row_bands(_setup_triangles(triangles, owner, front | ~discard_back.reshape(-1), num_faces, size))
     best = torch.full((batch * size * size,), _EMPTY_KEY, dtype=torch.int64, device=position.device)
-    for start, stop in _chunks(setup.bands, _MAX_BANDS, split=setup.table.shape[1]):
-        spans = _row_spans(setup, start, stop, size)
+    for start, stop in _chunks(bands.bands, _MAX_BANDS, split=bands.table.shape[1]):
+        spans = _row_spans(bands, start, stop, size)
         for first, last in _chunks(spans.count, _MAX_CANDIDATES):
             pixel, key = _candidates(spans, first, last)
             best.scatter_reduce_(0, pixel, key, "amin")
     return _resolve(best, corners, front, batch, size)
+
+
+@dataclass
+class NearestFaces:
+    """The compiled depth test's winners, before barycentrics. face: (B, S, S) int64, -1 where empty; zbuffer:
+    (B, S, S) float32 window depth, +inf where empty; planes: (3, 4, B F) float32 barycentric planes of each face
+    (x, y and constant coefficients of the three planes and of their sum); front: (B F,) bool, counter-clockwise."""
+
+    face: torch.Tensor
+    zbuffer: torch.Tensor
+    planes: torch.Tensor
+    front: torch.Tensor
+
+
+def nearest_faces(
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    fov: float,
+    near: float,
+    far: float,
+    face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
+) -> NearestFaces:
+    """The depth test of `rasterize` with the compiled kernels (CPU, numba), without the per-pixel barycentrics:
+    for shaders that form them as they shade. Inputs as `rasterize`, already validated; face_mask and
+    discard_back: (B, F) bool."""
+    kernels = _kernels()
+    batch, num_faces = faces.shape[:2]
+    clip = clip_coordinates(position, modelview, fov, near, far)
+    corners = torch.empty(4, 3, batch * num_faces)
+    result = NearestFaces(
+        face=torch.full((batch, size, size), -1, dtype=torch.int64),
+        zbuffer=torch.full((batch, size, size), math.inf),
+        planes=torch.empty(3, 4, batch * num_faces),
+        front=torch.empty(batch * num_faces, dtype=torch.bool),
+    )
+    with kernels.running_on(torch.get_num_threads()):
+        status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
+        kernels.face_planes(*_numpy(corners, result.planes, result.front))
+        triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
+        drawn_back = result.front | ~discard_back.reshape(-1)
+        depth_test = _numpy(result.zbuffer.view(-1), result.face.view(-1))
+        kernels.draw_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size, *depth_test)
+    return result
+
+
+def _draw_compiled(
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
+    size: int,
+    fov: float,
+    near: float,
+    far: float,
+) -> Fragments:
+    """_rasterize_group with the compiled kernels: the same culling, clipping (in PyTorch: few triangles need
+    it), facing, setup, depth test and barycentrics."""
+    nearest = nearest_faces(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
+    kernels = _kernels()
+    bary = torch.empty(3, *nearest.face.shape)
+    front = torch.empty(nearest.face.shape, dtype=torch.bool)
+    with kernels.running_on(torch.get_num_threads()):
+        kernels.resolve_pixels(
+            *_numpy(nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front),
+            faces.shape[1],
+            size,
+            *_numpy(bary.view(3, -1), front.view(-1)),
+        )
+    return Fragments(face=nearest.face, bary=bary.permute(1, 2, 3, 0), zbuffer=nearest.zbuffer, front=front)
+
+
+def _with_clipped_pieces(
+    corners: torch.Tensor, status: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The triangles to draw: every face (4, 3, B F), drawn where status is 1, then the pieces of the faces of
+    status 2 clipped against near, far and the guard band. Returns triangles (4, 3, T), owner (T,), drawn (T,)."""
+    owner = torch.arange(corners.shape[-1])
+    drawn = status == 1
+    crossing = (status == 2).nonzero().squeeze(1)
+    if len(crossing) == 0:
+        return corners, owner, drawn
+    all_crossing = torch.ones(len(crossing), dtype=torch.bool)
+    pieces, piece_owner = _clip_triangles(corners.index_select(2, crossing), crossing, all_crossing, size)
+    return (
+        torch.cat([corners, pieces], dim=2),
+        torch.cat([owner, piece_owner]),
+        torch.cat([drawn, torch.ones(len(piece_owner), dtype=torch.bool)]),
+    )
 
 
 def _front_facing(corners: torch.Tensor) -> torch.Tensor:
@@ -280,18 +401,27 @@ def _clip_polygons(triangles: torch.Tensor, planes: torch.Tensor) -> tuple[torch
 
 @dataclass
 class _Setup:
-    """Drawn triangles in window space, cut into bands of up to `height` sample rows: band i < T is the first
-    band of triangle i, the bands after them continue the tall triangles."""
+    """Drawn triangles in window space, one column each of `table`."""
 
     owner: torch.Tensor  # (T,) flat face index b * F + f
-    height: int
-    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
-    band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
-    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
     # (17, T) float64 per triangle: 4 edge bounds (left, left, right, right) as (A, D, m), the column bound of row
     # r being floor((A + D r) / m); then the depth plane z = z0 + dzdx c + dzdy r, the pixel index of column 0 of
     # row 0 (b S² + (S - 1) S) and the face index.
     table: torch.Tensor
+    row_first: torch.Tensor  # (T,) float64 first sample row (window y, up)
+    rows: torch.Tensor  # (T,) int64 sample rows crossed (0 for none)
+
+
+@dataclass
+class _Bands:
+    """The triangles of a _Setup cut into bands of up to `height` sample rows: band i < T is the first band of
+    triangle i, the bands after them continue the tall triangles."""
+
+    height: int
+    band_triangle: torch.Tensor  # (N,) int64 triangle of each band
+    band_row: torch.Tensor  # (N,) float64 first sample row of each band (window y, up)
+    bands: torch.Tensor  # (N,) int64 rows in each band (1..height)
+    table: torch.Tensor  # (17, T) the setup's table
 
     def band_table(self, start: int, stop: int) -> torch.Tensor:
         """(17, stop - start) table rows of bands [start, stop)."""
@@ -303,15 +433,9 @@ class _Setup:
 def _setup_triangles(
     triangles: torch.Tensor, owner: torch.Tensor, drawn_back: torch.Tensor, num_faces: int, size: int
 ) -> _Setup:
-    """Snap (4, 3, T) triangles to the sub-pixel grid, orient them counter-clockwise and tabulate their edges,
-    depth planes and row bands. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
-    x, y, z, w = triangles
-    # Window coordinates relative to the pixel centres (GL's half-pixel offset), in 1/256 pixel.
-    scale = w.reciprocal()
-    shift = (size / 2 - 0.5) * _ONE
-    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
-    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
-    zw = (z * scale).mul_(0.5).add_(0.5).double()
+    """Snap (4, 3, T) triangles to the sub-pixel grid, drop those GL does not draw and tabulate their edges, depth
+    planes and rows. drawn_back: (B F,) bool by flat face index, False for back faces to discard."""
+    xw, yw, zw = _window_coordinates(triangles, size)
     xf, yf = xw.round(), yw.round()
     area = (xf[1] - xf[0]) * (yf[2] - yf[0]) - (xf[2] - xf[0]) * (yf[1] - yf[0])
     keep = (area != 0) & drawn_back.index_select(0, owner)  # GL draws no zero-area triangle
@@ -321,7 +445,35 @@ def _setup_triangles(
     clockwise = area < 0
     swap = torch.stack([torch.zeros_like(clockwise), clockwise, clockwise])
     xf, yf = (torch.where(swap, v[[0, 2, 1]], v) for v in (xf, yf))
+    slots, flat_bottom = _edge_slots(xf, yf)
+    row_first = torch.ceil((yf.amin(0) + flat_bottom) / _ONE).clamp_(min=0)
+    row_last = torch.floor(yf.amax(0) / _ONE).clamp_(max=size - 1)
+    batch = torch.div(owner, num_faces, rounding_mode="floor")
+    pixel_base = batch * (size * size) + (size - 1) * size
+    extra = torch.stack([*_depth_plane(xw, yw, zw), pixel_base.double(), (owner - batch * num_faces).double()])
+    return _Setup(
+        owner=owner,
+        table=torch.cat([slots.reshape(12, -1), extra]),
+        row_first=row_first,
+        rows=(row_last - row_first + 1).clamp_(min=0).long(),
+    )
 
+
+def _window_coordinates(triangles: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(4, 3, T) clip-space triangles -> float64 window x, y relative to the pixel centres (GL's half-pixel
+    offset) in 1/256 pixel, and window depth in [0, 1]; each (3, T)."""
+    x, y, z, w = triangles
+    scale = w.reciprocal()
+    shift = (size / 2 - 0.5) * _ONE
+    xw = (x * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    yw = (y * scale).mul_(size / 2 * _ONE).add_(shift).double()
+    zw = (z * scale).mul_(0.5).add_(0.5).double()
+    return xw, yw, zw
+
+
+def _edge_slots(xf: torch.Tensor, yf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column bounds of counter-clockwise snapped triangles xf, yf (3, T): (A|D|m, slot, T) for the two left and
+    two right slots, and (T,) 1.0 where a flat bottom edge drops the first row."""
     dx, dy = xf.roll(-1, 0) - xf, yf.roll(-1, 0) - yf  # edge k runs from vertex k to vertex k + 1
     offset = dy * xf - dx * yf  # E_k(px, py) = dx_k py - dy_k px + offset_k; sample (c, r) is at (256 c, 256 r)
     # Top-left rule in GL window space (y up): left edges (dy < 0) and top edges (dy = 0, dx < 0) own their
@@ -332,52 +484,45 @@ def _setup_triangles(
     m = (dy * _ONE).abs()
     edge = torch.stack([torch.where(left, m - 1 - offset, offset - 1), torch.where(left, -dx, dx) * _ONE, m], dim=1)
 
-    # Two left and two right slots per triangle: the first and last edge of each side (a side with one edge
-    # repeats it). A flat edge only limits the rows.
+    # The first and last edge of each side (a side with one edge repeats it). A flat edge only limits the rows.
     def first(side: torch.Tensor) -> torch.Tensor:
         return torch.where(side[0], edge[0], torch.where(side[1], edge[1], edge[2]))
 
     def last(side: torch.Tensor) -> torch.Tensor:
         return torch.where(side[2], edge[2], torch.where(side[1], edge[1], edge[0]))
 
-    slots = torch.stack([first(left), last(left), first(right), last(right)], dim=1)  # (A|D|m, slot, T)
+    slots = torch.stack([first(left), last(left), first(right), last(right)], dim=1)
     # A flat bottom edge (dx > 0) does not own its samples, a flat top edge does.
-    flat_bottom = ((dy == 0) & (dx > 0)).any(0).double()
-    row_first = torch.ceil((yf.amin(0) + flat_bottom) / _ONE).clamp_(min=0)
-    row_last = torch.floor(yf.amax(0) / _ONE).clamp_(max=size - 1)
-    rows = (row_last - row_first + 1).clamp_(min=0).long()
+    return slots, ((dy == 0) & (dx > 0)).any(0).double()
 
-    # Depth is affine in window space; its plane comes from the unsnapped coordinates, as in llvmpipe (nearly
-    # edge-on triangles would otherwise tilt visibly).
+
+def _depth_plane(
+    xw: torch.Tensor, yw: torch.Tensor, zw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Window depth z = z0 + dzdx c + dzdy r per sample column c and row r: (T,) each. The plane comes from the
+    unsnapped coordinates, as in llvmpipe (nearly edge-on triangles would otherwise tilt visibly)."""
     e1x, e1y, e2x, e2y = xw[1] - xw[0], yw[1] - yw[0], xw[2] - xw[0], yw[2] - yw[0]
     e1z, e2z = zw[1] - zw[0], zw[2] - zw[0]
     det = e1x * e2y - e2x * e1y
     dzdx = (e1z * e2y - e2z * e1y) / det
     dzdy = (e2z * e1x - e1z * e2x) / det
     z0 = zw[0] - dzdx * xw[0] - dzdy * yw[0]
-    batch = torch.div(owner, num_faces, rounding_mode="floor")
-    pixel_base = batch * (size * size) + (size - 1) * size
-    extra = torch.stack([z0, dzdx * _ONE, dzdy * _ONE, pixel_base.double(), (owner - batch * num_faces).double()])
-    table = torch.cat([slots.reshape(12, -1), extra])
+    return z0, dzdx * _ONE, dzdy * _ONE
 
-    # Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
-    # several, so that the row work stays dense.
+
+def _row_bands(setup: _Setup) -> _Bands:
+    """Bands of `height` rows: most triangles fit one band, the few tall ones (skirts, stretched faces) take
+    several, so that the row work stays dense."""
+    rows = setup.rows
     height = int(min(max(rows.double().mean().ceil().item() if len(rows) else 1, 2), 16))
     extra = torch.div(rows - 1, height, rounding_mode="floor").clamp_(min=0)
     tall = torch.repeat_interleave(extra)
     index = torch.arange(1, len(tall) + 1, device=tall.device) - (torch.cumsum(extra, 0) - extra).index_select(0, tall)
     band_triangle = torch.cat([torch.arange(len(rows), device=rows.device), tall])
     band_index = torch.cat([torch.zeros_like(rows), index])
-    band_row = row_first.index_select(0, band_triangle) + band_index * height
+    band_row = setup.row_first.index_select(0, band_triangle) + band_index * height
     bands = (rows.index_select(0, band_triangle) - band_index * height).clamp_(max=height)
-    return _Setup(
-        owner=owner,
-        height=height,
-        band_triangle=band_triangle,
-        band_row=band_row,
-        bands=bands,
-        table=table,
-    )
+    return _Bands(height=height, band_triangle=band_triangle, band_row=band_row, bands=bands, table=setup.table)
 
 
 @dataclass
@@ -389,7 +534,7 @@ class _Spans:
     depth: torch.Tensor  # (2, P) float32: depth at the first covered sample, depth step per column
 
 
-def _row_spans(setup: _Setup, start: int, stop: int, size: int) -> _Spans:
+def _row_spans(setup: _Bands, start: int, stop: int, size: int) -> _Spans:
     """Exact covered column range of every row of bands [start, stop); empty rows are dropped."""
     table = setup.band_table(start, stop)[..., None]  # (17, N, 1)
     row = setup.band_row[start:stop, None] + torch.arange(setup.height, device=table.device, dtype=table.dtype)
@@ -442,15 +587,7 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     zbuffer = torch.where(covered, (best >> 32).to(torch.int32).view(torch.float32), 1.0)
     flat_face = (face.reshape(batch, -1).clamp(min=0) + _batch_offset(batch, num_faces, best.device)).reshape(-1)
 
-    # b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
-    # Per face: the x, y and constant coefficients of the three planes and of their sum. The vertices of a small
-    # triangle are nearly parallel vectors whose cross products cancel: float32 would lose ~(S/2)²·ε, so they are
-    # formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32, as GL's own setup.
-    x, y, _, w = corners.double()
-    x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
-    coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
-    coefficients = torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
-    plane = coefficients.reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
+    plane = _barycentric_planes(corners).reshape(12, -1).index_select(1, flat_face).reshape(3, 4, -1)
     centres = (torch.arange(size, device=best.device, dtype=torch.float32) + 0.5) * (2 / size) - 1
     ndc_y, ndc_x = torch.meshgrid(centres.flip(0), centres, indexing="ij")  # image row 0 is the top
     value = torch.addcmul(plane[2], plane[0], ndc_x.reshape(-1).repeat(batch))
@@ -461,3 +598,42 @@ def _resolve(best: torch.Tensor, corners: torch.Tensor, front: torch.Tensor, bat
     shape = (batch, size, size)
     bary = bary.reshape(3, *shape).permute(1, 2, 3, 0)  # stays corner-major underneath, for interpolate()
     return Fragments(face=face.reshape(shape), bary=bary, zbuffer=zbuffer.reshape(shape), front=front.reshape(shape))
+
+
+def _barycentric_planes(corners: torch.Tensor) -> torch.Tensor:
+    """(4, 3, B F) clip-space triangles -> (3, 4, B F) float32: the x, y and constant coefficients of the three
+    barycentric planes and of their sum.
+
+    b_k ∝ (v_{k+1} × v_{k+2}) · (x, y, 1) with v = (X, Y, W): 2D homogeneous barycentrics, perspective-correct.
+    The vertices of a small triangle are nearly parallel vectors whose cross products cancel: float32 would lose
+    ~(S/2)²·ε, so they are formed in float64. Evaluating them near the triangle still costs ~(S/2)·ε in float32,
+    as GL's own setup.
+    """
+    x, y, _, w = corners.double()
+    x1, y1, w1, x2, y2, w2 = x.roll(-1, 0), y.roll(-1, 0), w.roll(-1, 0), x.roll(-2, 0), y.roll(-2, 0), w.roll(-2, 0)
+    coefficients = torch.stack([y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2])  # (x|y|1, k, B F)
+    return torch.cat([coefficients, coefficients.sum(1, keepdim=True)], dim=1).float()
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The compiled kernels, or None without numba (imported on first use: numba takes a while to load)."""
+    try:
+        from iterview.geometry import raster_kernels
+    except ImportError:
+        return None
+    return raster_kernels
+
+
+def use_kernels(device: torch.device, backend: Backend) -> bool:
+    """Whether `backend` ("auto", "torch" or "numba") runs the compiled kernels for tensors on `device`."""
+    if backend not in ("auto", "torch", "numba"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'numba', got {backend!r}")
+    if backend == "numba" and (device.type != "cpu" or _kernels() is None):
+        raise ValueError(f"backend 'numba' needs numba installed and CPU tensors, got {device.type} tensors")
+    return backend == "numba" or (backend == "auto" and device.type == "cpu" and _kernels() is not None)
+
+
+def _numpy(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """Contiguous CPU tensors as numpy arrays sharing their memory."""
+    return [t.contiguous().numpy() for t in tensors]

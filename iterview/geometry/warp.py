@@ -52,8 +52,14 @@ def render_simple(
     batch = mesh.position.shape[0]
     if texture.ndim != 4 or texture.shape[:2] != (batch, 3) or texture.shape[-1] != texture.shape[-2]:
         raise ValueError(f"texture must be (B={batch}, 3, N, N), got shape {tuple(texture.shape)}")
-    modelview = _check_modelview(modelview, batch)
-    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far)
+    return _render_simple(mesh, texture, _check_modelview(modelview, batch), size, near, far, validate=True)
+
+
+def _render_simple(
+    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float, far: float, validate: bool
+) -> SimpleRender:
+    """render_simple once texture and modelview ((B, 4, 4) float32) are checked; validate: the mesh too."""
+    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, validate=validate)
     attributes = torch.cat([mesh.uv.to(torch.float32), (mesh.flag & FLAG_EDGE).to(torch.float32)[..., None]], -1)
     uv, edge = interpolate(fragments, mesh.faces, attributes).split([2, 1], dim=-1)
     front = fragments.front[:, None]
@@ -90,16 +96,18 @@ def forward_backward_warp(
     color, depth = rgbd[:, :3], zbuffer_to_linear(rgbd[:, 3], near, far)
 
     mesh = depth_to_mesh(depth, front, padding=size if padding is None else padding)
-    side = render_simple(mesh, color, modelview, render_size, RENDER_NEAR, RENDER_FAR)
+    side = _render_simple(mesh, color, modelview, render_size, RENDER_NEAR, RENDER_FAR, validate=False)
     seen = side.mask.flatten(1).any(1)
     if not seen.all():
         raise ValueError(f"the side camera sees nothing of the image for batch element(s) {_indices(~seen)}")
     mesh = depth_to_mesh(subsample_center(side.depth[:, 0], ssaa), modelview, atol=atol, rtol=rtol)
-    back = render_simple(mesh, lanczos_downsample(side.color, size), front, render_size, RENDER_NEAR, RENDER_FAR)
+    texture = lanczos_downsample(side.color, size, validate=False)
+    back = _render_simple(mesh, texture, front, render_size, RENDER_NEAR, RENDER_FAR, validate=False)
 
     zbuffer = linear_to_zbuffer(subsample_center(back.depth, ssaa), near, far)
     mask = (coverage_mask(back.mask, ssaa) & depth_edge(zbuffer, atol, rtol)).to(rgbd.dtype)
-    return WarpResult(color=lanczos_downsample(back.color, size) * mask, depth=zbuffer * mask, mask=mask)
+    color = lanczos_downsample(back.color, size, validate=False)
+    return WarpResult(color=color * mask, depth=zbuffer * mask, mask=mask)
 
 
 def check_rgbd(rgbd: torch.Tensor, low: float | None) -> tuple[int, int]:

@@ -1,0 +1,296 @@
+"""Compiled CPU kernels of the rasteriser (Numba): the per-fragment and per-pixel loops of `raster`.
+
+They compute what the plain PyTorch passes of `raster` compute, in the same arithmetic (exact float64 column
+bounds, float32 depth steps, float32 barycentrics), but walk each triangle's rows and columns directly instead of
+materialising (triangle, sample) candidates, and touch each pixel once. Importing this module needs numba; `raster`
+falls back to its PyTorch path without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+
+import numba
+import numpy as np
+
+_ONE = 256.0  # sub-pixel units per pixel (`raster.SUBPIXEL_BITS`)
+_LOCK = threading.Lock()
+# PyTorch runs its own OpenMP pool: numba's 'omp' layer would start a second one, whose spinning threads slowed
+# every PyTorch operation after a kernel about 5x (measured); workqueue threads sleep between kernels.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def gather_corners(
+    clip: np.ndarray, faces: np.ndarray, planes: np.ndarray, face_mask: np.ndarray, corners: np.ndarray
+) -> np.ndarray:
+    """Corners (4, 3, B F) float32 of the faces (B, F, 3) from clip-space vertices (B, V, 4), and their status
+    (B F,) int8 against planes (10, 4) (`raster._PLANES`): 0 not drawn (face_mask (B F,) False, or outside the
+    frustum), 1 drawn as it is, 2 drawn once clipped against near, far and the guard band."""
+    num_faces = faces.shape[1]
+    status = np.zeros(corners.shape[2], dtype=np.int8)
+    for t in numba.prange(corners.shape[2]):
+        b, f = t // num_faces, t % num_faces
+        for k in range(3):
+            for c in range(4):
+                corners[c, k, t] = clip[b, faces[b, f, k], c]
+        if not face_mask[t]:
+            continue
+        inside_all, crossing = True, False
+        for plane in range(10):
+            nearest = -np.inf
+            for k in range(3):
+                d = (
+                    planes[plane, 0] * corners[0, k, t]
+                    + planes[plane, 1] * corners[1, k, t]
+                    + planes[plane, 2] * corners[2, k, t]
+                    + planes[plane, 3] * corners[3, k, t]
+                )
+                nearest = max(nearest, d)
+                crossing = crossing or (plane >= 4 and d < 0)
+            inside_all = inside_all and (plane >= 6 or nearest >= 0)
+        if inside_all:
+            status[t] = 2 if crossing else 1
+    return status
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> None:
+    """Per face of corners (4, 3, B F) float32 clip space: planes (3, 4, B F) float32, the x, y and constant
+    coefficients of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
+    `raster._barycentric_planes`), and front (B F,) bool, counter-clockwise in window space."""
+    for t in numba.prange(corners.shape[2]):
+        total_x = total_y = total_1 = 0.0
+        for k in range(3):
+            k1, k2 = (k + 1) % 3, (k + 2) % 3
+            x1, y1, w1 = np.float64(corners[0, k1, t]), np.float64(corners[1, k1, t]), np.float64(corners[3, k1, t])
+            x2, y2, w2 = np.float64(corners[0, k2, t]), np.float64(corners[1, k2, t]), np.float64(corners[3, k2, t])
+            cx, cy, c1 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
+            planes[0, k, t], planes[1, k, t], planes[2, k, t] = cx, cy, c1
+            total_x, total_y, total_1 = total_x + cx, total_y + cy, total_1 + c1
+        planes[0, 3, t], planes[1, 3, t], planes[2, 3, t] = total_x, total_y, total_1
+        x0, y0, w0 = np.float64(corners[0, 0, t]), np.float64(corners[1, 0, t]), np.float64(corners[3, 0, t])
+        x1, y1, w1 = np.float64(corners[0, 1, t]), np.float64(corners[1, 1, t]), np.float64(corners[3, 1, t])
+        x2, y2, w2 = np.float64(corners[0, 2, t]), np.float64(corners[1, 2, t]), np.float64(corners[3, 2, t])
+        front[t] = x0 * (y1 * w2 - w1 * y2) - y0 * (x1 * w2 - w1 * x2) + w0 * (x1 * y2 - y1 * x2) > 0
+
+
+def draw_triangles(
+    triangles: np.ndarray,
+    owner: np.ndarray,
+    drawn: np.ndarray,
+    drawn_back: np.ndarray,
+    num_faces: int,
+    size: int,
+    depth: np.ndarray,
+    face: np.ndarray,
+) -> None:
+    """Set up and depth-test the (4, 3, T) float32 clip-space triangles into depth (B S²,) float32 (+inf where
+    empty) and face (B S²,) int64, as `raster._setup_triangles` and the candidates' depth test of the torch path.
+    owner: (T,) flat face index b F + f; drawn: (T,) bool, False for triangles to skip; drawn_back: (B F,) False
+    for faces to discard where back-facing. The nearest fragment wins; equal depths go to the lower face index
+    (GL's strict '<' in draw order).
+    """
+    table = np.empty((_TABLE_ROWS, triangles.shape[2]))
+    _setup_table(triangles, owner, drawn, drawn_back, num_faces, size, table)
+    _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
+
+
+# Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
+# first and last sample row (window y, up), the depth plane (z0, dz/dcolumn, dz/drow), the pixel index of column 0
+# of row 0 and the face index.
+_TABLE_ROWS = 19
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _setup_table(
+    triangles: np.ndarray,
+    owner: np.ndarray,
+    drawn: np.ndarray,
+    drawn_back: np.ndarray,
+    num_faces: int,
+    size: int,
+    table: np.ndarray,
+) -> None:
+    """Fill table (19, T) for the triangles (see draw_triangles); a triangle not drawn gets no rows."""
+    half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
+    for t in numba.prange(triangles.shape[2]):
+        table[12, t], table[13, t] = 0.0, -1.0
+        if not drawn[t]:
+            continue
+        xw0, yw0, zw0 = _window(triangles[:, 0, t], half, shift)
+        xw1, yw1, zw1 = _window(triangles[:, 1, t], half, shift)
+        xw2, yw2, zw2 = _window(triangles[:, 2, t], half, shift)
+        x0, x1, x2, y0, y1, y2 = np.rint(xw0), np.rint(xw1), np.rint(xw2), np.rint(yw0), np.rint(yw1), np.rint(yw2)
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        if area == 0 or not drawn_back[owner[t]]:
+            continue  # GL draws no zero-area triangle
+        if area < 0:  # clockwise: swap two vertices, then "inside" means every edge function is >= 0
+            x1, x2, y1, y2 = x2, x1, y2, y1
+        flat_bottom = _edge_bounds((x0, x1, x2), (y0, y1, y2), table[:12, t])
+        table[12, t] = max(math.ceil((min(y0, y1, y2) + flat_bottom) / _ONE), 0.0)
+        table[13, t] = min(math.floor(max(y0, y1, y2) / _ONE), size - 1.0)
+        table[14, t], table[15, t], table[16, t] = _depth_plane(xw0, yw0, zw0, xw1, yw1, zw1, xw2, yw2, zw2)
+        batch = owner[t] // num_faces
+        table[17, t] = batch * size * size + (size - 1) * size
+        table[18, t] = owner[t] - batch * num_faces
+
+
+@numba.njit(cache=True, nogil=True)
+def _window(vertex: np.ndarray, half: np.float32, shift: np.float32) -> tuple[float, float, float]:
+    """Float64 window x, y (1/256 pixel, relative to the pixel centres) and depth of a (4,) clip-space vertex,
+    computed in float32 as `raster._window_coordinates`."""
+    scale = np.float32(1.0) / vertex[3]
+    x = np.float64(vertex[0] * scale * half + shift)
+    y = np.float64(vertex[1] * scale * half + shift)
+    return x, y, np.float64(vertex[2] * scale * np.float32(0.5) + np.float32(0.5))
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_bounds(xf: tuple[float, float, float], yf: tuple[float, float, float], bounds: np.ndarray) -> float:
+    """Column bounds of a counter-clockwise snapped triangle, as `raster._edge_slots`: bounds (12,) = A, D, m
+    for the first and last left and right edge, the column bound of row r being floor((A + D r) / m). Returns
+    1.0 where a flat bottom edge drops the first row, else 0.0."""
+    flat_bottom = 0.0
+    left_first = left_last = right_first = right_last = -1
+    for k in range(3):
+        dy, dx = yf[(k + 1) % 3] - yf[k], xf[(k + 1) % 3] - xf[k]
+        if dy < 0:
+            left_last = k
+            left_first = k if left_first < 0 else left_first
+        if dy > 0:
+            right_last = k
+            right_first = k if right_first < 0 else right_first
+        if dy == 0 and dx > 0:
+            flat_bottom = 1.0
+    for slot, k in enumerate((left_first, left_last, right_first, right_last)):
+        dx, dy = xf[(k + 1) % 3] - xf[k], yf[(k + 1) % 3] - yf[k]
+        offset = dy * xf[k] - dx * yf[k]
+        m = abs(dy * _ONE)
+        bounds[slot] = m - 1 - offset if dy < 0 else offset - 1
+        bounds[4 + slot] = (-dx if dy < 0 else dx) * _ONE
+        bounds[8 + slot] = m
+    return flat_bottom
+
+
+@numba.njit(cache=True, nogil=True)
+def _depth_plane(
+    x0: float, y0: float, z0: float, x1: float, y1: float, z1: float, x2: float, y2: float, z2: float
+) -> tuple[float, float, float]:
+    """(z at sample (0, 0), dz per column, dz per row) of window depth, from the unsnapped window coordinates
+    as `raster._depth_plane`."""
+    e1x, e1y, e2x, e2y, e1z, e2z = x1 - x0, y1 - y0, x2 - x0, y2 - y0, z1 - z0, z2 - z0
+    det = e1x * e2y - e2x * e1y
+    dzdx = (e1z * e2y - e2z * e1y) / det
+    dzdy = (e2z * e1x - e1z * e2x) / det
+    return z0 - dzdx * x0 - dzdy * y0, dzdx * _ONE, dzdy * _ONE
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _draw_table(table: np.ndarray, size: int, parts: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test every triangle of the table. The sample rows are cut into `parts` bands that threads take
+    whole, so none writes another's pixels; each walks all triangles over its band."""
+    for part in numba.prange(parts):
+        low, high = part * size // parts, (part + 1) * size // parts - 1
+        for t in range(table.shape[1]):
+            first, last = max(table[12, t], low), min(table[13, t], high)
+            if first <= last:
+                _draw_rows(table[:, t], first, last, size, depth, face)
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_rows(column: np.ndarray, first: float, last: float, size: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test the covered samples of rows [first, last] of one triangle's table column."""
+    z0, dzdx, dzdy, base, index = column[14], column[15], column[16], column[17], np.int64(column[18])
+    step = np.float32(dzdx)
+    for k in range(int(last - first) + 1):
+        row = first + k
+        lower = max(
+            math.floor((column[0] + column[4] * row) / column[8]),
+            math.floor((column[1] + column[5] * row) / column[9]),
+            0.0,
+        )
+        upper = min(
+            math.floor((column[2] + column[6] * row) / column[10]),
+            math.floor((column[3] + column[7] * row) / column[11]),
+            size - 1.0,
+        )
+        start = np.float32(z0 + dzdx * lower + dzdy * row)
+        pixel = np.int64(base + lower - row * size)
+        for offset in range(np.int64(upper - lower) + 1):
+            z = min(max(start + step * np.float32(offset), np.float32(0.0)), np.float32(1.0))
+            p = pixel + offset
+            if z < depth[p] or (z == depth[p] and index < face[p]):
+                depth[p] = z
+                face[p] = index
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def resolve_pixels(
+    depth: np.ndarray,
+    face: np.ndarray,
+    planes: np.ndarray,
+    front_table: np.ndarray,
+    num_faces: int,
+    size: int,
+    bary: np.ndarray,
+    front: np.ndarray,
+) -> None:
+    """Finish draw_triangles' buffers in place: face -1 and depth 1 where empty; bary (3, B S²) float32
+    perspective-correct barycentrics at the pixel centres (0 where empty); front (B S²,) bool.
+    planes: (3, 4, B F) float32 x, y and constant coefficients of the three 2D homogeneous barycentric planes and
+    of their sum; front_table: (B F,) bool."""
+    pixels = size * size
+    half = np.float32(2.0 / size)
+    for p in numba.prange(face.shape[0]):
+        f = face[p]
+        if f < 0:
+            depth[p] = 1.0
+            bary[0, p] = bary[1, p] = bary[2, p] = 0.0
+            front[p] = False
+            continue
+        flat = (p // pixels) * num_faces + f
+        row, column = (p % pixels) // size, p % size
+        x = (np.float32(column) + np.float32(0.5)) * half - np.float32(1.0)
+        y = (np.float32(size - 1 - row) + np.float32(0.5)) * half - np.float32(1.0)
+        total = planes[2, 3, flat] + planes[0, 3, flat] * x + planes[1, 3, flat] * y
+        b0 = max((planes[2, 0, flat] + planes[0, 0, flat] * x + planes[1, 0, flat] * y) / total, np.float32(0.0))
+        b1 = max((planes[2, 1, flat] + planes[0, 1, flat] * x + planes[1, 1, flat] * y) / total, np.float32(0.0))
+        b2 = max((planes[2, 2, flat] + planes[0, 2, flat] * x + planes[1, 2, flat] * y) / total, np.float32(0.0))
+        norm = b0 + b1 + b2
+        bary[0, p], bary[1, p], bary[2, p] = b0 / norm, b1 / norm, b2 / norm
+        front[p] = front_table[flat]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def interpolate_pixels(
+    face: np.ndarray, bary: np.ndarray, faces: np.ndarray, attributes: np.ndarray, pixels: int, out: np.ndarray
+) -> None:
+    """out (C, B S²) = Σ_k bary_k · attribute of corner k of each pixel's face, 0 where empty.
+    face: (B S²,) int64; bary: (3, B S²) float32; faces: (B, F, 3) int64; attributes: (B, V, C) float32."""
+    channels = attributes.shape[2]
+    for p in numba.prange(face.shape[0]):
+        f = face[p]
+        if f < 0:
+            for c in range(channels):
+                out[c, p] = 0.0
+            continue
+        b = p // pixels
+        v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
+        w0, w1, w2 = bary[0, p], bary[1, p], bary[2, p]
+        for c in range(channels):
+            out[c, p] = attributes[b, v0, c] * w0 + attributes[b, v1, c] * w1 + attributes[b, v2, c] * w2
+
+
+@contextlib.contextmanager
+def running_on(threads: int) -> Iterator[None]:
+    """Run the kernels called inside on `threads` threads (at most the cores numba found; callers pass PyTorch's
+    count). One caller at a time: the workqueue threading layer does not take concurrent launches."""
+    with _LOCK:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        yield
