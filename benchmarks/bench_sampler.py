@@ -1,9 +1,10 @@
-"""Sampler cost: official DDPM-1000 and DDIM-50 vs our DPM-Solver++(2M) with 20 steps, on one tiny ADM U-Net.
+"""Sampler cost: official DDPM-1000 and DDIM-50 vs our solvers (DPM-Solver++ 2M / 3M, UniPC), on one tiny ADM U-Net.
 
-Prints one JSON line: U-Net evaluations and wall time of each sampler, the speed-up of the fast solver, and how
-far each deterministic sampler lands from the probability-flow ODE solution (DDIM with all 1000 steps) on the same
-start noise (relative L2 error), so speed is read next to accuracy. Also times classifier-free guidance as the
-official two forward passes vs our one batched pass. Runs in about half a minute on an idle CPU.
+Prints one JSON line: U-Net evaluations and wall time of each sampler, the speed-up of DPM-Solver++(2M) with
+20 steps, and how far each deterministic sampler lands from the probability-flow ODE solution (DDIM with all
+1000 steps) on the same start noise (relative L2 error), so speed is read next to accuracy. Also times
+classifier-free guidance as the official two forward passes vs our one batched pass. About half a minute on
+an idle CPU.
 
     python benchmarks/bench_sampler.py [--device cuda] [--batch 2] [--threads 1] [--quick]
 """
@@ -17,7 +18,7 @@ import time
 import torch
 
 from iterview.diffusion.guidance import classifier_free
-from iterview.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample
+from iterview.diffusion.samplers import ddim_sample, ddpm_sample, dpmpp_2m_sample, dpmpp_3m_sample, unipc_sample
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.models.checkpoint import tiny_adm
 
@@ -58,6 +59,9 @@ def main() -> None:
         "ddpm1000": lambda: ddpm_sample(model_fn, x_T, schedule, generator=generator),
         "ddim50": lambda: ddim_sample(model_fn, x_T, schedule, steps=50),
         "dpmpp2m20": lambda: dpmpp_2m_sample(model_fn, x_T, schedule, steps=20),
+        "dpmpp3m10": lambda: dpmpp_3m_sample(model_fn, x_T, schedule, steps=10),
+        "unipc10": lambda: unipc_sample(model_fn, x_T, schedule, steps=10),
+        "unipc5": lambda: unipc_sample(model_fn, x_T, schedule, steps=5),
         "ode1000": lambda: ddim_sample(model_fn, x_T, schedule, steps=schedule.num_timesteps),
     }
     results, samples = {}, {}
@@ -67,7 +71,8 @@ def main() -> None:
         results[name] = {"unet_evals": calls[0], "seconds": round(seconds, 3)}
     ode = samples.pop("ode1000")
     results.pop("ode1000")
-    for name in ("ddim50", "dpmpp2m20"):
+    ours = ("dpmpp2m20", "dpmpp3m10", "unipc10", "unipc5")
+    for name in ("ddim50", *ours):
         # Relative: a random tiny U-Net is no score model, and its samples reach large magnitudes.
         results[name]["rel_error_vs_ode"] = round(((samples[name] - ode).norm() / ode.norm()).item(), 5)
 
@@ -90,7 +95,7 @@ def main() -> None:
                 "batch": args.batch,
                 "image_size": 16,
                 "official": {"ddpm1000": results["ddpm1000"], "ddim50": results["ddim50"]},
-                "ours": {"dpmpp2m20": results["dpmpp2m20"]},
+                "ours": {name: results[name] for name in ours},
                 "speedup_vs_ddpm1000": round(results["ddpm1000"]["seconds"] / fast, 1),
                 "speedup_vs_ddim50": round(results["ddim50"]["seconds"] / fast, 2),
                 "cfg_step_seconds": {
