@@ -44,6 +44,8 @@ class StageTimer:
         self._started = 0.0
 
     def wrap(self, stage: str, function: Callable) -> Callable:
+        """function, with the wall time of each call added to `stage`."""
+
         def timed(*args, **kwargs):
             start = time.perf_counter()
             out = function(*args, **kwargs)
@@ -53,6 +55,8 @@ class StageTimer:
         return timed
 
     def hook_unet(self, model: nn.Module) -> list:
+        """Forward hooks that time every call of model as "unet" and count its image evaluations (batch rows)."""
+
         def before(module: nn.Module, inputs: tuple) -> None:
             self._started = time.perf_counter()
 
@@ -89,14 +93,6 @@ def run_instances(pipeline: MultiViewPipeline, batch: int, views: int, device: s
         "unet_evals_expected": pipeline.unet_evaluations(views, guided=True),
         "share": {k: round(v, 4) for k, v in shares.items()},
     }
-
-
-def describe(pipeline: MultiViewPipeline) -> str:
-    def one(choice: SamplerChoice) -> str:
-        window = "" if choice.cfg_window is None else f"+cfg{choice.cfg_window[0]}-{choice.cfg_window[1]}"
-        return f"{choice.name}{choice.steps}{window}"
-
-    return f"{one(pipeline.sampler_uncond)}/{one(pipeline.sampler_cond)}"
 
 
 def build_paths(args: argparse.Namespace) -> dict[str, MultiViewPipeline]:
@@ -137,7 +133,8 @@ def main() -> None:
                 runs[name].append(run_instances(pipeline, args.batch, args.views, args.device))
     best = {name: min(records, key=lambda r: r["s_per_instance"]) for name, records in runs.items()}
     for name, pipeline in paths.items():
-        best[name] = {"sampler": describe(pipeline), **best[name]}
+        sampler = f"{pipeline.sampler_uncond.label}/{pipeline.sampler_cond.label}"
+        best[name] = {"sampler": sampler, **best[name]}
     official, fast = best["official"], best["fast"]
     unet_seconds = {name: record["s_per_instance"] * record["share"]["unet"] for name, record in best.items()}
     record = {

@@ -26,6 +26,7 @@ import torch
 from iterview.data.benchmark import BENCHMARK, read_recipe, write_benchmark
 from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
 from iterview.eval.benchmark import novel_view_metrics, real_vs_real_fid, uncond_metrics
+from iterview.eval.classifier import SynthClassifier
 from iterview.pipeline.loading import load_pipeline
 from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import GRID_3X9
@@ -77,20 +78,15 @@ def configure(pipeline: MultiViewPipeline, setting: Setting, quick: bool) -> Mul
     return pipeline
 
 
-def describe(choice: SamplerChoice) -> str:
-    window = "" if choice.cfg_window is None else f"+cfg{choice.cfg_window[0]}-{choice.cfg_window[1]}"
-    return f"{choice.name}{choice.steps}{window}"
-
-
-def measure(name: str, pipeline: MultiViewPipeline, classifier, args: argparse.Namespace) -> dict:
+def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier, args: argparse.Namespace) -> dict:
     """One setting's record: evaluations per instance, seconds, and the metrics of the parts it measures."""
     setting = SETTINGS[name]
     configure(pipeline, setting, args.quick)
     out = args.out / name
     record = {
         "setting": name,
-        "sampler_uncond": describe(pipeline.sampler_uncond),
-        "sampler_cond": describe(pipeline.sampler_cond),
+        "sampler_uncond": pipeline.sampler_uncond.label,
+        "sampler_cond": pipeline.sampler_cond.label,
         "evals_uncond": pipeline.unet_evaluations(1, guided=True),
         "evals_instance": pipeline.unet_evaluations(VIEWS, guided=True),
     }
@@ -144,6 +140,7 @@ COLUMNS = [
 
 
 def write_table(records: list[dict], path: Path) -> None:
+    """The records as a Markdown table, one row per setting (blank where a setting did not measure a part)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for record in records:
         cells = [record.get(c, "") for c in COLUMNS]
@@ -152,6 +149,7 @@ def write_table(records: list[dict], path: Path) -> None:
 
 
 def plot(records: list[dict], path: Path) -> None:
+    """A PNG of FID and novel-view PSNR against U-Net evaluations per instance, one point per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,6 +169,7 @@ def plot(records: list[dict], path: Path) -> None:
 
 
 def parse_args() -> argparse.Namespace:
+    """Options; --quick shrinks everything and writes a miniature benchmark into a scratch folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", type=Path, help="a benchmark folder (iterview synth --preset bench)")
     parser.add_argument("--models", default="synth")

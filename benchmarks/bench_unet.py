@@ -52,6 +52,7 @@ def official_attention(self: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
 
 
 def official_module(model: ADMUNet) -> ADMUNet:
+    """A copy of model computing attention as the official module does."""
     official = copy.deepcopy(model)
     for block in official.modules():
         if isinstance(block, AttentionBlock):
@@ -69,6 +70,8 @@ def token_major(model: ADMUNet) -> ADMUNet:
 
 
 def bf16(model: ADMUNet) -> Forward:
+    """model under bf16 autocast, with a float32 result."""
+
     def forward(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return model(x, t, y).float()
@@ -77,6 +80,7 @@ def bf16(model: ADMUNet) -> Forward:
 
 
 def inference_variants(model: ADMUNet, compile_fast: bool) -> dict[str, Forward]:
+    """The official formulation and each speed-up, as forward functions over copies of the same weights."""
     fast = prepare_for_inference(copy.deepcopy(model))
     variants: dict[str, Forward] = {
         "official": official_module(model),
@@ -108,6 +112,7 @@ def interleaved_seconds(calls: dict[str, Callable[[], object]], repeats: int) ->
 
 @torch.no_grad()
 def measure_inference(variants: dict[str, Forward], inputs: tuple, batch: int, repeats: int) -> dict:
+    """Max abs error against the official output, images per second and speed-up of each variant."""
     reference = variants["official"](*inputs)
     record = {}
     for name, forward in variants.items():
@@ -150,6 +155,7 @@ def measure_training(model: ADMUNet, inputs: tuple, repeats: int) -> dict:
 
 
 def random_inputs(model: ADMUNet, batch: int) -> tuple:
+    """(x, timesteps, classes) of `batch` rows for model."""
     size = model.image_size
     x = torch.randn(batch, model.in_channels, size, size)
     classes = torch.randint(0, model.num_classes, (batch,)) if model.num_classes else None

@@ -53,6 +53,12 @@ class SamplerChoice:
             if not 0 <= low <= high:
                 raise ValueError(f"cfg_window must be (t_low, t_high) with 0 <= t_low <= t_high, got {self.cfg_window}")
 
+    @property
+    def label(self) -> str:
+        """Short name for tables and logs, e.g. `unipc10`, `unipc10+cfg81-578`."""
+        window = "" if self.cfg_window is None else f"+cfg{self.cfg_window[0]}-{self.cfg_window[1]}"
+        return f"{self.name}{self.steps}{window}"
+
     def timesteps(self, schedule: DiffusionSchedule) -> list[int]:
         """The network timesteps at which the sampler calls the model, noisiest first (one call each)."""
         if self.name == "ddpm":
