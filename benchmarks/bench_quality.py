@@ -95,31 +95,30 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
     official += (VIEWS - 1) * OFFICIAL_COND.evaluations(pipeline.schedule, guided)
     record["evals_vs_official"] = record["evals_instance"] / official
     start = time.perf_counter()
-    if setting.measure_uncond:
+    if setting.measure_uncond and "uncond" in args.parts:
         metrics = uncond_metrics(
             args.bench, pipeline, classifier, out / "uncond", args.images, args.seed, args.batch, not args.quick
         )
         record |= {k: metrics[k] for k in ("fid", "kid_mean", "class_accuracy", "seconds_per_image")}
-    if setting.measure_cond:
+    if setting.measure_cond and "cond" in args.parts:
         metrics = novel_view_metrics(
             args.bench, pipeline, out / "cond", args.scenes, args.seed, args.scenes, not args.quick
         )
         record |= {k: metrics[k] for k in ("psnr_all", "depth_absrel_all", "reprojection_psnr", "seconds_per_scene")}
-    if setting.measure_uncond and setting.measure_cond:
+    if "seconds_per_image" in record and "seconds_per_scene" in record:
         record["s_per_instance"] = record["seconds_per_image"] + record["seconds_per_scene"]
     record["total_s"] = round(time.perf_counter() - start, 1)
     return record
 
 
-def add_ratios(records: list[dict]) -> None:
-    """FID ratio, PSNR difference (dB) and AbsRel ratio of each setting against the official one measured."""
-    official = {k: v for r in records if r["setting"].startswith("official") for k, v in r.items()}
-    for record in records:
-        if "fid" in official and "fid" in record:
-            record["fid_vs_official"] = record["fid"] / official["fid"]
-        if "psnr_all" in official and "psnr_all" in record:
-            record["psnr_vs_official_db"] = record["psnr_all"] - official["psnr_all"]
-            record["absrel_vs_official"] = record["depth_absrel_all"] / official["depth_absrel_all"]
+def add_ratios(record: dict, official: dict) -> None:
+    """FID ratio, PSNR difference (dB) and AbsRel ratio of a setting against the official one, where both have
+    the metric."""
+    if "fid" in official and "fid" in record:
+        record["fid_vs_official"] = record["fid"] / official["fid"]
+    if "psnr_all" in official and "psnr_all" in record:
+        record["psnr_vs_official_db"] = record["psnr_all"] - official["psnr_all"]
+        record["absrel_vs_official"] = record["depth_absrel_all"] / official["depth_absrel_all"]
 
 
 COLUMNS = [
@@ -176,6 +175,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"from {', '.join(SETTINGS)}")
     parser.add_argument("--images", type=int, default=1000, help="G_u images per setting (FID, class accuracy)")
     parser.add_argument("--scenes", type=int, default=20, help="held-out 3x9 scenes per setting (PSNR, AbsRel)")
+    parser.add_argument("--parts", default="uncond,cond", help="measure G_u (uncond), G_c (cond) or both")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
@@ -204,18 +204,22 @@ def main() -> None:
     torch.manual_seed(0)
     pipeline = load_pipeline(args.models, args.models)
     classifier = load_classifier(resolve_model(args.models, "classifier"))
-    records = []
-    for name in args.settings.split(","):
-        records.append(measure(name, pipeline, classifier, args))
-    add_ratios(records)
-    for record in records:
+    # The official settings go first, so that every later record is compared with them as it is printed.
+    names = sorted(args.settings.split(","), key=lambda name: not name.startswith("official"))
+    records, official = [], {}
+    for name in names:
+        record = measure(name, pipeline, classifier, args)
+        if name.startswith("official"):
+            official |= record
+        add_ratios(record, official)
+        records.append(record)
         print(json.dumps({"bench": "quality", **record}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    if read_recipe(args.bench).train_count >= args.images:
-        floor = {"real_vs_real_fid": real_vs_real_fid(args.bench, args.images, progress=not args.quick)}
-        (args.out / "real_vs_real.json").write_text(json.dumps(floor))
     write_table(records, args.out / "table.md")
     plot(records, args.out / "quality_speed.png")
+    if "uncond" in args.parts and read_recipe(args.bench).train_count >= args.images:
+        floor = {"real_vs_real_fid": real_vs_real_fid(args.bench, args.images, progress=not args.quick)}
+        (args.out / "real_vs_real.json").write_text(json.dumps(floor))
 
 
 if __name__ == "__main__":
