@@ -1,92 +1,157 @@
-"""Seconds per 3x9 instance: official sampler settings (G_u DDPM-1000, G_c DDIM-50) vs the fast settings
-(DPM-Solver++(2M), 20 steps each), same tiny random models, same machine, one run. Prints one JSON line.
+"""Seconds per 3x9 instance with the shipped models: the official-equivalent path (G_u DDPM-1000, G_c DDIM-50,
+the module as trained) vs the fast path (few-step solver, classifier-free guidance in a window of noise levels,
+`prepare_for_inference` U-Nets), same models, same seeds, one run. Each path's time is split into the U-Net
+(timed around every forward), the aggregation and the meshing (timed around the pipeline's calls) and the rest
+(sampler arithmetic, guidance, noise). Prints one JSON line.
 
-    python benchmarks/bench_pipeline.py [--size 16] [--batch 1] [--fast-steps 20] [--device cpu] [--quick]
+    python benchmarks/bench_pipeline.py [--models synth] [--batch 1] [--fast-sampler unipc] [--fast-steps 10]
+        [--no-window] [--repeats 1] [--device cpu] [--quick]
 
-On a shared CPU set OMP_NUM_THREADS=1: tiny convolutions on oversubscribed cores are many times slower.
+On a shared CPU set OMP_NUM_THREADS=1: small convolutions on oversubscribed cores are many times slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
+from torch import nn
 
-from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SAMPLERS, SamplerChoice
 from iterview.diffusion.schedule import DiffusionSchedule
-from iterview.models.checkpoint import tiny_adm
+from iterview.models.adm import prepare_for_inference
+from iterview.pipeline.loading import load_pipeline
 from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import grid_viewset_3x9
 
+# Guidance at EDM σ in [0.28, 5.42] (Kynkäänniemi et al. 2024), as network timesteps of the linear schedule.
+WINDOW = (81, 578)
+STAGES = ("unet", "aggregation", "meshing")
 
-def time_instances(pipeline: MultiViewPipeline, batch: int, device: str) -> tuple[float, int]:
-    """Seconds per instance and network evaluations (U-Net forward passes) per batch."""
-    calls = 0
 
-    def count(*_: object) -> None:
-        nonlocal calls
-        calls += 1
+class StageTimer:
+    """Wall seconds spent inside the timed stages and U-Net image evaluations, accumulated over a run."""
 
-    hooks = [m.register_forward_hook(count) for m in (pipeline.g_u, pipeline.g_c)]
-    modelviews = grid_viewset_3x9().modelviews.expand(batch, 27, 4, 4)
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.evaluations = 0
+        self._started = 0.0
+
+    def wrap(self, stage: str, function: Callable) -> Callable:
+        """function, with the wall time of each call added to `stage`."""
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = function(*args, **kwargs)
+            self.seconds[stage] += time.perf_counter() - start
+            return out
+
+        return timed
+
+    def hook_unet(self, model: nn.Module) -> list:
+        """Forward hooks that time every call of model as "unet" and count its image evaluations (batch rows)."""
+
+        def before(module: nn.Module, inputs: tuple) -> None:
+            self._started = time.perf_counter()
+
+        def after(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self.seconds["unet"] += time.perf_counter() - self._started
+            self.evaluations += len(inputs[0])
+
+        return [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+
+
+def run_instances(pipeline: MultiViewPipeline, batch: int, views: int, device: str) -> dict:
+    """One batch of `views`-view 3x9 instances: seconds per instance, U-Net evaluations per instance and the
+    share of the time in each stage."""
+    timer = StageTimer()
+    pipeline.aggregate = timer.wrap("aggregation", pipeline.aggregate)
+    pipeline.mesh = timer.wrap("meshing", pipeline.mesh)
+    hooks = [hook for model in {pipeline.g_u, pipeline.g_c} for hook in timer.hook_unet(model)]
+    modelviews = grid_viewset_3x9().modelviews[:views].expand(batch, views, 4, 4).to(device)
     generators = [torch.Generator(device).manual_seed(seed) for seed in range(batch)]
+    classes = torch.arange(batch, device=device) % pipeline.g_u.num_classes
     start = time.perf_counter()
-    pipeline(modelviews, generators, torch.arange(batch, device=device) % 10)
+    pipeline(modelviews, generators, classes)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / batch
+    seconds = time.perf_counter() - start
     for hook in hooks:
         hook.remove()
-    return seconds, calls
+    del pipeline.aggregate, pipeline.mesh
+    shares = {stage: timer.seconds[stage] / seconds for stage in STAGES}
+    shares["other"] = 1 - sum(shares.values())
+    return {
+        "s_per_instance": seconds / batch,
+        "unet_evals": timer.evaluations // batch,
+        "unet_evals_expected": pipeline.unet_evaluations(views, guided=True),
+        "share": {k: round(v, 4) for k, v in shares.items()},
+    }
+
+
+def build_paths(args: argparse.Namespace) -> dict[str, MultiViewPipeline]:
+    """The official-equivalent and the fast pipeline over the same models (the fast one on prepared copies)."""
+    official = load_pipeline(args.models, args.models, device=args.device)
+    clip = official.sampler_cond.clip
+    schedule = DiffusionSchedule.linear(50) if args.quick else official.schedule
+    official.schedule = schedule
+    official.sampler_uncond = replace(OFFICIAL_UNCOND, steps=schedule.num_timesteps, clip=clip)
+    official.sampler_cond = replace(OFFICIAL_COND, steps=2 if args.quick else OFFICIAL_COND.steps, clip=clip)
+    fast = copy.copy(official)
+    fast.g_u = prepare_for_inference(copy.deepcopy(official.g_u))
+    fast.g_c = prepare_for_inference(copy.deepcopy(official.g_c))
+    choice = SamplerChoice(args.fast_sampler, args.fast_steps, clip, None if args.no_window else WINDOW)
+    fast.sampler_uncond = fast.sampler_cond = choice
+    return {"official": official, "fast": fast}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=16)
+    parser.add_argument("--models", default="synth")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--fast-steps", type=int, default=20)
+    parser.add_argument("--views", type=int, default=27)
+    parser.add_argument("--fast-sampler", default="unipc", choices=sorted(SAMPLERS))
+    parser.add_argument("--fast-steps", type=int, default=10)
+    parser.add_argument("--no-window", action="store_true", help="guide at every step of the fast path")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each path, alternating; the fastest counts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run: 8 px, 50-step schedule, 2 steps")
+    parser.add_argument("--quick", action="store_true", help="seconds: 3 views, a 50-step schedule, 2 steps")
     args = parser.parse_args()
     if args.quick:
-        args.size, args.fast_steps = 8, 2
-    schedule = DiffusionSchedule.linear(50) if args.quick else None
-    official_cond = SamplerChoice(OFFICIAL_COND.name, 2) if args.quick else OFFICIAL_COND
-    g_u, g_c = (
-        tiny_adm(perturb=False, image_size=args.size, in_channels=c, model_channels=32).to(args.device) for c in (4, 10)
-    )
-    fast = SamplerChoice("dpmpp", args.fast_steps)
-    official_s, official_calls = time_instances(
-        MultiViewPipeline(g_u, g_c, schedule, sampler_uncond=OFFICIAL_UNCOND, sampler_cond=official_cond),
-        args.batch,
-        args.device,
-    )
-    fast_s, fast_calls = time_instances(
-        MultiViewPipeline(g_u, g_c, schedule, sampler_uncond=fast, sampler_cond=fast), args.batch, args.device
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "pipeline_3x9",
-                "device": args.device,
-                "image_size": args.size,
-                "batch": args.batch,
-                "official": {
-                    "sampler": "ddpm1000+ddim50",
-                    "s_per_instance": round(official_s, 3),
-                    "unet_calls": official_calls,
-                },
-                "fast": {
-                    "sampler": f"dpmpp{args.fast_steps}+dpmpp{args.fast_steps}",
-                    "s_per_instance": round(fast_s, 3),
-                    "unet_calls": fast_calls,
-                },
-                "speedup": round(official_s / fast_s, 2),
-            }
-        )
-    )
+        args.views, args.fast_steps = 3, 2
+    paths = build_paths(args)
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for name, pipeline in paths.items():
+                runs[name].append(run_instances(pipeline, args.batch, args.views, args.device))
+    best = {name: min(records, key=lambda r: r["s_per_instance"]) for name, records in runs.items()}
+    for name, pipeline in paths.items():
+        sampler = f"{pipeline.sampler_uncond.label}/{pipeline.sampler_cond.label}"
+        best[name] = {"sampler": sampler, **best[name]}
+    official, fast = best["official"], best["fast"]
+    unet_seconds = {name: record["s_per_instance"] * record["share"]["unet"] for name, record in best.items()}
+    record = {
+        "bench": "pipeline_3x9",
+        "device": args.device,
+        "models": args.models,
+        "views": args.views,
+        "batch": args.batch,
+        "official": official,
+        "fast": fast,
+        "speedup": round(official["s_per_instance"] / fast["s_per_instance"], 2),
+        "evals_ratio": round(official["unet_evals"] / fast["unet_evals"], 2),
+        "unet_s_per_eval_ratio": round(
+            (unet_seconds["official"] / official["unet_evals"]) / (unet_seconds["fast"] / fast["unet_evals"]), 2
+        ),
+    }
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

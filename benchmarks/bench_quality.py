@@ -1,13 +1,15 @@
 """Quality against speed on the synth benchmark: for each sampler setting, U-Net evaluations per 3x9 instance,
-seconds per instance, FID, class accuracy, novel-view PSNR and depth AbsRel, side by side with the official
-samplers (G_u DDPM-1000, G_c DDIM-50), same models, same seeds, one run. Prints one JSON line per setting and
-writes a Markdown table and a PNG plot of FID and PSNR against evaluations.
+seconds per instance, G_u FID and class accuracy, G_c novel-view PSNR and depth AbsRel, side by side with the
+official samplers (G_u DDPM-1000, G_c DDIM-50), same models, same seeds, one run. Prints one JSON line per
+setting and writes a Markdown table and a PNG plot of FID and PSNR against evaluations from these measurements.
 
     python benchmarks/bench_quality.py --bench data/bench [--models synth] [--images 1000] [--scenes 20]
-        [--settings official_cond,fast20,fast10,ddim10] [--out bench-quality] [--quick]
+        [--settings official_cond,ddim10,dpmpp20,...] [--out bench-quality] [--quick]
 
 `official_cond` runs only G_c with the official DDIM-50 (G_u's DDPM-1000 over 1,000 images takes hours on a
-CPU); `official` runs both.
+CPU); `official` runs both. Settings named `*_window` guide only at network timesteps 81..578, EDM σ in
+[0.28, 5.42] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"): one U-Net evaluation
+instead of two at the other steps.
 """
 
 from __future__ import annotations
@@ -16,78 +18,137 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from iterview.data.benchmark import BENCHMARK, write_benchmark
-from iterview.eval.benchmark import run_benchmark
+from iterview.data.benchmark import BENCHMARK, read_recipe, write_benchmark
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.eval.benchmark import novel_view_metrics, real_vs_real_fid, uncond_metrics
+from iterview.eval.classifier import SynthClassifier
 from iterview.pipeline.loading import load_pipeline
+from iterview.pipeline.multiview import MultiViewPipeline
+from iterview.pipeline.viewsets import GRID_3X9
 
-# name -> (sampler preset, G_u steps, G_c steps, measure G_u, measure G_c)
+VIEWS = sum(len(row) for row in GRID_3X9)
+WINDOW = (81, 578)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The samplers of G_u and G_c, and which of the two this setting measures."""
+
+    uncond: SamplerChoice
+    cond: SamplerChoice
+    measure_uncond: bool = True
+    measure_cond: bool = True
+
+
+def _both(name: str, steps: int, window: tuple[int, int] | None = None) -> tuple[SamplerChoice, SamplerChoice]:
+    return SamplerChoice(name, steps, cfg_window=window), SamplerChoice(name, steps, cfg_window=window)
+
+
 SETTINGS = {
-    "official": ("official", None, None, True, True),
-    "official_cond": ("official", None, None, False, True),
-    "fast20": ("fast", 20, 20, True, True),
-    "fast10": ("fast", 10, 10, True, True),
-    "fast5": ("fast", 5, 5, True, True),
-    "ddim10": ("official", 10, 10, True, True),
+    "official": Setting(OFFICIAL_UNCOND, OFFICIAL_COND),
+    "official_cond": Setting(OFFICIAL_UNCOND, OFFICIAL_COND, measure_uncond=False),
+    "ddim10": Setting(*_both("ddim", 10)),
+    "dpmpp20": Setting(*_both("dpmpp", 20)),
+    "dpmpp10": Setting(*_both("dpmpp", 10)),
+    "dpmpp5": Setting(*_both("dpmpp", 5)),
+    "dpmpp3m10": Setting(*_both("dpmpp3m", 10)),
+    "unipc10": Setting(*_both("unipc", 10)),
+    "unipc5": Setting(*_both("unipc", 5)),
+    "unipc10_window": Setting(*_both("unipc", 10, WINDOW)),
+    "unipc6_window": Setting(*_both("unipc", 6, WINDOW)),
 }
+DEFAULT_SETTINGS = [name for name in SETTINGS if name != "official"]
+QUICK_SETTING = "unipc10_window"
 
 
-def evaluations(
-    models: str, sampler: str, steps_uncond: int | None, steps_cond: int | None, guidance: float
-) -> dict[str, int]:
-    """U-Net image evaluations per 3x9 instance (a classifier-free pair counts two)."""
-    pipeline = load_pipeline(models, models, sampler, steps_uncond, steps_cond)
-    cfg = 2 if guidance > 0 else 1
-    uncond = pipeline.sampler_uncond.steps * cfg
-    cond = pipeline.sampler_cond.steps * cfg * 26
-    return {"evals_uncond": uncond, "evals_cond": cond, "evals_instance": uncond + cond}
+def configure(pipeline: MultiViewPipeline, setting: Setting, quick: bool) -> MultiViewPipeline:
+    """The pipeline with the setting's samplers, keeping the models' x0 clipping; quick: at most 3 steps."""
+
+    def choice(sampler: SamplerChoice, clip: bool) -> SamplerChoice:
+        steps = sampler.steps if not quick or sampler.name == "ddpm" else min(sampler.steps, 3)
+        return replace(sampler, steps=steps, clip=clip)
+
+    pipeline.sampler_uncond = choice(setting.uncond, pipeline.sampler_uncond.clip)
+    pipeline.sampler_cond = choice(setting.cond, pipeline.sampler_cond.clip)
+    return pipeline
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
-    sampler, steps_u, steps_c, do_u, do_c = SETTINGS[name]
-    if args.quick:  # the same code path in seconds: every sampler at 3 steps
-        steps_u = steps_c = 3
+def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier, args: argparse.Namespace) -> dict:
+    """One setting's record: evaluations per instance, seconds, and the metrics of the parts it measures."""
+    setting = SETTINGS[name]
+    configure(pipeline, setting, args.quick)
     out = args.out / name
+    record = {
+        "setting": name,
+        "sampler_uncond": pipeline.sampler_uncond.label,
+        "sampler_cond": pipeline.sampler_cond.label,
+        "evals_uncond": pipeline.unet_evaluations(1, guided=True),
+        "evals_instance": pipeline.unet_evaluations(VIEWS, guided=True),
+    }
+    guided = pipeline.guidance.strength > 0
+    official = OFFICIAL_UNCOND.evaluations(pipeline.schedule, guided)
+    official += (VIEWS - 1) * OFFICIAL_COND.evaluations(pipeline.schedule, guided)
+    record["evals_vs_official"] = record["evals_instance"] / official
     start = time.perf_counter()
-    metrics = run_benchmark(
-        args.bench,
-        out,
-        uncond=args.models if do_u else None,
-        cond=args.models if do_c else None,
-        sampler=sampler,
-        steps_uncond=steps_u,
-        steps_cond=steps_c,
-        num_images=args.images,
-        scenes=args.scenes,
-        batch_size=args.batch,
-        progress=not args.quick,
-    )
-    seconds = time.perf_counter() - start
-    guidance = (metrics.get("cond") or metrics["uncond"])["guidance"]
-    counts = evaluations(args.models, sampler, steps_u, steps_c, guidance)
-    record = {"setting": name, **counts, "total_s": round(seconds, 1)}
-    if "cond" in metrics:
-        record |= {k: metrics["cond"][k] for k in ("psnr_all", "depth_absrel_all", "reprojection_psnr")}
-        record["cond_s_per_instance"] = metrics["cond"]["seconds_per_scene"]
-    if "uncond" in metrics:
-        record |= {k: metrics["uncond"][k] for k in ("fid", "class_accuracy", "num_fake", "seconds_per_image")}
+    if setting.measure_uncond and "uncond" in args.parts:
+        metrics = uncond_metrics(
+            args.bench, pipeline, classifier, out / "uncond", args.images, args.seed, args.batch, not args.quick
+        )
+        record |= {k: metrics[k] for k in ("fid", "kid_mean", "class_accuracy", "seconds_per_image")}
+    if setting.measure_cond and "cond" in args.parts:
+        metrics = novel_view_metrics(
+            args.bench, pipeline, out / "cond", args.scenes, args.seed, args.scenes, not args.quick
+        )
+        record |= {k: metrics[k] for k in ("psnr_all", "depth_absrel_all", "reprojection_psnr", "seconds_per_scene")}
+    if "seconds_per_image" in record and "seconds_per_scene" in record:
+        record["s_per_instance"] = record["seconds_per_image"] + record["seconds_per_scene"]
+    record["total_s"] = round(time.perf_counter() - start, 1)
     return record
 
 
+def add_ratios(record: dict, official: dict) -> None:
+    """FID ratio, PSNR difference (dB) and AbsRel ratio of a setting against the official one, where both have
+    the metric."""
+    if "fid" in official and "fid" in record:
+        record["fid_vs_official"] = record["fid"] / official["fid"]
+    if "psnr_all" in official and "psnr_all" in record:
+        record["psnr_vs_official_db"] = record["psnr_all"] - official["psnr_all"]
+        record["absrel_vs_official"] = record["depth_absrel_all"] / official["depth_absrel_all"]
+
+
+COLUMNS = [
+    "setting",
+    "sampler_uncond",
+    "sampler_cond",
+    "evals_instance",
+    "evals_vs_official",
+    "s_per_instance",
+    "fid",
+    "fid_vs_official",
+    "class_accuracy",
+    "psnr_all",
+    "psnr_vs_official_db",
+    "depth_absrel_all",
+    "absrel_vs_official",
+]
+
+
 def write_table(records: list[dict], path: Path) -> None:
-    columns = ["setting", "evals_instance", "fid", "class_accuracy", "psnr_all", "depth_absrel_all", "total_s"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    """The records as a Markdown table, one row per setting (blank where a setting did not measure a part)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for record in records:
-        cells = [record.get(c, "") for c in columns]
+        cells = [record.get(c, "") for c in COLUMNS]
         lines.append("| " + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c) for c in cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
 def plot(records: list[dict], path: Path) -> None:
+    """A PNG of FID and novel-view PSNR against U-Net evaluations per instance, one point per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,19 +167,22 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """Options; --quick shrinks everything and writes a miniature benchmark into a scratch folder."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", type=Path, help="a benchmark folder (iterview synth --preset bench)")
     parser.add_argument("--models", default="synth")
-    parser.add_argument("--settings", default="official_cond,fast20,fast10,ddim10")
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"from {', '.join(SETTINGS)}")
+    parser.add_argument("--images", type=int, default=1000, help="G_u images per setting (FID, class accuracy)")
+    parser.add_argument("--scenes", type=int, default=20, help="held-out 3x9 scenes per setting (PSNR, AbsRel)")
+    parser.add_argument("--parts", default="uncond,cond", help="measure G_u (uncond), G_c (cond) or both")
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-quality"))
-    parser.add_argument("--quick", action="store_true", help="seconds: one setting, 16 images, 1 scene, 3 steps")
+    parser.add_argument("--quick", action="store_true", help=f"seconds: {QUICK_SETTING} at 3 steps, 16 images, 1 scene")
     args = parser.parse_args()
     if args.quick:  # a miniature benchmark of the same recipe unless one is given
-        args.images, args.scenes, args.batch, args.settings = 16, 1, 16, "fast20"
+        args.images, args.scenes, args.batch, args.settings = 16, 1, 16, QUICK_SETTING
         scratch = Path(tempfile.mkdtemp(prefix="bench_quality_"))
         args.out = scratch / "out"
         if args.bench is None:
@@ -126,16 +190,36 @@ def main() -> None:
             args.bench = write_benchmark(scratch / "bench", tiny)
     if args.bench is None:
         parser.error("--bench is required (a folder written by `iterview synth DIR --preset bench`)")
+    unknown = [name for name in args.settings.split(",") if name not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    return args
+
+
+def main() -> None:
+    from iterview.eval.classifier import load_classifier
+    from iterview.models.shipped import resolve_model
+
+    args = parse_args()
     torch.manual_seed(0)
-    records = []
-    for name in args.settings.split(","):
-        if name not in SETTINGS:
-            parser.error(f"unknown setting {name!r}; choose from {', '.join(SETTINGS)}")
-        records.append(measure(name, args))
-        print(json.dumps({"bench": "quality", **records[-1]}), flush=True)
+    pipeline = load_pipeline(args.models, args.models)
+    classifier = load_classifier(resolve_model(args.models, "classifier"))
+    # The official settings go first, so that every later record is compared with them as it is printed.
+    names = sorted(args.settings.split(","), key=lambda name: not name.startswith("official"))
+    records, official = [], {}
+    for name in names:
+        record = measure(name, pipeline, classifier, args)
+        if name.startswith("official"):
+            official |= record
+        add_ratios(record, official)
+        records.append(record)
+        print(json.dumps({"bench": "quality", **record}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(records, args.out / "table.md")
     plot(records, args.out / "quality_speed.png")
+    if "uncond" in args.parts and read_recipe(args.bench).train_count >= args.images:
+        floor = {"real_vs_real_fid": real_vs_real_fid(args.bench, args.images, progress=not args.quick)}
+        (args.out / "real_vs_real.json").write_text(json.dumps(floor))
 
 
 if __name__ == "__main__":

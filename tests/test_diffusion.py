@@ -16,6 +16,7 @@ from iterview.diffusion.guidance import (
     superres_model,
 )
 from iterview.diffusion.schedule import DiffusionSchedule
+from iterview.models.adm import prepare_for_inference
 from iterview.models.checkpoint import load_model
 
 # Forward outputs match to 1e-5; the CFG combination (1+w)·a − w·b multiplies that error by up to 1 + 2w.
@@ -231,3 +232,23 @@ def test_replacement_guidance_matches_the_official_formulas():
         pushed = 0.5 * torch.maximum(x0[:, 3], hull[:, 0]) + 0.5 * x0[:, 3]
         assert torch.allclose(out[:, 3][unknown], pushed[unknown])
     assert torch.equal(replacement_guidance(known, mask, mask_rgb)(x0, 19, -1)[:, 3][unknown], x0[:, 3][unknown])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_inference_path_keeps_the_official_cond_unet_outputs(reference, cond_io, channels_last):
+    """`prepare_for_inference` (token-major attention, in-place SiLU, channels_last) on the official G_c weights:
+    the state dict is unchanged, fp32 outputs are within 1e-4 of the official ones, with and without classes,
+    and bf16 autocast (opt-in) within its stated 0.1."""
+    folder = reference / "adm_small_cond"
+    model, _ = load_model(folder / "checkpoint.pt", folder / "config.json")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = prepare_for_inference(model, channels_last=channels_last)
+    assert fast.state_dict().keys() == before.keys()
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in before.items())
+    x, t = cond_io["assembled_input"], cond_io["t"]
+    assert (fast(x, t, cond_io["classes"]) - cond_io["out_classes"]).abs().max() <= 1e-4
+    assert (fast(x, t, None) - cond_io["out_none"]).abs().max() <= 1e-4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fast(x, t, cond_io["classes"]).float()
+    assert (low - cond_io["out_classes"]).abs().max() <= 0.1

@@ -14,16 +14,21 @@ from iterview.diffusion.schedule import Generators, randn_like
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
-def classifier_free(model: Network, classes: torch.Tensor | None, strength: float) -> ModelFn:
+def classifier_free(
+    model: Network, classes: torch.Tensor | None, strength: float, window: tuple[int, int] | None = None
+) -> ModelFn:
     """ε = (1+w)·ε(x,t,c) − w·ε(x,t,∅) in ONE batched forward pass; w <= 0 or classes None: conditional only.
 
     classes: (B,) long, −1 = null. The official code runs the two terms as two passes; batching them is the
-    same maths at half the kernel launches."""
+    same maths at half the kernel launches. window: (t_low, t_high), guide only at network timesteps in it
+    (inclusive; all rows share one t, as in the samplers) and run the conditional model alone elsewhere."""
     if classes is None or strength <= 0:
         return lambda x, t: model(x, t, classes)
     both = torch.cat([classes, torch.full_like(classes, -1)])
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if window is not None and not window[0] <= int(t[0]) <= window[1]:
+            return model(x, t, classes)
         eps_cond, eps_null = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return (1 + strength) * eps_cond - strength * eps_null
 
@@ -58,10 +63,12 @@ def inpaint_model(
     classes: torch.Tensor | None = None,
     strength: float = 0.0,
     generator: Generators = None,
+    window: tuple[int, int] | None = None,
 ) -> ModelFn:
     """G_c as a ModelFn: fresh hole noise at each call, CFG over the class label only (both terms see the same
-    image condition, as officially). y, mask, mask_rgb as in `inpaint_input`."""
-    guided = classifier_free(model, classes, strength)
+    image condition, as officially) within the timestep window (see `classifier_free`). y, mask, mask_rgb as
+    in `inpaint_input`."""
+    guided = classifier_free(model, classes, strength, window)
     return lambda x, t: guided(inpaint_input(x, y, mask, mask_rgb, generator), t)
 
 

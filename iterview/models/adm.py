@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -152,11 +153,14 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, num_groups: int) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.token_major = False  # set by `prepare_for_inference`
         self.norm = GroupNorm32(num_groups, channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.token_major:
+            return self._forward_token_major(x)
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
@@ -164,6 +168,19 @@ class AttentionBlock(nn.Module):
         q, k, v = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1).transpose(-1, -2).unbind(2)
         h = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, -1)
         return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+    def _forward_token_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same attention with tokens as rows, (B, T, C): the 1×1 convolutions become matrix products and
+        q, k, v come out with contiguous channels, which CPU SDPA needs for its fused kernel. With a channels_last
+        x (B, C, H, W), the token view is the memory layout itself, so no transpose is copied."""
+        height, width = x.shape[-2:]
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)
+        # Legacy layout: the 3C outputs are (heads, [q, k, v], ch); each of q, k, v becomes (B, heads, T, ch).
+        q, k, v = qkv.unflatten(-1, (self.num_heads, 3, -1)).permute(3, 0, 2, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        out = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        return x + out.transpose(1, 2).unflatten(-1, (height, width))
 
 
 class ADMUNet(nn.Module):
@@ -305,3 +322,22 @@ class ADMUNet(nn.Module):
             alpha, sigma = _alpha_sigma().to(out.device)[:, t].view(2, -1, 1, 1, 1)
             out = sigma * x[:, : self.out_channels].to(out.dtype) + alpha * out
         return out
+
+
+def prepare_for_inference(model: ADMUNet, channels_last: bool = True) -> ADMUNet:
+    """Switch `model` (in place, eval mode) to its fast inference path, same weights and state dict: attention
+    on token-major tensors (fused CPU SDPA), SiLU in place after each GroupNorm, and optionally channels_last
+    memory (pass inputs as they come; the first convolution adopts the layout). fp32 outputs stay within 1e-4
+    of the official formulation (tests/test_adm.py); bf16 is an opt-in for the caller (`torch.autocast`)."""
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, AttentionBlock):
+            module.token_major = True
+        elif isinstance(module, nn.Sequential):
+            # Only a SiLU right after a GroupNorm acts on a fresh tensor; the one on the shared embedding must not.
+            for norm, activation in pairwise(module):
+                if isinstance(norm, nn.GroupNorm) and isinstance(activation, nn.SiLU):
+                    activation.inplace = True
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model

@@ -42,8 +42,12 @@ def sample(
     sampler: Annotated[
         str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (DPM-Solver++).")
     ] = "official",
-    sampler_uncond: Annotated[str | None, typer.Option(help="Override G_u's sampler: ddpm, ddim or dpmpp.")] = None,
-    sampler_cond: Annotated[str | None, typer.Option(help="Override G_c's sampler: ddpm, ddim or dpmpp.")] = None,
+    sampler_uncond: Annotated[
+        str | None, typer.Option(help="Override G_u's sampler: ddpm, ddim, dpmpp, dpmpp3m or unipc.")
+    ] = None,
+    sampler_cond: Annotated[
+        str | None, typer.Option(help="Override G_c's sampler: ddpm, ddim, dpmpp, dpmpp3m or unipc.")
+    ] = None,
     steps_uncond: Annotated[int | None, typer.Option(help="G_u steps (official: < 1000 switches to DDIM).")] = None,
     steps_cond: Annotated[int | None, typer.Option(help="G_c steps.")] = None,
     guidance: Annotated[

@@ -148,8 +148,15 @@ class MultiViewPipeline:
     ) -> torch.Tensor:
         """G_u with classifier-free guidance -> (B, 4, H, W) in [-1, 1]."""
         x_T = self.initial_noise(generators)
-        network = classifier_free(self.g_u, classes, self.guidance.strength)
+        network = classifier_free(self.g_u, classes, self.guidance.strength, self.sampler_uncond.cfg_window)
         return self.sampler_uncond.sample(network, x_T, self.schedule, generators, callback=callback)
+
+    def unet_evaluations(self, views: int, guided: bool, first_view_given: bool = False) -> int:
+        """U-Net image evaluations per instance of `views` views (a classifier-free pair counts two; guided:
+        classes are given and the strength is > 0), with each sampler's guidance window."""
+        guided = guided and self.guidance.strength > 0
+        first = 0 if first_view_given else self.sampler_uncond.evaluations(self.schedule, guided)
+        return first + (views - 1) * self.sampler_cond.evaluations(self.schedule, guided)
 
     def initial_noise(self, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """x_T: (B, 4, H, W), row i drawn from generators[i]."""
@@ -176,7 +183,9 @@ class MultiViewPipeline:
         x_T = self.initial_noise(generators)
         w = self.guidance
         # Fresh hole noise at every call, as the official InpaintCFG, row i from generators[i].
-        model_fn = inpaint_model(self.g_c, known, cond.mask, cond.mask_rgb, classes, w.strength, generators)
+        model_fn = inpaint_model(
+            self.g_c, known, cond.mask, cond.mask_rgb, classes, w.strength, generators, self.sampler_cond.cfg_window
+        )
         x0_fn = replacement_guidance(known, cond.mask, cond.mask_rgb, hull, w.w_rgb, w.w_depth, w.w_hull)
         return self.sampler_cond.sample(model_fn, x_T, self.schedule, generators, x0_fn, callback)
 
