@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -236,6 +236,8 @@ _SYNTH_TRAINER = {
     "guidance": 1.0,
 }
 
+_SYNTH_REFINE = {"mixed_precision": "bf16", "channels_last": True}
+
 PRESETS: dict[str, TrainConfig] = {
     # official configs/*.json; use_fp16 true there -> mixed_precision fp16 here
     "rgbd_imagenet_adm_128_large_cfg": TrainConfig(_official_model(4, 256, 1000), batch_size=16, **_OFFICIAL_TRAINER),
@@ -252,4 +254,18 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny_cond": TrainConfig(_tiny_model(10), **_TINY_TRAINER),
     "synth_u": TrainConfig(_synth_model(4), max_steps=2750, **_SYNTH_TRAINER),
     "synth_c": TrainConfig(_synth_model(10), max_steps=2750, warp_pixel_scale=4.0, **_SYNTH_TRAINER),
+    # The second stage of the shipped models (--init-from the first stage's EMA): bf16 + channels_last for speed,
+    # G_u back to the official unweighted ε-MSE (Min-SNR-5 left its low-noise end, the fine grain, undertrained),
+    # G_c as a v-prediction network (it copies the condition at high noise, where ε-prediction cannot).
+    "synth_u_refine": TrainConfig(
+        _synth_model(4),
+        max_steps=4750,
+        **(_SYNTH_TRAINER | _SYNTH_REFINE | {"learning_rate": 5e-4, "min_snr_gamma": None}),
+    ),
+    "synth_c_refine": TrainConfig(
+        replace(_synth_model(10), prediction="v"),
+        max_steps=3250,
+        warp_pixel_scale=4.0,
+        **(_SYNTH_TRAINER | _SYNTH_REFINE),
+    ),
 }
