@@ -240,12 +240,24 @@ CHAINS = (
                 extra=ONE_TRAINING_STEP,
             ),
             Step(
+                "iterview train --preset synth_u_refine --data data/bench/train --output runs/synth_u2 --cpu "
+                "--init-from runs/synth_u",
+                _trained("runs/synth_u2"),
+                extra=ONE_TRAINING_STEP,
+            ),
+            Step(
+                "iterview train --preset synth_c_refine --data data/bench/train --output runs/synth_c2 --cpu "
+                "--init-from runs/synth_c",
+                _trained("runs/synth_c2"),
+                extra=ONE_TRAINING_STEP,
+            ),
+            Step(
                 "python -m iterview.eval.classifier data/bench/train data/bench/heldout runs/classifier",
                 ("runs/classifier/classifier.safetensors", "runs/classifier/config.json"),
                 extra="--epochs 1",
             ),
             Step(
-                "iterview demo --uncond runs/synth_u --cond runs/synth_c",
+                "iterview demo --uncond runs/synth_u2 --cond runs/synth_c2",
                 ("demo/report.html", "demo/report.json"),
                 extra="--quick",
             ),
