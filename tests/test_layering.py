@@ -12,7 +12,7 @@ LOWER = ("geometry", "diffusion", "models", "io", "config", "seeds")
 HIGHER = ("data", "training", "pipeline", "render", "eval", "demo", "cli")
 MAX_FUNCTION_LINES = 60
 # The U-Net's constructor wires the official architecture block by block (its state-dict keys follow from it);
-# the others are being shortened where they live and leave this list with that work.
+# nothing else may join this list.
 LONG_FUNCTIONS = {
     "iterview.models.adm:ADMUNet.__init__",
 }

@@ -74,18 +74,19 @@ def fused_adamw(net: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 def train_with_a_crash(config: TrainConfig, run: Path, monkeypatch: pytest.MonkeyPatch, crash_in_step: int) -> None:
     """Train, die inside step crash_in_step (after the log line of the step before), then resume to the end."""
-    real_step, calls = trainer.train_step, []
+    real_loss, calls = trainer.loss_of, []
+    crash_call = (crash_in_step - 1) * config.grad_accum + 1  # the step's first micro-batch
 
-    def crashing_step(*args, **kwargs) -> torch.Tensor:
+    def crashing_loss(*args, **kwargs) -> torch.Tensor:
         calls.append(1)
-        if len(calls) == crash_in_step:
+        if len(calls) == crash_call:
             raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
+        return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_step", crashing_step)
+    monkeypatch.setattr(trainer, "loss_of", crashing_loss)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config, run, progress=False)
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(trainer, "loss_of", real_loss)
     assert len(losses(run)) == crash_in_step - 1
     trainer.train(config, run, resume=True, progress=False)
 
