@@ -97,7 +97,7 @@ def run_instances(pipeline: MultiViewPipeline, batch: int, views: int, device: s
 
 def build_paths(args: argparse.Namespace) -> dict[str, MultiViewPipeline]:
     """The official-equivalent and the fast pipeline over the same models (the fast one on prepared copies)."""
-    official = load_pipeline(args.models, args.models, device=args.device)
+    official = load_pipeline(args.models, args.models, device=args.device, fast_unet=False)
     clip = official.sampler_cond.clip
     schedule = DiffusionSchedule.linear(50) if args.quick else official.schedule
     official.schedule = schedule

@@ -4,13 +4,15 @@ official samplers (G_u DDPM-1000, G_c DDIM-50), same models, same seeds, one run
 setting and writes a Markdown table and a PNG plot of FID and PSNR against evaluations from these measurements.
 
     python benchmarks/bench_quality.py --bench data/bench [--models synth] [--images 1000] [--scenes 20]
-        [--settings official_cond,ddim10,dpmpp20,...] [--out bench-quality] [--quick]
+        [--settings official_cond,ddim10,dpmpp20,...] [--official-images 250] [--out bench-quality] [--quick]
 
-`official_cond` runs only G_c with the official DDIM-50 (G_u's DDPM-1000 over 1,000 images takes hours on a
-CPU); `official` runs both. Settings named `*_window` guide only at network timesteps 81..578, EDM σ in
+`official_cond` runs only G_c with the official DDIM-50 and `official_uncond` only G_u with DDPM-1000, on
+--official-images images (2,000 evaluations each: 1,000 take hours on a CPU); `official` runs both. Every
+setting's FID is also taken over its first that many images (`fid_same_n`, the same seeds), which
+`fid_vs_official` compares. Settings named `*_window` guide only at network timesteps 81..578, EDM σ in
 [0.28, 5.42] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"): one U-Net evaluation
-instead of two at the other steps.
-"""
+instead of two at the other steps. Each setting's record is kept in OUT/SETTING/record.json, so a rerun with the
+same options measures only what is missing."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from iterview.data.benchmark import BENCHMARK, read_recipe, write_benchmark
 from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
 from iterview.eval.benchmark import novel_view_metrics, real_vs_real_fid, uncond_metrics
 from iterview.eval.classifier import SynthClassifier
+from iterview.io import write_json
 from iterview.pipeline.loading import load_pipeline
 from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import GRID_3X9
@@ -52,6 +55,7 @@ def _both(name: str, steps: int, window: tuple[int, int] | None = None) -> tuple
 SETTINGS = {
     "official": Setting(OFFICIAL_UNCOND, OFFICIAL_COND),
     "official_cond": Setting(OFFICIAL_UNCOND, OFFICIAL_COND, measure_uncond=False),
+    "official_uncond": Setting(OFFICIAL_UNCOND, OFFICIAL_COND, measure_cond=False),
     "ddim10": Setting(*_both("ddim", 10)),
     "dpmpp20": Setting(*_both("dpmpp", 20)),
     "dpmpp10": Setting(*_both("dpmpp", 10)),
@@ -62,7 +66,7 @@ SETTINGS = {
     "unipc10_window": Setting(*_both("unipc", 10, WINDOW)),
     "unipc6_window": Setting(*_both("unipc", 6, WINDOW)),
 }
-DEFAULT_SETTINGS = [name for name in SETTINGS if name != "official"]
+DEFAULT_SETTINGS = [name for name in SETTINGS if name not in ("official", "official_uncond")]
 QUICK_SETTING = "unipc10_window"
 
 
@@ -79,10 +83,16 @@ def configure(pipeline: MultiViewPipeline, setting: Setting, quick: bool) -> Mul
 
 
 def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier, args: argparse.Namespace) -> dict:
-    """One setting's record: evaluations per instance, seconds, and the metrics of the parts it measures."""
+    """One setting's record: evaluations per instance, seconds, and the metrics of the parts it measures (read
+    back from OUT/SETTING/record.json when an earlier run measured it with the same options)."""
     setting = SETTINGS[name]
-    configure(pipeline, setting, args.quick)
     out = args.out / name
+    images = args.official_images if name.startswith("official") else args.images
+    options = {"models": args.models, "images": images, "scenes": args.scenes, "seed": args.seed, "parts": args.parts}
+    saved = out / "record.json"
+    if saved.is_file() and json.loads(saved.read_text()).get("options") == options:
+        return json.loads(saved.read_text())
+    configure(pipeline, setting, args.quick)
     record = {
         "setting": name,
         "sampler_uncond": pipeline.sampler_uncond.label,
@@ -96,10 +106,12 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
     record["evals_vs_official"] = record["evals_instance"] / official
     start = time.perf_counter()
     if setting.measure_uncond and "uncond" in args.parts:
+        cache = args.out / "heldout_stats.safetensors"
         metrics = uncond_metrics(
-            args.bench, pipeline, classifier, out / "uncond", args.images, args.seed, args.batch, not args.quick
+            args.bench, pipeline, classifier, out / "uncond", images, args.seed, args.batch, not args.quick, cache
         )
         record |= {k: metrics[k] for k in ("fid", "kid_mean", "class_accuracy", "seconds_per_image")}
+        record["images"] = images
     if setting.measure_cond and "cond" in args.parts:
         metrics = novel_view_metrics(
             args.bench, pipeline, out / "cond", args.scenes, args.seed, args.scenes, not args.quick
@@ -108,14 +120,28 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
     if "seconds_per_image" in record and "seconds_per_scene" in record:
         record["s_per_instance"] = record["seconds_per_image"] + record["seconds_per_scene"]
     record["total_s"] = round(time.perf_counter() - start, 1)
-    return record
+    write_json(record | {"options": options}, saved)
+    return record | {"options": options}
+
+
+def fid_of_first(folder: Path, count: int, args: argparse.Namespace) -> float:
+    """FID of the first `count` images (the first seeds) under folder against the held-out statistics."""
+    from iterview.eval.fid import FeatureStats, ImageFiles, extract_features, frechet_distance, list_images, real_stats
+    from iterview.eval.inception import load_inception
+
+    inception = load_inception()
+    size = read_recipe(args.bench).image_size
+    files = ImageFiles(list_images(folder)[:count], size, real=False)
+    fake = FeatureStats.from_features(extract_features(inception, files, progress=False))
+    real = real_stats(inception, None, size, args.out / "heldout_stats.safetensors")
+    return frechet_distance(fake.mu, fake.sigma, real.mu, real.sigma)
 
 
 def add_ratios(record: dict, official: dict) -> None:
     """FID ratio, PSNR difference (dB) and AbsRel ratio of a setting against the official one, where both have
     the metric."""
-    if "fid" in official and "fid" in record:
-        record["fid_vs_official"] = record["fid"] / official["fid"]
+    if "fid" in official and "fid_same_n" in record:
+        record["fid_vs_official"] = record["fid_same_n"] / official["fid"]
     if "psnr_all" in official and "psnr_all" in record:
         record["psnr_vs_official_db"] = record["psnr_all"] - official["psnr_all"]
         record["absrel_vs_official"] = record["depth_absrel_all"] / official["depth_absrel_all"]
@@ -129,6 +155,7 @@ COLUMNS = [
     "evals_vs_official",
     "s_per_instance",
     "fid",
+    "fid_same_n",
     "fid_vs_official",
     "class_accuracy",
     "psnr_all",
@@ -174,6 +201,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", default="synth")
     parser.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), help=f"from {', '.join(SETTINGS)}")
     parser.add_argument("--images", type=int, default=1000, help="G_u images per setting (FID, class accuracy)")
+    parser.add_argument("--official-images", type=int, help="G_u images of the official DDPM-1000 [--images]")
     parser.add_argument("--scenes", type=int, default=20, help="held-out 3x9 scenes per setting (PSNR, AbsRel)")
     parser.add_argument("--parts", default="uncond,cond", help="measure G_u (uncond), G_c (cond) or both")
     parser.add_argument("--batch", type=int, default=100)
@@ -183,11 +211,13 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:  # a miniature benchmark of the same recipe unless one is given
         args.images, args.scenes, args.batch, args.settings = 16, 1, 16, QUICK_SETTING
+        args.official_images = 8
         scratch = Path(tempfile.mkdtemp(prefix="bench_quality_"))
         args.out = scratch / "out"
         if args.bench is None:
             tiny = replace(BENCHMARK, train_count=16, heldout_count=16, truth_scenes=1)
             args.bench = write_benchmark(scratch / "bench", tiny)
+    args.official_images = args.official_images or args.images
     if args.bench is None:
         parser.error("--bench is required (a folder written by `iterview synth DIR --preset bench`)")
     unknown = [name for name in args.settings.split(",") if name not in SETTINGS]
@@ -204,15 +234,17 @@ def main() -> None:
     torch.manual_seed(0)
     pipeline = load_pipeline(args.models, args.models)
     classifier = load_classifier(resolve_model(args.models, "classifier"))
-    # The official settings go first, so that every later record is compared with them as it is printed.
-    names = sorted(args.settings.split(","), key=lambda name: not name.startswith("official"))
-    records, official = [], {}
-    for name in names:
-        record = measure(name, pipeline, classifier, args)
-        if name.startswith("official"):
+    records = [measure(name, pipeline, classifier, args) for name in args.settings.split(",")]
+    official = {}
+    for record in records:
+        if record["setting"].startswith("official"):
             official |= record
+    for record in records:
+        if "fid" in record:
+            same_n = min(official.get("images", record["images"]), record["images"])
+            folder = args.out / record["setting"] / "uncond" / "images"
+            record["fid_same_n"] = record["fid"] if same_n == record["images"] else fid_of_first(folder, same_n, args)
         add_ratios(record, official)
-        records.append(record)
         print(json.dumps({"bench": "quality", **record}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(records, args.out / "table.md")

@@ -50,8 +50,10 @@ def uncond_metrics(
     seed: int = 0,
     batch_size: int = 100,
     progress: bool = True,
+    stats_cache: str | Path | None = None,
 ) -> dict[str, float]:
-    """Sample `count` first views into output_dir/images and measure them against the held-out split."""
+    """Sample `count` first views into output_dir/images and measure them against the held-out split (its
+    statistics cached at stats_cache, default output_dir/heldout_stats.safetensors)."""
     from iterview.eval.fid import ImageFiles, extract_features, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
     from iterview.eval.inception import load_inception
@@ -65,9 +67,8 @@ def uncond_metrics(
     save_png(make_grid(images[:64, :3] * 0.5 + 0.5, _rows(min(64, count), 8)), out / "grid.png")
     device = next(pipeline.g_u.parameters()).device
     inception = load_inception(device=device)
-    reference = compute_real_stats(
-        inception, root / "heldout" / "images", recipe.image_size, out / "heldout_stats.safetensors", progress=progress
-    )
+    cache = stats_cache if stats_cache is not None else out / "heldout_stats.safetensors"
+    reference = compute_real_stats(inception, root / "heldout" / "images", recipe.image_size, cache, progress=progress)
     features = extract_features(inception, ImageFiles(paths, recipe.image_size, real=False), progress=progress)
     metrics = image_metrics(features, reference, kid_subsets=100, kid_subset_size=min(1000, count))
     probabilities = predict(classifier, images[:, :3])

@@ -62,6 +62,9 @@ def sample(
     rtol: Annotated[float | None, typer.Option(help="Meshing tolerance [0.03 at 128 px, × 128/size].")] = None,
     erode_rgb: Annotated[int | None, typer.Option(help="RGB erosion radius [3 at 128 px, ÷ 128/size].")] = None,
     cpu: Annotated[bool, typer.Option(help="Sample on the CPU even when a GPU is present.")] = False,
+    official_unet: Annotated[
+        bool, typer.Option(help="Evaluate the U-Nets as the official code does (slower; the fast path is within 1e-4).")
+    ] = False,
 ) -> None:
     """Sample multi-view scenes: view 0 from G_u, every further view from G_c conditioned on all previous ones.
 
@@ -96,6 +99,7 @@ def _sampling_run(options: dict[str, Any]) -> SamplingRun:
     from iterview import validate
     from iterview.diffusion.presets import resolve_samplers
     from iterview.errors import UserError
+    from iterview.models.adm import prepare_for_inference
     from iterview.models.checkpoint import load_model
     from iterview.pipeline.loading import inference_geometry, sampling_settings
     from iterview.pipeline.multiview import Guidance
@@ -120,6 +124,9 @@ def _sampling_run(options: dict[str, Any]) -> SamplingRun:
     weights_c = validate.resolve_weights(cond, "cond") if views > 1 else None
     g_u, config_u = load_model(weights_u, options["config_uncond"])
     g_c, config_c = load_model(weights_c, options["config_cond"]) if weights_c is not None else (None, None)
+    if not options["official_unet"]:
+        g_u = prepare_for_inference(g_u)
+        g_c = prepare_for_inference(g_c) if g_c is not None else None
     validate.model_pair(config_u, uncond, config_c, cond)
     overrides = {name: options[name] for name in GEOMETRY_OPTIONS if options[name] is not None}
     geometry = replace(inference_geometry(named, config_u.image_size), **overrides)

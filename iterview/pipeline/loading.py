@@ -10,15 +10,24 @@ import torch
 
 from iterview.diffusion.presets import SamplerChoice, resolve_samplers
 from iterview.geometry.inference import InferenceGeometry
+from iterview.models.adm import prepare_for_inference
 from iterview.models.checkpoint import load_model
 from iterview.models.shipped import inference_settings
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.validate import model_pair, resolve_weights
 
 
-def load_network(spec: str | Path, role: str, config: str | Path | None = None, device: str | torch.device = "cpu"):
-    """One U-Net in eval mode on device; role: uncond (G_u) or cond (G_c)."""
-    return load_model(resolve_weights(spec, role), config)[0].to(device)
+def load_network(
+    spec: str | Path,
+    role: str,
+    config: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    fast: bool = True,
+):
+    """One U-Net in eval mode on device; role: uncond (G_u) or cond (G_c). fast: its inference path
+    (`prepare_for_inference`, outputs within 1e-4 of the official formulation); False keeps the official one."""
+    model = load_model(resolve_weights(spec, role), config)[0].to(device)
+    return prepare_for_inference(model) if fast else model
 
 
 def inference_geometry(spec: str | Path, image_size: int) -> InferenceGeometry:
@@ -51,14 +60,15 @@ def load_pipeline(
     progress: bool = False,
     config_uncond: str | Path | None = None,
     config_cond: str | Path | None = None,
+    fast_unet: bool = True,
 ) -> MultiViewPipeline:
     """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
     clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength;
-    config_uncond / config_cond: the configs of official `.pt` checkpoints."""
+    config_uncond / config_cond: the configs of official `.pt` checkpoints; fast_unet: see `load_network`."""
     choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
     choice_u, choice_c, strength = sampling_settings(cond if cond is not None else uncond, choices, guidance)
-    g_u = load_network(uncond, "uncond", config_uncond, device) if uncond is not None else None
-    g_c = load_network(cond, "cond", config_cond, device) if cond is not None else None
+    g_u = load_network(uncond, "uncond", config_uncond, device, fast_unet) if uncond is not None else None
+    g_c = load_network(cond, "cond", config_cond, device, fast_unet) if cond is not None else None
     if g_u is not None:
         model_pair(g_u, uncond, g_c, cond)
     geometry = inference_geometry(cond if cond is not None else uncond, (g_u if g_u is not None else g_c).image_size)
