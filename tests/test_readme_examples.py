@@ -98,11 +98,12 @@ def _own_photos_and_depths(root: Path) -> None:
 
 def _small_benchmark(root: Path) -> None:
     """data/bench with the benchmark's recipe at a few images per split (the full one is 11,000 images), and one
-    held-out image with its depth as synth.png / synth_depth.npz for `iterview lift`."""
+    held-out image with its depth as synth.png / synth_depth.npz for `iterview lift`; truth for the first 5
+    held-out scenes (the README lifts scene 4 onto its true cameras)."""
     from iterview.data.benchmark import BENCHMARK, write_benchmark
 
     bench = write_benchmark(
-        root / "data" / "bench", replace(BENCHMARK, train_count=32, heldout_count=16, truth_scenes=1)
+        root / "data" / "bench", replace(BENCHMARK, train_count=32, heldout_count=16, truth_scenes=5)
     )
     shutil.copy(bench / "heldout" / "images" / "box" / "000000.png", root / "synth.png")
     shutil.copy(bench / "heldout" / "depths" / "box" / "000000.npz", root / "synth_depth.npz")
@@ -274,6 +275,18 @@ CHAINS = (
                     *_exported("out/exports/scene_seed00000"),
                 ),
                 extra="--sampler fast",
+            ),
+            Step(
+                'python -c "import json; from iterview.data.benchmark import load_truth; '
+                "json.dump(load_truth('data/bench', 4)['modelviews'].tolist(), open('cameras_4.json', 'w'))\"",
+                ("cameras_4.json",),
+                cheaper=((".tolist()", "[:3].tolist()"),),  # three of the 27 cameras
+            ),
+            Step(
+                "iterview lift data/bench/heldout/images/cone/000004.png --depth "
+                "data/bench/heldout/depths/cone/000004.npz --cond synth --class 1 --viewset cameras_4.json "
+                "--sampler fast --output lifted/cone",
+                ("lifted/cone/scenes/scene_class001_seed00000.npz", "lifted/cone/grids/rgb_class001_seed00000.png"),
             ),
             Step(
                 "iterview render samples/imagenet128/viewset_3x9_steps_u1000_c50_guidance0.5 --traj random",
