@@ -327,6 +327,12 @@ NOT_RUN = {
     "tests/test_demo.py::test_quick_demo_shows_every_class_and_measures_it",
     "iterview demo --out demo --train": "hours of training; the reduced run is "
     "tests/test_demo.py::test_demo_trains_from_scratch_with_the_synth_recipe",
+    "python benchmarks/bench_quality.py --bench data/bench --official-images 250 --out bench-quality --settings "
+    "official_cond,ddim10,dpmpp20,dpmpp10,dpmpp5,dpmpp3m10,unipc10,unipc5,unipc10_window,unipc6_window,"
+    "official_uncond": (
+        "the full measurement takes hours on a CPU; its --quick mode runs in "
+        "tests/test_benchmarks.py::test_benchmark_quick_mode_prints_one_json_line"
+    ),
     "iterview synth data/bench --preset bench": "writes the full benchmark, 11,000 images (about 2 min); the "
     "command runs on a smaller recipe in tests/test_data_synth.py::test_synth_preset_bench_claims_its_splits_with_"
     "the_recipe_style, and the chain here writes that layout with fewer images",
