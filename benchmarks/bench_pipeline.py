@@ -1,11 +1,11 @@
 """Seconds per 3x9 instance with the shipped models: the official-equivalent path (G_u DDPM-1000, G_c DDIM-50,
-the module as trained) vs the fast path (few-step solver, classifier-free guidance in a window of noise levels,
-`prepare_for_inference` U-Nets), same models, same seeds, one run. Each path's time is split into the U-Net
-(timed around every forward), the aggregation and the meshing (timed around the pipeline's calls) and the rest
-(sampler arithmetic, guidance, noise). Prints one JSON line.
+the module as trained) vs the fast path (`--sampler fast`: G_u ancestral DDIM-25, G_c UniPC-10 with
+classifier-free guidance in a window of noise levels; `prepare_for_inference` U-Nets), same models, same seeds,
+one run. Each path's time is split into the U-Net (timed around every forward), the aggregation and the meshing
+(timed around the pipeline's calls) and the rest (sampler arithmetic, guidance, noise). Prints one JSON line.
 
-    python benchmarks/bench_pipeline.py [--models synth] [--batch 1] [--fast-sampler unipc] [--fast-steps 10]
-        [--no-window] [--repeats 1] [--device cpu] [--quick]
+    python benchmarks/bench_pipeline.py [--models synth] [--batch 1] [--steps-uncond 25] [--steps-cond 10]
+        [--repeats 1] [--device cpu] [--quick]
 
 On a shared CPU set OMP_NUM_THREADS=1: small convolutions on oversubscribed cores are many times slower.
 """
@@ -23,15 +23,13 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SAMPLERS, SamplerChoice
+from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, resolve_samplers
 from iterview.diffusion.schedule import DiffusionSchedule
 from iterview.models.adm import prepare_for_inference
 from iterview.pipeline.loading import load_pipeline
 from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import grid_viewset_3x9
 
-# Guidance at EDM σ in [0.28, 5.42] (Kynkäänniemi et al. 2024), as network timesteps of the linear schedule.
-WINDOW = (81, 578)
 STAGES = ("unet", "aggregation", "meshing")
 
 
@@ -106,8 +104,9 @@ def build_paths(args: argparse.Namespace) -> dict[str, MultiViewPipeline]:
     fast = copy.copy(official)
     fast.g_u = prepare_for_inference(copy.deepcopy(official.g_u))
     fast.g_c = prepare_for_inference(copy.deepcopy(official.g_c))
-    choice = SamplerChoice(args.fast_sampler, args.fast_steps, clip, None if args.no_window else WINDOW)
-    fast.sampler_uncond = fast.sampler_cond = choice
+    steps = schedule.num_timesteps
+    uncond, cond = resolve_samplers("fast", None, None, args.steps_uncond, args.steps_cond, steps)
+    fast.sampler_uncond, fast.sampler_cond = replace(uncond, clip=clip), replace(cond, clip=clip)
     return {"official": official, "fast": fast}
 
 
@@ -116,15 +115,14 @@ def main() -> None:
     parser.add_argument("--models", default="synth")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--views", type=int, default=27)
-    parser.add_argument("--fast-sampler", default="unipc", choices=sorted(SAMPLERS))
-    parser.add_argument("--fast-steps", type=int, default=10)
-    parser.add_argument("--no-window", action="store_true", help="guide at every step of the fast path")
+    parser.add_argument("--steps-uncond", type=int, help="G_u steps of the fast path [the preset's]")
+    parser.add_argument("--steps-cond", type=int, help="G_c steps of the fast path [the preset's]")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path, alternating; the fastest counts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="seconds: 3 views, a 50-step schedule, 2 steps")
     args = parser.parse_args()
     if args.quick:
-        args.views, args.fast_steps = 3, 2
+        args.views, args.steps_uncond, args.steps_cond = 3, 2, 2
     paths = build_paths(args)
     runs: dict[str, list[dict]] = {name: [] for name in paths}
     with torch.no_grad():

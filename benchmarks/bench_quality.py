@@ -11,8 +11,10 @@ setting and writes a Markdown table and a PNG plot of FID and PSNR against evalu
 setting's FID is also taken over its first that many images (`fid_same_n`, the same seeds), which
 `fid_vs_official` compares. Settings named `*_window` guide only at network timesteps 81..578, EDM σ in
 [0.28, 5.42] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"): one U-Net evaluation
-instead of two at the other steps. Each setting's record is kept in OUT/SETTING/record.json, so a rerun with the
-same options measures only what is missing."""
+instead of two at the other steps. `ddim*_eta1` sample G_u with ancestral DDIM (η = 1) and G_c with
+`unipc6_window`; `fast` is the `--sampler fast` preset (G_u ancestral DDIM-25, G_c `unipc10_window`). Each
+setting's record is kept in OUT/SETTING/record.json, so a rerun with the same options measures only what is
+missing."""
 
 from __future__ import annotations
 
@@ -26,7 +28,14 @@ from pathlib import Path
 import torch
 
 from iterview.data.benchmark import BENCHMARK, read_recipe, write_benchmark
-from iterview.diffusion.presets import OFFICIAL_COND, OFFICIAL_UNCOND, SamplerChoice
+from iterview.diffusion.presets import (
+    FAST_COND,
+    FAST_UNCOND,
+    GUIDANCE_WINDOW,
+    OFFICIAL_COND,
+    OFFICIAL_UNCOND,
+    SamplerChoice,
+)
 from iterview.eval.benchmark import novel_view_metrics, real_vs_real_fid, uncond_metrics
 from iterview.eval.classifier import SynthClassifier
 from iterview.io import write_json
@@ -35,7 +44,6 @@ from iterview.pipeline.multiview import MultiViewPipeline
 from iterview.pipeline.viewsets import GRID_3X9
 
 VIEWS = sum(len(row) for row in GRID_3X9)
-WINDOW = (81, 578)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,11 @@ def _both(name: str, steps: int, window: tuple[int, int] | None = None) -> tuple
     return SamplerChoice(name, steps, cfg_window=window), SamplerChoice(name, steps, cfg_window=window)
 
 
+def _ancestral(steps: int, window: tuple[int, int] | None = None) -> Setting:
+    """G_u ancestral DDIM (eta = 1) with `steps`, G_c as `unipc6_window`."""
+    return Setting(SamplerChoice("ddim", steps, eta=1.0, cfg_window=window), _both("unipc", 6, GUIDANCE_WINDOW)[1])
+
+
 SETTINGS = {
     "official": Setting(OFFICIAL_UNCOND, OFFICIAL_COND),
     "official_cond": Setting(OFFICIAL_UNCOND, OFFICIAL_COND, measure_uncond=False),
@@ -63,8 +76,13 @@ SETTINGS = {
     "dpmpp3m10": Setting(*_both("dpmpp3m", 10)),
     "unipc10": Setting(*_both("unipc", 10)),
     "unipc5": Setting(*_both("unipc", 5)),
-    "unipc10_window": Setting(*_both("unipc", 10, WINDOW)),
-    "unipc6_window": Setting(*_both("unipc", 6, WINDOW)),
+    "unipc10_window": Setting(*_both("unipc", 10, GUIDANCE_WINDOW)),
+    "unipc6_window": Setting(*_both("unipc", 6, GUIDANCE_WINDOW)),
+    "fast": Setting(FAST_UNCOND, FAST_COND),
+    "ddim25_eta1": _ancestral(25),
+    "ddim50_eta1": _ancestral(50),
+    "ddim50_eta1_window": _ancestral(50, GUIDANCE_WINDOW),
+    "ddim100_eta1": _ancestral(100),
 }
 DEFAULT_SETTINGS = [name for name in SETTINGS if name not in ("official", "official_uncond")]
 QUICK_SETTING = "unipc10_window"
@@ -110,13 +128,12 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
         metrics = uncond_metrics(
             args.bench, pipeline, classifier, out / "uncond", images, args.seed, args.batch, not args.quick, cache
         )
-        record |= {k: metrics[k] for k in ("fid", "kid_mean", "class_accuracy", "seconds_per_image")}
-        record["images"] = images
+        record |= metrics | {"images": images}
     if setting.measure_cond and "cond" in args.parts:
         metrics = novel_view_metrics(
             args.bench, pipeline, out / "cond", args.scenes, args.seed, args.scenes, not args.quick
         )
-        record |= {k: metrics[k] for k in ("psnr_all", "depth_absrel_all", "reprojection_psnr", "seconds_per_scene")}
+        record |= metrics
     if "seconds_per_image" in record and "seconds_per_scene" in record:
         record["s_per_instance"] = record["seconds_per_image"] + record["seconds_per_scene"]
     record["total_s"] = round(time.perf_counter() - start, 1)

@@ -174,6 +174,28 @@ def test_ddpm_sample_is_reproducible_with_a_generator():
     assert calls[:50] == list(range(49, -1, -1))
 
 
+def test_ancestral_ddim_over_every_step_is_the_official_ddpm():
+    """DDIM with eta = 1 (the fast G_u sampler, on a respaced schedule) walks DDPM's posterior when given all T
+    steps: the same noise draws in the same order, the same result up to float32 round-off; each row keeps its
+    own generator's draws whatever its batch."""
+    short = DiffusionSchedule.linear(50)
+    x_T = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    ancestral = SamplerChoice("ddim", 50, eta=1.0)
+
+    def generators(*seeds):
+        return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+    official = ddpm_sample(toy, x_T, short, generator=generators(1, 2, 3))
+    together = ancestral.sample(toy, x_T, short, generators(1, 2, 3))
+    torch.testing.assert_close(together, official, atol=1e-4, rtol=1e-4)
+    assert torch.equal(ancestral.sample(toy, x_T[1:2], short, generators(2)), together[1:2])
+    deterministic = SamplerChoice("ddim", 50).sample(toy, x_T, short, generators(1, 2, 3))
+    assert (deterministic - together).abs().max() > 0.1, "eta = 1 must add noise"
+    assert ancestral.label == "ddim50+eta1"
+    with pytest.raises(ValueError, match="eta"):
+        SamplerChoice("unipc", 10, eta=1.0)
+
+
 def gaussian_problem():
     """Data x0 ~ N(μ, s²) per element, s log-uniform in [0.01, 1]: the exact ε(x_t, t) and the exact
     probability-flow ODE solution from x_T (the standardised value (x_t − α·μ)/√(α²s² + σ²) is preserved)."""

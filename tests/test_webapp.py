@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from iterview.cli import app
 from iterview.config import tiny_adm_config
-from iterview.diffusion.presets import SamplerChoice
+from iterview.diffusion.presets import GUIDANCE_WINDOW, SamplerChoice, resolve_samplers
 from iterview.io import to_uint8
 from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline.multiview import Guidance
@@ -55,7 +55,8 @@ def generated(models, tmp_path_factory):
 
 def test_generate_matches_iterview_sample_and_reports_each_view(models, generated, tmp_path):
     _, outputs, events = generated
-    fast = SamplerChoice("dpmpp", 2)
+    fast_u, fast_c = resolve_samplers("fast", steps_cond=2)
+    assert fast_c == SamplerChoice("unipc", 2, cfg_window=GUIDANCE_WINDOW)
     (truth,) = sample_viewset(
         models.g_u,
         models.g_c,
@@ -63,8 +64,8 @@ def test_generate_matches_iterview_sample_and_reports_each_view(models, generate
         [3],
         "swing:2",
         batch_size=1,
-        sampler_uncond=fast,
-        sampler_cond=fast,
+        sampler_uncond=fast_u,
+        sampler_cond=fast_c,
         guidance=Guidance(strength=2.0),
         geometry=models.geometry,
         progress=False,

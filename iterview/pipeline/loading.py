@@ -81,7 +81,7 @@ def sampler_summary(pipeline: MultiViewPipeline) -> dict:
     """What a metric was measured with: samplers, steps, guidance strength, clipping."""
 
     def describe(choice: SamplerChoice) -> str:
-        return f"{choice.name}{choice.steps}" + ("+clip" if choice.clip else "")
+        return choice.label + ("+clip" if choice.clip else "")
 
     return {
         "sampler_uncond": describe(pipeline.sampler_uncond),

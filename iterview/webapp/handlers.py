@@ -89,7 +89,7 @@ DEFAULT_RENDER = RenderSettings()
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    """class_label None: seed mod classes; steps: the fast sampler's steps (default 20)."""
+    """class_label None: seed mod classes; steps: the fast G_c sampler's steps per view (default the preset's)."""
 
     seed: int = 0
     class_label: int | None = None
@@ -142,8 +142,7 @@ def generate_scene(
     check_viewset(options.viewset)
     steps = options.steps if options.sampler == "fast" else None
     choice_u, choice_c = (
-        replace(choice, clip=models.clip)
-        for choice in resolve_samplers(options.sampler, steps_uncond=steps, steps_cond=steps)
+        replace(choice, clip=models.clip) for choice in resolve_samplers(options.sampler, steps_cond=steps)
     )
     classes = "mod" if options.class_label is None else str(options.class_label)
     instance = make_instance(options.seed, 0, classes, models.num_classes, options.viewset, models.device)

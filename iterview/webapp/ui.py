@@ -128,7 +128,7 @@ def _generate_tab(classes: list[str], guidance: float) -> SimpleNamespace:
             viewset = gr.Dropdown(list(handlers.VIEWSETS), value="3x9", label="viewset")
         with gr.Row():
             sampler = gr.Radio(["official", "fast"], value="official", label="sampler", elem_id="sampler")
-            steps = gr.Slider(2, 100, value=20, step=1, label="fast sampler steps")
+            steps = gr.Slider(2, 50, value=10, step=1, label="fast sampler steps per view")
             guidance_slider = gr.Slider(0.0, 10.0, value=guidance, step=0.1, label="guidance w")
         with gr.Row():
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
