@@ -1,5 +1,5 @@
 """Seconds per 3x9 instance with the shipped models: the official-equivalent path (G_u DDPM-1000, G_c DDIM-50,
-the module as trained) vs the fast path (`--sampler fast`: G_u ancestral DDIM-25, G_c UniPC-10 with
+the module as trained) vs the fast path (`--sampler fast`: G_u ancestral DDIM-25, G_c DDIM-10 with
 classifier-free guidance in a window of noise levels; `prepare_for_inference` U-Nets), same models, same seeds,
 one run. Each path's time is split into the U-Net (timed around every forward), the aggregation and the meshing
 (timed around the pipeline's calls) and the rest (sampler arithmetic, guidance, noise). Prints one JSON line.

@@ -12,7 +12,7 @@ setting's FID is also taken over its first that many images (`fid_same_n`, the s
 `fid_vs_official` compares. Settings named `*_window` guide only at network timesteps 81..578, EDM σ in
 [0.28, 5.42] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"): one U-Net evaluation
 instead of two at the other steps. `ddim*_eta1` sample G_u with ancestral DDIM (η = 1) and G_c with
-`unipc6_window`; `fast` is the `--sampler fast` preset (G_u ancestral DDIM-25, G_c `unipc10_window`). Each
+`unipc6_window`; `fast` is the `--sampler fast` preset (G_u ancestral DDIM-25, G_c `ddim10_window`). Each
 setting's record is kept in OUT/SETTING/record.json, so a rerun with the same options measures only what is
 missing."""
 
@@ -78,6 +78,7 @@ SETTINGS = {
     "unipc5": Setting(*_both("unipc", 5)),
     "unipc10_window": Setting(*_both("unipc", 10, GUIDANCE_WINDOW)),
     "unipc6_window": Setting(*_both("unipc", 6, GUIDANCE_WINDOW)),
+    "ddim10_window": Setting(*_both("ddim", 10, GUIDANCE_WINDOW)),
     "fast": Setting(FAST_UNCOND, FAST_COND),
     "ddim25_eta1": _ancestral(25),
     "ddim50_eta1": _ancestral(50),
@@ -257,18 +258,22 @@ def main() -> None:
         if record["setting"].startswith("official"):
             official |= record
     for record in records:
-        if "fid" in record:
-            same_n = min(official.get("images", record["images"]), record["images"])
+        same_n = min(official.get("images", record.get("images", 0)), record.get("images", 0))
+        if "fid" in record and record.get("fid_same_n_images") != same_n:
             folder = args.out / record["setting"] / "uncond" / "images"
             record["fid_same_n"] = record["fid"] if same_n == record["images"] else fid_of_first(folder, same_n, args)
+            record["fid_same_n_images"] = same_n
+            write_json(record, args.out / record["setting"] / "record.json")
         add_ratios(record, official)
         print(json.dumps({"bench": "quality", **record}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(records, args.out / "table.md")
     plot(records, args.out / "quality_speed.png")
-    if "uncond" in args.parts and read_recipe(args.bench).train_count >= args.images:
+    floor_path = args.out / "real_vs_real.json"
+    measured = json.loads(floor_path.read_text()).get("images") if floor_path.is_file() else None
+    if "uncond" in args.parts and read_recipe(args.bench).train_count >= args.images and measured != args.images:
         floor = {"real_vs_real_fid": real_vs_real_fid(args.bench, args.images, progress=not args.quick)}
-        (args.out / "real_vs_real.json").write_text(json.dumps(floor))
+        floor_path.write_text(json.dumps(floor | {"images": args.images}))
 
 
 if __name__ == "__main__":

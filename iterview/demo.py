@@ -31,7 +31,7 @@ class DemoConfig:
     first_views: int = 64  # class-conditional G_u samples for class accuracy and FID
     real_images: int = 256  # held-out real images for FID
     sampler: str = "fast"
-    sampler_steps: int | None = None  # None: the preset's (fast: ancestral DDIM-25 and UniPC-10)
+    sampler_steps: int | None = None  # None: the preset's (fast: ancestral DDIM-25 and DDIM-10)
     frames: int = 48  # fusion video frames (swing)
     video_size: int = 96
     train_images: int = 10_000  # --train: training split size

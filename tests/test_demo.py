@@ -31,7 +31,7 @@ def test_quick_demo_shows_every_class_and_measures_it(tmp_path, one_thread):
     first, novel = results["metrics"]["first_views"], results["metrics"]["novel_views"]
     assert 0 <= first["class_accuracy"] <= 1 and math.isfinite(first["fid"])
     assert novel["scenes"] == 1 and 0 < novel["covered_share"] < 1 and math.isfinite(novel["psnr_all"])
-    assert results["metrics"]["sampling"]["sampler_cond"] == "dpmpp3+clip"
+    assert results["metrics"]["sampling"]["sampler_cond"] == "ddim3+cfg81-578+clip"
     assert set(results["timings_s"]) >= {"sample 3x9 viewsets of every class", "render a fusion video"}
 
 

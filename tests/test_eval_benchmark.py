@@ -60,7 +60,7 @@ def test_eval_benchmark_command_measures_both_models(tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["uncond"]["num_fake"] == 8 and 0 <= metrics["uncond"]["class_accuracy"] <= 1
     assert metrics["uncond"]["real_vs_real_fid"] > 0
-    assert metrics["cond"]["scenes"] == 1 and metrics["cond"]["sampler_cond"] == "dpmpp2"
+    assert metrics["cond"]["scenes"] == 1 and metrics["cond"]["sampler_cond"] == "ddim2+cfg81-578"
     assert len(list((tmp_path / "eval" / "uncond" / "images").glob("*.png"))) == 8
     assert (tmp_path / "eval" / "cond" / "grids" / "truth_0000.png").is_file()
 

@@ -97,7 +97,7 @@ def run_3x9(model_dirs, tmp_path_factory):
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    return out / "viewset_3x9_steps_udpmpp2_cdpmpp2_guidance3.0", args
+    return out / "viewset_3x9_steps_uddim2+eta1_cddim2+cfg81-578_guidance3.0", args
 
 
 def test_3x9_run_writes_the_official_layout(run_3x9):
@@ -127,7 +127,7 @@ def test_same_seed_gives_identical_files_and_reruns_skip(run_3x9, tmp_path):
     root, args = run_3x9
     before = {p.relative_to(root): digest(p) for p in root.rglob("*") if p.is_file()}
     result = CliRunner().invoke(app, args)  # same command again: everything is finished, nothing is rewritten
-    assert result.exit_code == 0 and "0 new scene" in result.output
+    assert result.exit_code == 0 and "0 new scene" in result.output, result.output
     assert {p.relative_to(root): digest(p) for p in root.rglob("*") if p.is_file()} == before
     again = [*args[:-1], str(tmp_path)]  # the same command into a fresh folder
     assert CliRunner().invoke(app, again).exit_code == 0
@@ -349,7 +349,7 @@ def test_official_checkpoints_and_experiment_configs_load_unchanged(reference, t
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    root = tmp_path / "viewset_random_steps_udpmpp2_cdpmpp2_guidance0.5"
+    root = tmp_path / "viewset_random_steps_uddim2+eta1_cddim2+cfg81-578_guidance0.5"
     size = json.loads((reference / "adm_small_uncond" / "config.json").read_text())["image_size"]
     assert Image.open(root / "results" / "rgb_class000_seed00000.png").size == (size, size)
     assert Scene.load(root / "scenes" / "scene_class000_seed00000").rgbd.shape[1:] == (4, size, size)

@@ -24,7 +24,7 @@ def test_official_names():
         "viewset_random_steps_u100_c50_guidance0.5"
     )
     assert run_name("3x9", *resolve_samplers("fast"), 3) == (
-        "viewset_3x9_steps_uddim25+eta1_cunipc10+cfg81-578_guidance3.0"
+        "viewset_3x9_steps_uddim25+eta1_cddim10+cfg81-578_guidance3.0"
     )
     assert run_name("3x9", SamplerChoice("dpmpp", 20), SamplerChoice("dpmpp", 20), 3) == (
         "viewset_3x9_steps_udpmpp20_cdpmpp20_guidance3.0"
@@ -37,9 +37,9 @@ def test_sampler_resolution_follows_the_official_cli():
     assert resolve_samplers(steps_uncond=1000)[0] == SamplerChoice("ddpm", 1000)
     assert resolve_samplers("fast", steps_uncond=8, steps_cond=6) == (
         SamplerChoice("ddim", 8, eta=1.0),
-        SamplerChoice("unipc", 6, cfg_window=(81, 578)),
+        SamplerChoice("ddim", 6, cfg_window=(81, 578)),
     )
-    assert resolve_samplers("fast", "dpmpp", "ddim") == (SamplerChoice("dpmpp", 20), SamplerChoice("ddim", 50))
+    assert resolve_samplers("fast", "dpmpp", "unipc") == (SamplerChoice("dpmpp", 20), SamplerChoice("unipc", 20))
     assert resolve_samplers("fast", timesteps=50)[1].cfg_window == (4, 29)  # the window follows the schedule
     assert resolve_samplers(sampler_uncond="dpmpp", steps_uncond=10)[0] == SamplerChoice("dpmpp", 10)
     assert resolve_samplers(sampler_cond="ddpm")[1] == SamplerChoice("ddpm", 1000)

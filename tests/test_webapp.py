@@ -56,7 +56,7 @@ def generated(models, tmp_path_factory):
 def test_generate_matches_iterview_sample_and_reports_each_view(models, generated, tmp_path):
     _, outputs, events = generated
     fast_u, fast_c = resolve_samplers("fast", steps_cond=2)
-    assert fast_c == SamplerChoice("unipc", 2, cfg_window=GUIDANCE_WINDOW)
+    assert fast_c == SamplerChoice("ddim", 2, cfg_window=GUIDANCE_WINDOW)
     (truth,) = sample_viewset(
         models.g_u,
         models.g_c,

@@ -40,7 +40,7 @@ def sample(
         str, typer.Option(help="uncond, random, 3x9, orbit, orbit:N, swing, swing:N, or a .json/.yaml camera file.")
     ] = "3x9",
     sampler: Annotated[
-        str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (G_u ancestral DDIM-25, G_c UniPC-10).")
+        str, typer.Option(help="official (G_u DDPM-1000, G_c DDIM-50) or fast (G_u ancestral DDIM-25, G_c DDIM-10).")
     ] = "official",
     sampler_uncond: Annotated[
         str | None, typer.Option(help="Override G_u's sampler: ddpm, ddim, dpmpp, dpmpp3m or unipc.")
@@ -196,7 +196,7 @@ def lift(
         bool, typer.Option(help="Keep the whole photo (G_c fills the padding) instead of a centre crop.")
     ] = False,
     seed: int = 0,
-    sampler: Annotated[str, typer.Option(help="official (G_c DDIM-50) or fast (UniPC-10, CFG window).")] = "official",
+    sampler: Annotated[str, typer.Option(help="official (G_c DDIM-50) or fast (DDIM-10, CFG window).")] = "official",
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free strength w (with --class) [a shipped set's, else 3].")
     ] = None,

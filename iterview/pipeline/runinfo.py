@@ -23,8 +23,9 @@ def run_record(
     weights_u: Path, model_u, weights_c: Path | None, model_c, sampler_u, sampler_c, guidance, geometry
 ) -> dict:
     """The identity of a run: content hashes of the models (weights + config), samplers, guidance, geometry.
-    model_*: ADMConfig; sampler_*: SamplerChoice; guidance: Guidance; geometry: InferenceGeometry."""
-    return {
+    model_*: ADMConfig; sampler_*: SamplerChoice; guidance: Guidance; geometry: InferenceGeometry. In its JSON
+    form (tuples as lists), so that it compares equal to the record read back from a run folder."""
+    record = {
         "uncond": model_identity(weights_u, model_u),
         "cond": None if weights_c is None else model_identity(weights_c, model_c),
         "sampler_uncond": asdict(sampler_u),
@@ -32,6 +33,7 @@ def run_record(
         "guidance": asdict(guidance),
         "geometry": asdict(geometry),
     }
+    return json.loads(json.dumps(record))
 
 
 def differences(found: dict, expected: dict) -> list[str]:

@@ -47,7 +47,7 @@ def _sampler_tag(choice: SamplerChoice, official: str) -> str:
 
 def run_name(viewset: str, sampler_uncond: SamplerChoice, sampler_cond: SamplerChoice, strength: float) -> str:
     """Official folder name, e.g. `viewset_3x9_steps_u1000_c50_guidance3.0`; non-official samplers are named
-    by their label (`steps_uddim25+eta1_cunipc10+cfg81-578`)."""
+    by their label (`steps_uddim25+eta1_cddim10+cfg81-578`)."""
     uncond = "ddpm" if sampler_uncond.name == "ddpm" else "ddim"
     return (
         f"viewset_{viewset_name(viewset)}_steps_u{_sampler_tag(sampler_uncond, uncond)}"
