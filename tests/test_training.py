@@ -68,10 +68,14 @@ def test_tiny_model_learns_on_synth_data(synth, tmp_path):
     assert eps.shape == (2, 4, 16, 16) and eps.abs().sum() > 0  # trained: the zero-initialised head moved
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_cond"])
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_path, monkeypatch, preset):
+@pytest.mark.parametrize(
+    ("preset", "lr_schedule"), [("tiny", "constant"), ("tiny_cond", "constant"), ("tiny", "cosine")]
+)
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_path, monkeypatch, preset, lr_schedule):
     # batch 2 × 2 micro-batches: 4 steps per epoch, so the resumed part crosses into epoch 1 (new warp pairs)
-    config = small_config(synth, preset, max_steps=7, save_every=3, keep_last=None, batch_size=2, grad_accum=2)
+    config = small_config(
+        synth, preset, max_steps=7, save_every=3, keep_last=None, batch_size=2, grad_accum=2, lr_schedule=lr_schedule
+    )
     trainer.train(config, tmp_path / "straight", progress=False)
 
     real_update, calls = trainer.update_ema, []
@@ -99,6 +103,19 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(synth, tmp_pat
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_0000007" / "state.json").read_text())
     assert (state["step"], state["epoch"], state["batch"]) == (7, 1, 6)
+
+
+def test_cosine_schedule_anneals_the_learning_rate_to_zero(synth, tmp_path):
+    config = small_config(synth, "tiny", max_steps=8, lr_schedule="cosine", learning_rate=1e-3, log_every=1)
+    assert trainer.learning_rate_at(config, 0) == pytest.approx(1e-3)
+    assert trainer.learning_rate_at(config, 4) == pytest.approx(5e-4)  # half way: cos(π/2) = 0
+    assert trainer.learning_rate_at(config, 2) == pytest.approx(1e-3 * (1 + 2**-0.5) / 2)
+    assert trainer.learning_rate_at(config, 8) == 0.0
+    trainer.train(config, tmp_path / "run", progress=False)
+    logged = [json.loads(line)["lr"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([trainer.learning_rate_at(config, step) for step in range(8)])
+    constant = small_config(synth, "tiny", max_steps=8, learning_rate=1e-3)
+    assert {trainer.learning_rate_at(constant, step) for step in range(9)} == {1e-3}
 
 
 def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):

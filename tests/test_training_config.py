@@ -71,6 +71,7 @@ def test_round_trip_through_a_saved_file(tmp_path):
         (["max_steps"], "key=value"),
         (["batch_size=2.5"], "batch_size must be an integer"),
         (["learning_rate=fast"], "learning_rate must be a number"),
+        (["lr_schedule=linear"], "lr_schedule must be one of"),
     ],
 )
 def test_bad_values_raise_clear_errors(overrides, message):

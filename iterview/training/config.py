@@ -20,6 +20,7 @@ from iterview.data.pairs import TRAIN_AUGMENTS
 from iterview.data.synth import CATEGORIES
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 _NUMBER_TYPES = {"int": int, "float": float, "int | None": int, "float | None": float}
 CONDITION_CHANNELS = 6  # G_c input adds mask_rgb, condition RGB, condition depth and mask to x_t
 
@@ -37,6 +38,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step, losses averaged (official batch_split summed them)
     max_steps: int = 1_000_000
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # or "cosine": from learning_rate down to 0 at max_steps (no warm-up)
     weight_decay: float = 0.0
     ema_rate: float = 0.9999
     ema_warmup: bool = False  # rate min(ema_rate, (1 + step) / (10 + step)), so a short run's EMA is not its init
@@ -82,6 +84,8 @@ class TrainConfig:
                 f"model.in_channels must be out_channels ({self.model.out_channels}, G_u) or out_channels + "
                 f"{CONDITION_CHANNELS} (G_c), found {self.model.in_channels}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, found {self.lr_schedule!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, found {self.mixed_precision!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "timesteps", "log_every", "sample_every", "save_every"):
@@ -267,5 +271,17 @@ PRESETS: dict[str, TrainConfig] = {
         max_steps=3250,
         warp_pixel_scale=4.0,
         **(_SYNTH_TRAINER | _SYNTH_REFINE),
+    ),
+    # The third stage (--init-from the second stage's EMA): the same losses, lr annealed to 0 by a cosine.
+    "synth_u_anneal": TrainConfig(
+        _synth_model(4),
+        max_steps=8500,
+        **(_SYNTH_TRAINER | _SYNTH_REFINE | {"learning_rate": 5e-4, "min_snr_gamma": None, "lr_schedule": "cosine"}),
+    ),
+    "synth_c_anneal": TrainConfig(
+        replace(_synth_model(10), prediction="v"),
+        max_steps=6000,
+        warp_pixel_scale=4.0,
+        **(_SYNTH_TRAINER | _SYNTH_REFINE | {"lr_schedule": "cosine"}),
     ),
 }

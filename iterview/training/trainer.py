@@ -7,6 +7,7 @@ fine-tune weights; every epoch reshuffles (set_epoch); micro-batch losses are av
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ def _run(
         tick = time.perf_counter()
         total = torch.zeros((), device=device)  # on device, so the step never waits for the GPU
         scale = _loss_scale(accelerator)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(config, state.step)
         for _ in range(config.grad_accum):
             batch, state.epoch, state.batch = next(run.batches)
             with accelerator.accumulate(model):
@@ -215,16 +218,16 @@ def _restore(
     config: TrainConfig,
 ) -> TrainState:
     """Load the checkpoint (if any) into net, ema, optimizer and the RNGs; a run resumed on another number of
-    processes keeps its position in images, not batches. The optimiser takes lr and weight decay from config."""
-    seed, learning_rate, weight_decay = config.seed, config.learning_rate, config.weight_decay
+    processes keeps its position in images, not batches. The optimiser takes weight decay from config."""
+    seed, weight_decay = config.seed, config.weight_decay
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if checkpoint is None:
         generator.manual_seed(derive_seed(seed, rank, 0))
         return TrainState(world_size=world)
     state, rng = load_checkpoint(checkpoint, net, ema, optimizer)
     _restore_rng(rng, state, generator, rank, world, device, seed)
-    for group in optimizer.param_groups:  # the config decides: `--resume --set learning_rate=…` takes effect
-        group["lr"], group["weight_decay"] = learning_rate, weight_decay
+    for group in optimizer.param_groups:  # the config decides (the loop sets lr each step from config too)
+        group["weight_decay"] = weight_decay
     if state.world_size != world:
         accelerator.print(f"resuming a {state.world_size}-process run on {world}: data order and noise will differ")
         state.batch = state.batch * state.world_size // world
@@ -288,6 +291,14 @@ def loss_of(
     t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = randn_like(x0, generator)
     return schedule.eps_loss(model_fn(schedule.q_sample(x0, t, noise), t), noise, t, config.min_snr_gamma)
+
+
+def learning_rate_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step `step` (0-based): constant, or cosine-annealed to 0 at max_steps.
+    A function of the step alone, so a resumed run continues the schedule exactly."""
+    if config.lr_schedule == "constant":
+        return config.learning_rate
+    return 0.5 * config.learning_rate * (1 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
 
 
 def ema_rate_at(config: TrainConfig, step: int) -> float:
