@@ -275,12 +275,12 @@ PRESETS: dict[str, TrainConfig] = {
     # The third stage (--init-from the second stage's EMA): the same losses, lr annealed to 0 by a cosine.
     "synth_u_anneal": TrainConfig(
         _synth_model(4),
-        max_steps=8500,
+        max_steps=5000,
         **(_SYNTH_TRAINER | _SYNTH_REFINE | {"learning_rate": 5e-4, "min_snr_gamma": None, "lr_schedule": "cosine"}),
     ),
     "synth_c_anneal": TrainConfig(
         replace(_synth_model(10), prediction="v"),
-        max_steps=6000,
+        max_steps=3500,
         warp_pixel_scale=4.0,
         **(_SYNTH_TRAINER | _SYNTH_REFINE | {"lr_schedule": "cosine"}),
     ),
