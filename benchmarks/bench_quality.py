@@ -193,14 +193,16 @@ def write_table(records: list[dict], path: Path) -> None:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    """A PNG of FID and novel-view PSNR against U-Net evaluations per instance, one point per setting."""
+    """A PNG of FID (over the seeds every setting shares) and novel-view PSNR against U-Net evaluations per
+    instance, one point per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for axis, key, label in ((axes[0], "fid", "FID (G_u) ↓"), (axes[1], "psnr_all", "novel-view PSNR (G_c) ↑")):
+    fid_label = "FID (G_u), same seeds ↓"
+    for axis, key, label in ((axes[0], "fid_same_n", fid_label), (axes[1], "psnr_all", "novel-view PSNR (G_c) ↑")):
         for record in records:
             if key in record:
                 axis.scatter(record["evals_instance"], record[key])
