@@ -272,16 +272,7 @@ PRESETS: dict[str, TrainConfig] = {
         warp_pixel_scale=4.0,
         **(_SYNTH_TRAINER | _SYNTH_REFINE),
     ),
-    # The third stage (--init-from the second stage's EMA): the same losses, lr annealed to 0 by a cosine.
-    "synth_u_anneal": TrainConfig(
-        _synth_model(4),
-        max_steps=5000,
-        **(_SYNTH_TRAINER | _SYNTH_REFINE | {"learning_rate": 5e-4, "min_snr_gamma": None, "lr_schedule": "cosine"}),
-    ),
-    "synth_c_anneal": TrainConfig(
-        replace(_synth_model(10), prediction="v"),
-        max_steps=3500,
-        warp_pixel_scale=4.0,
-        **(_SYNTH_TRAINER | _SYNTH_REFINE | {"lr_schedule": "cosine"}),
-    ),
 }
+# The third stage (--init-from the second stage's EMA): the second stage's recipe, lr annealed to 0 by a cosine.
+PRESETS["synth_u_anneal"] = replace(PRESETS["synth_u_refine"], max_steps=5000, lr_schedule="cosine")
+PRESETS["synth_c_anneal"] = replace(PRESETS["synth_c_refine"], max_steps=3500, lr_schedule="cosine")
