@@ -219,25 +219,27 @@ def test_out_of_range_colour_saturates_in_fusion_frames(warping, fov):
 
 def test_bad_input_raises_clear_errors(warping, fov):
     meshes, textures = source_views(warping, fov)
-    camera = warping["agg_target0_modelview"][None]
+    camera, size = warping["agg_target0_modelview"][None], size_of(warping, "infer_rgbd0")
     with pytest.raises(ValueError, match="no normals"):
         no_normals = depth_to_mesh(zbuffer_to_linear(textures[0][:, 0] * 0 + 0.5, 0.6, 5), camera)
-        aggregate_render([no_normals], textures[:1], camera, 64)
+        aggregate_render([no_normals], textures[:1], camera, size)
     with pytest.raises(ValueError, match="one texture per mesh"):
-        aggregate_render(meshes[:2], textures[:1], camera, 64)
+        aggregate_render(meshes[:2], textures[:1], camera, size)
     with pytest.raises(ValueError, match="at least one view"):
-        aggregate_render([], [], camera, 64)
+        aggregate_render([], [], camera, size)
     with pytest.raises(ValueError, match="texture 0"):
-        aggregate_render(meshes[:1], [textures[0][:, :2]], camera, 64)
+        aggregate_render(meshes[:1], [textures[0][:, :2]], camera, size)
     with pytest.raises(ValueError, match="NaN or inf"):
-        aggregate_render(meshes[:1], [textures[0] * math.nan], camera, 64)
+        aggregate_render(meshes[:1], [textures[0] * math.nan], camera, size)
     with pytest.raises(ValueError, match="modelview"):
-        aggregate_render(meshes[:1], textures[:1], torch.eye(4).expand(2, 4, 4), 64)
-    behind = orbit_camera(torch.tensor([math.pi]), torch.tensor([0.0]), radius=3.0)
+        aggregate_render(meshes[:1], textures[:1], torch.eye(4).expand(2, 4, 4), size)
+    # A camera in front of the source views looking away from them sees nothing at any size (one behind them
+    # catches a sliver of the meshes at some sizes, 64 px among them).
+    away = look_at(torch.tensor([[0.0, 0.0, 1.5]]), torch.tensor([[0.0, 0.0, 3.0]]))
     with pytest.raises(ValueError, match="sees none of the source views"):
-        aggregate_conditions(meshes[:1], textures[:1], behind, 32)
+        aggregate_conditions(meshes[:1], textures[:1], away, size)
     with pytest.raises(ValueError, match="sees none of the source views"):
-        fusion_render(meshes[:1], textures[:1], behind, 16)
+        fusion_render(meshes[:1], textures[:1], away, size)
 
 
 def test_blind_cameras_are_an_error_unless_allowed():
