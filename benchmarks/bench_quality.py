@@ -260,8 +260,8 @@ def main() -> None:
         if record["setting"].startswith("official"):
             official |= record
     for record in records:
-        same_n = min(official.get("images", record.get("images", 0)), record.get("images", 0))
-        if "fid" in record and record.get("fid_same_n_images") != same_n:
+        same_n = min(official.get("images", record["images"]), record["images"]) if "fid" in record else None
+        if same_n is not None and record.get("fid_same_n_images") != same_n:
             folder = args.out / record["setting"] / "uncond" / "images"
             record["fid_same_n"] = record["fid"] if same_n == record["images"] else fid_of_first(folder, same_n, args)
             record["fid_same_n_images"] = same_n
