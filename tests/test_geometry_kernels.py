@@ -8,6 +8,7 @@ from iterview.geometry.aggregate import aggregate_render
 from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.mesh import depth_to_mesh
 from iterview.geometry.raster import interpolate, rasterize, use_kernels
+from iterview.geometry.warp import render_simple
 
 pytest.importorskip("numba")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -74,6 +75,25 @@ def test_aggregation_kernel_matches_shade_view_and_the_compositor():
     torch.testing.assert_close(compiled.depth, reference.depth, rtol=1e-4, atol=0)
 
 
+def test_simple_render_kernel_matches_rasterize_interpolate_and_sample_nearest():
+    front = orbit_camera(torch.zeros(2), torch.zeros(2))
+    mesh = depth_to_mesh(bumpy_depth(2, 24, seed=5), front, atol=0.03, rtol=0.03)  # with edge flags
+    texture = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(6))
+    side = orbit_camera(torch.tensor([0.4]), torch.tensor([0.1]))
+    behind = orbit_camera(torch.tensor([2.8]), torch.tensor([0.1]), 2.5, torch.tensor([0.0, 0.0, -0.5]))
+    cameras = torch.cat([side, behind])
+    fragments = rasterize(mesh.position, mesh.faces, cameras, 72, backend="torch")
+    assert (~fragments.covered).any() and (fragments.covered & ~fragments.front)[1].float().mean() > 0.3
+    reference = render_simple(mesh, texture, cameras, 72, backend="torch")
+    compiled = render_simple(mesh, texture, cameras, 72, backend="numba")
+    assert 0.1 < reference.mask[0].float().mean() < fragments.front[0].float().mean()  # edges are masked
+    assert torch.equal(compiled.mask, reference.mask)
+    assert torch.equal(compiled.depth, reference.depth)
+    # the barycentrics may differ in their last bits (see above): a uv on a texel border may pick its neighbour
+    assert (compiled.color != reference.color).any(1).float().mean() < 0.002
+    assert not compiled.color[1].any()  # back faces are black
+
+
 def test_kernels_give_the_same_result_on_any_thread_count():
     mesh = depth_to_mesh(bumpy_depth(2, 32, seed=4), orbit_camera(torch.zeros(2), torch.zeros(2)), padding=32)
     cameras = orbit_camera(torch.tensor([0.3, -0.2]), torch.tensor([0.1, 0.0]))
@@ -82,6 +102,28 @@ def test_kernels_give_the_same_result_on_any_thread_count():
     two = rasterize(mesh.position, mesh.faces, cameras, 96, backend="numba")
     for name in ("face", "bary", "zbuffer", "front"):
         assert torch.equal(getattr(one, name), getattr(two, name)), name
+
+
+def test_kernel_loops_give_pytorchs_threads_to_the_kernels():
+    import numba
+
+    from iterview.geometry.raster_kernels import pytorch_on_one_thread, running_on
+
+    torch.set_num_threads(2)  # the fixture restores the count
+    kernel_threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    with pytorch_on_one_thread():
+        assert torch.get_num_threads() == 1
+        with running_on(torch.get_num_threads()):
+            assert numba.get_num_threads() == kernel_threads
+        with pytorch_on_one_thread(), running_on(1):  # nested: the outermost count stays
+            assert (torch.get_num_threads(), numba.get_num_threads()) == (1, kernel_threads)
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="inside"), pytorch_on_one_thread():
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2  # restored after an error too
+    with running_on(1):
+        assert numba.get_num_threads() == 1
 
 
 def test_backend_choice():

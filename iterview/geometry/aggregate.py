@@ -19,6 +19,7 @@ from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, m
 from iterview.geometry.raster import (
     Backend,
     interpolate,
+    kernel_loop,
     nearest_faces,
     rasterize,
     sample_nearest,
@@ -101,17 +102,19 @@ def aggregate_render(
     # Targets are aggregated a few at a time, which bounds memory whatever the batch (views come one by one).
     group = max(1, _MAX_PIXELS // (size * size))
     parts = []
-    for start in range(0, batch, group):
-        select = slice(start, start + group)
-        compositor = Compositor(len(modelview[select]), size, modelview.device)
-        for mesh, texture in zip(meshes, textures, strict=True):
-            view = map_mesh(mesh, lambda v, select=select: v[select])
-            texture = texture[select].to(torch.float32)
-            if compiled:
-                _shade_and_composite(compositor, view, texture, modelview[select], size, near, far)
-            else:
-                compositor.add(shade_view(view, texture, modelview[select], size, near, far, backend, validate=False))
-        parts.append(compositor.result(near, far))
+    with kernel_loop(compiled):
+        for start in range(0, batch, group):
+            select = slice(start, start + group)
+            compositor = Compositor(len(modelview[select]), size, modelview.device)
+            for mesh, texture in zip(meshes, textures, strict=True):
+                view = map_mesh(mesh, lambda v, select=select: v[select])
+                texture = texture[select].to(torch.float32)
+                if compiled:
+                    _shade_and_composite(compositor, view, texture, modelview[select], size, near, far)
+                else:
+                    shaded = shade_view(view, texture, modelview[select], size, near, far, backend, validate=False)
+                    compositor.add(shaded)
+            parts.append(compositor.result(near, far))
     if len(parts) == 1:
         return parts[0]
     return AggregateRender(*(torch.cat([getattr(p, name) for p in parts]) for name in vars(parts[0])))

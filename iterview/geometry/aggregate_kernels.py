@@ -11,6 +11,8 @@ import math
 import numba
 import numpy as np
 
+from iterview.geometry.raster_kernels import pixel_barycentrics
+
 # The constants of `aggregate`, as the float32 values the PyTorch path compares and multiplies with.
 _ANGLE_FALLOFF = np.float32(20.0)
 _MIN_WEIGHT = np.float32(1e-4)
@@ -116,7 +118,7 @@ def _composite_row(
         if f < 0 or not front[flat]:
             continue  # weight 0: nothing is added
         x = (np.float32(column) + np.float32(0.5)) * half - _ONE
-        w0, w1, w2 = _barycentrics(planes, flat, x, y)
+        w0, w1, w2 = pixel_barycentrics(planes, flat, x, y)
         v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
         for c in range(values.shape[0]):
             values[c] = attributes[b, v0, c] * w0 + attributes[b, v1, c] * w1 + attributes[b, v2, c] * w2
@@ -145,14 +147,3 @@ def _composite_row(
         color[b, 3, p] += weight
         depth[b, 0, p] += weighted_depth
         depth[b, 1, p] += depth_weight
-
-
-@numba.njit(cache=True, nogil=True)
-def _barycentrics(planes: np.ndarray, flat: int, x: np.float32, y: np.float32) -> tuple[float, float, float]:
-    """Perspective-correct barycentrics of face `flat` at NDC (x, y), as `raster_kernels.resolve_pixels`."""
-    total = planes[2, 3, flat] + planes[0, 3, flat] * x + planes[1, 3, flat] * y
-    b0 = max((planes[2, 0, flat] + planes[0, 0, flat] * x + planes[1, 0, flat] * y) / total, _ZERO)
-    b1 = max((planes[2, 1, flat] + planes[0, 1, flat] * x + planes[1, 1, flat] * y) / total, _ZERO)
-    b2 = max((planes[2, 2, flat] + planes[0, 2, flat] * x + planes[1, 2, flat] * y) / total, _ZERO)
-    norm = b0 + b1 + b2
-    return b0 / norm, b1 / norm, b2 / norm

@@ -20,6 +20,7 @@ dimensions first (coordinate, corner, then triangle): PyTorch reduces and gather
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -94,7 +95,7 @@ def rasterize(
     modelview and size (and their device syncs), for callers that validated them once for many renders.
     """
     if validate:
-        _check_inputs(position, faces, modelview, size)
+        check_raster_inputs(position, faces, modelview, size)
     compiled = use_kernels(position.device, backend)
     flags = [face_mask, discard_back]
     for name, flag in zip(("face_mask", "discard_back"), flags, strict=True):
@@ -190,7 +191,8 @@ def window_to_linear(zbuffer: torch.Tensor, near: float, far: float) -> torch.Te
     return (2 * near * far) / ((far + near) - ndc * (far - near))
 
 
-def _check_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.Tensor, size: int) -> None:
+def check_raster_inputs(position: torch.Tensor, faces: torch.Tensor, modelview: torch.Tensor, size: int) -> None:
+    """The checks of `rasterize` (validate=True) on its position, faces, modelview and size."""
     if position.ndim != 3 or position.shape[-1] != 3:
         raise ValueError(f"position must be (B, V, 3), got shape {tuple(position.shape)}")
     batch = position.shape[0]
@@ -623,6 +625,12 @@ def _kernels() -> ModuleType | None:
     except ImportError:
         return None
     return raster_kernels
+
+
+def kernel_loop(compiled: bool) -> contextlib.AbstractContextManager:
+    """`raster_kernels.pytorch_on_one_thread()` where the compiled kernels run, else nothing: for loops that
+    alternate kernels and small PyTorch operations."""
+    return _kernels().pytorch_on_one_thread() if compiled else contextlib.nullcontext()
 
 
 def use_kernels(device: torch.device, backend: Backend) -> bool:

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 
 import numba
 import numpy as np
+import torch
 
 _ONE = 256.0  # sub-pixel units per pixel (`raster.SUBPIXEL_BITS`)
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_taken_threads: int | None = None  # PyTorch's thread count while pytorch_on_one_thread() holds it
 # PyTorch runs its own OpenMP pool: numba's 'omp' layer would start a second one, whose spinning threads slowed
 # every PyTorch operation after a kernel about 5x (measured); workqueue threads sleep between kernels.
 if "NUMBA_THREADING_LAYER" not in os.environ:
@@ -245,26 +247,83 @@ def resolve_pixels(
     perspective-correct barycentrics at the pixel centres (0 where empty); front (B S²,) bool.
     planes: (3, 4, B F) float32 x, y and constant coefficients of the three 2D homogeneous barycentric planes and
     of their sum; front_table: (B F,) bool."""
-    pixels = size * size
-    half = np.float32(2.0 / size)
-    for p in numba.prange(face.shape[0]):
-        f = face[p]
-        if f < 0:
-            depth[p] = 1.0
-            bary[0, p] = bary[1, p] = bary[2, p] = 0.0
-            front[p] = False
-            continue
-        flat = (p // pixels) * num_faces + f
-        row, column = (p % pixels) // size, p % size
-        x = (np.float32(column) + np.float32(0.5)) * half - np.float32(1.0)
-        y = (np.float32(size - 1 - row) + np.float32(0.5)) * half - np.float32(1.0)
-        total = planes[2, 3, flat] + planes[0, 3, flat] * x + planes[1, 3, flat] * y
-        b0 = max((planes[2, 0, flat] + planes[0, 0, flat] * x + planes[1, 0, flat] * y) / total, np.float32(0.0))
-        b1 = max((planes[2, 1, flat] + planes[0, 1, flat] * x + planes[1, 1, flat] * y) / total, np.float32(0.0))
-        b2 = max((planes[2, 2, flat] + planes[0, 2, flat] * x + planes[1, 2, flat] * y) / total, np.float32(0.0))
-        norm = b0 + b1 + b2
-        bary[0, p], bary[1, p], bary[2, p] = b0 / norm, b1 / norm, b2 / norm
-        front[p] = front_table[flat]
+    for image_row in numba.prange(face.shape[0] // size):  # rows of all batch elements: no division per pixel
+        b, row = image_row // size, image_row % size
+        y = _ndc(size - 1 - row, size)
+        for column in range(size):
+            p, f = image_row * size + column, face[image_row * size + column]
+            if f < 0:
+                depth[p] = 1.0
+                bary[0, p] = bary[1, p] = bary[2, p] = 0.0
+                front[p] = False
+                continue
+            flat = b * num_faces + f
+            bary[0, p], bary[1, p], bary[2, p] = pixel_barycentrics(planes, flat, _ndc(column, size), y)
+            front[p] = front_table[flat]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def shade_simple(
+    depth: np.ndarray,
+    face: np.ndarray,
+    planes: np.ndarray,
+    front_table: np.ndarray,
+    faces: np.ndarray,
+    attributes: np.ndarray,
+    texture: np.ndarray,
+    size: int,
+    color: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """The official SimpleRenderer's shading of draw_triangles' buffers (depth, face: (B S²,)), as
+    `warp.render_simple` computes it from `resolve_pixels`, `interpolate_pixels` and `raster.sample_nearest`:
+    depth 1 where empty; color (B, 3, S²) the nearest texel (clamped) at the interpolated uv of front
+    fragments, 0 elsewhere; mask (B S²,) front fragments whose interpolated edge flag is <= 0.999.
+    planes, front_table: per face as in resolve_pixels; faces: (B, F, 3); attributes: (B, V, 3) float32 u, v
+    and edge flag; texture: (B, 3, N, M)."""
+    num_faces, rows, cols = faces.shape[1], texture.shape[2], texture.shape[3]
+    for image_row in numba.prange(face.shape[0] // size):
+        b, row = image_row // size, image_row % size
+        y = _ndc(size - 1 - row, size)
+        for column in range(size):
+            p, q, f = image_row * size + column, row * size + column, face[image_row * size + column]
+            flat = b * num_faces + f
+            if f < 0 or not front_table[flat]:
+                if f < 0:
+                    depth[p] = 1.0
+                color[b, 0, q] = color[b, 1, q] = color[b, 2, q] = 0.0
+                mask[p] = False
+                continue
+            w0, w1, w2 = pixel_barycentrics(planes, flat, _ndc(column, size), y)
+            v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
+            u = attributes[b, v0, 0] * w0 + attributes[b, v1, 0] * w1 + attributes[b, v2, 0] * w2
+            v = attributes[b, v0, 1] * w0 + attributes[b, v1, 1] * w1 + attributes[b, v2, 1] * w2
+            edge = attributes[b, v0, 2] * w0 + attributes[b, v1, 2] * w1 + attributes[b, v2, 2] * w2
+            texel_column = min(max(math.floor(u * np.float32(cols)), 0), cols - 1)
+            texel_row = min(max(math.floor(v * np.float32(rows)), 0), rows - 1)
+            for c in range(3):
+                color[b, c, q] = texture[b, c, texel_row, texel_column]
+            mask[p] = edge <= np.float32(0.999)
+
+
+@numba.njit(cache=True, nogil=True)
+def _ndc(index: int, size: int) -> np.float32:
+    """NDC coordinate (float32) of the centre of pixel `index` along an axis of `size` pixels (window space)."""
+    return (np.float32(index) + np.float32(0.5)) * np.float32(2.0 / size) - np.float32(1.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def pixel_barycentrics(
+    planes: np.ndarray, flat: int, x: np.float32, y: np.float32
+) -> tuple[np.float32, np.float32, np.float32]:
+    """Perspective-correct barycentrics of face `flat` at NDC (x, y) from its planes (3, 4, B F), clamped at 0
+    and normalised, in float32."""
+    total = planes[2, 3, flat] + planes[0, 3, flat] * x + planes[1, 3, flat] * y
+    b0 = max((planes[2, 0, flat] + planes[0, 0, flat] * x + planes[1, 0, flat] * y) / total, np.float32(0.0))
+    b1 = max((planes[2, 1, flat] + planes[0, 1, flat] * x + planes[1, 1, flat] * y) / total, np.float32(0.0))
+    b2 = max((planes[2, 2, flat] + planes[0, 2, flat] * x + planes[1, 2, flat] * y) / total, np.float32(0.0))
+    norm = b0 + b1 + b2
+    return b0 / norm, b1 / norm, b2 / norm
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -290,7 +349,29 @@ def interpolate_pixels(
 @contextlib.contextmanager
 def running_on(threads: int) -> Iterator[None]:
     """Run the kernels called inside on `threads` threads (at most the cores numba found; callers pass PyTorch's
-    count). One caller at a time: the workqueue threading layer does not take concurrent launches."""
+    count), or on those an enclosing `pytorch_on_one_thread()` took. One caller at a time: the workqueue
+    threading layer does not take concurrent launches."""
     with _LOCK:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(_taken_threads or threads, numba.config.NUMBA_NUM_THREADS)))
         yield
+
+
+@contextlib.contextmanager
+def pytorch_on_one_thread() -> Iterator[None]:
+    """For loops of kernels with small PyTorch operations between them: the kernels inside take PyTorch's
+    threads and PyTorch runs on one meanwhile. After each parallel operation PyTorch's idle OpenMP workers spin
+    for milliseconds, taking the cores from the next kernel's threads: at two threads this makes the 26-view
+    fusion frame 1.5x faster (measured), while the forward-backward warp, whose PyTorch operations are
+    image-sized, is faster without it. Nested uses keep the outermost one's counts."""
+    global _taken_threads
+    with _LOCK:
+        if _taken_threads is not None:
+            yield
+            return
+        _taken_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(_taken_threads)
+            _taken_threads = None

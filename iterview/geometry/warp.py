@@ -15,7 +15,16 @@ from iterview.geometry.imageops import (
     subsample_center,
 )
 from iterview.geometry.mesh import FLAG_EDGE, Mesh, depth_to_mesh
-from iterview.geometry.raster import interpolate, rasterize, sample_nearest, window_to_linear
+from iterview.geometry.raster import (
+    Backend,
+    check_raster_inputs,
+    interpolate,
+    nearest_faces,
+    rasterize,
+    sample_nearest,
+    use_kernels,
+    window_to_linear,
+)
 
 # Official SimpleRenderer projection and the training warp's discontinuity tolerances (§3.6).
 RENDER_NEAR, RENDER_FAR = 0.1, 200.0
@@ -41,31 +50,85 @@ class WarpResult:
 
 
 def render_simple(
-    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float = 0.1, far: float = 200.0
+    mesh: Mesh,
+    texture: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    near: float = 0.1,
+    far: float = 200.0,
+    backend: Backend = "auto",
 ) -> SimpleRender:
     """Official SimpleRenderer: texture (B, 3, N, N); back faces and edge faces get alpha 0 but write depth.
 
     Front fragments take the nearest texel at their interpolated uv; back faces are black. The edge flag is
     interpolated across each face, so alpha is 0 where it exceeds 0.999. Empty pixels: colour 0, depth ≈ far
-    (the official float32 read-back gives 199.9878 for far = 200).
+    (the official float32 read-back gives 199.9878 for far = 200). backend: as in `raster.rasterize`.
     """
     batch = mesh.position.shape[0]
     if texture.ndim != 4 or texture.shape[:2] != (batch, 3) or texture.shape[-1] != texture.shape[-2]:
         raise ValueError(f"texture must be (B={batch}, 3, N, N), got shape {tuple(texture.shape)}")
-    return _render_simple(mesh, texture, _check_modelview(modelview, batch), size, near, far, validate=True)
+    return _render_simple(mesh, texture, _check_modelview(modelview, batch), size, near, far, True, backend)
 
 
 def _render_simple(
-    mesh: Mesh, texture: torch.Tensor, modelview: torch.Tensor, size: int, near: float, far: float, validate: bool
+    mesh: Mesh,
+    texture: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    near: float,
+    far: float,
+    validate: bool,
+    backend: Backend = "auto",
 ) -> SimpleRender:
-    """render_simple once texture and modelview ((B, 4, 4) float32) are checked; validate: the mesh too."""
-    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, validate=validate)
+    """render_simple once texture and modelview ((B, 4, 4) float32) are checked; validate: the mesh too.
+    backend: as in `raster.rasterize`; "numba" shades in the same compiled pass that finishes the depth test."""
     attributes = torch.cat([mesh.uv.to(torch.float32), (mesh.flag & FLAG_EDGE).to(torch.float32)[..., None]], -1)
+    if use_kernels(texture.device, backend):
+        if validate:
+            check_raster_inputs(mesh.position, mesh.faces, modelview, size)
+        return _render_simple_compiled(mesh, attributes, texture.to(torch.float32), modelview, size, near, far)
+    fragments = rasterize(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, validate=validate)
     uv, edge = interpolate(fragments, mesh.faces, attributes).split([2, 1], dim=-1)
     front = fragments.front[:, None]
     color = sample_nearest(texture, uv) * front
     mask = front & (edge.permute(0, 3, 1, 2) <= 0.999)
     return SimpleRender(color=color, mask=mask, depth=window_to_linear(fragments.zbuffer, near, far)[:, None])
+
+
+def _render_simple_compiled(
+    mesh: Mesh,
+    attributes: torch.Tensor,
+    texture: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    near: float,
+    far: float,
+) -> SimpleRender:
+    """_render_simple with the compiled kernels (CPU, numba), a mesh at a time: depth test, then one pass that
+    interpolates uv and the edge flag and samples the texture. attributes: (B, V, 3) u, v, edge flag."""
+    from iterview.geometry import raster_kernels
+
+    batch = len(texture)
+    color = torch.empty(batch, 3, size, size)
+    mask = torch.empty(batch, 1, size, size, dtype=torch.bool)
+    zbuffer = torch.empty(batch, size, size)
+    drawn = torch.ones(mesh.faces.shape[:2], dtype=torch.bool)
+    for b in range(batch):
+        one = slice(b, b + 1)
+        faces = mesh.faces[one]
+        nearest = nearest_faces(
+            mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
+        )
+        buffers = (nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front)
+        with raster_kernels.running_on(torch.get_num_threads()):
+            raster_kernels.shade_simple(
+                *(t.contiguous().numpy() for t in (*buffers, faces, attributes[one], texture[one])),
+                size,
+                color[one].view(1, 3, -1).numpy(),
+                mask[one].view(-1).numpy(),
+            )
+        zbuffer[b] = nearest.zbuffer[0]
+    return SimpleRender(color=color, mask=mask, depth=window_to_linear(zbuffer, near, far)[:, None])
 
 
 def forward_backward_warp(
