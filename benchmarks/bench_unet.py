@@ -9,7 +9,8 @@ output (max abs error; fp32 variants must stay within 1e-4) and timed at batch 1
 - `token_attention`: attention on (B, T, C) tokens, so CPU SDPA runs its fused kernel;
 - `token_attention+silu_inplace`: plus the SiLU after each GroupNorm in place (`prepare_for_inference` without
   channels_last); `fast`: `prepare_for_inference(model)`, all of the above;
-- `fast+bf16`: `fast` under bf16 autocast (opt-in; AMX-BF16 CPUs); `compiled`: torch.compile of `fast` (--compile).
+- `fast+bf16`: `fast` under bf16 autocast (opt-in; AMX-BF16 CPUs); `compiled`: `compile_for_inference`, i.e.
+  torch.compile of `fast` with frozen weights and a C++ wrapper, what `iterview sample --compile` runs (--compile).
 
 Training steps (forward, backward, AdamW) per second at --train-batch: official, ours, channels_last, token-major
 attention with channels_last, and bf16 autocast.
@@ -29,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from iterview.models.adm import ADMUNet, AttentionBlock, prepare_for_inference
+from iterview.models.adm import ADMUNet, AttentionBlock, compile_for_inference, prepare_for_inference
 from iterview.models.checkpoint import build_model
 from iterview.training.config import get_preset
 
@@ -92,7 +93,7 @@ def inference_variants(model: ADMUNet, compile_fast: bool) -> dict[str, Forward]
         "fast+bf16": bf16(fast),
     }
     if compile_fast:
-        variants["compiled"] = torch.compile(fast)
+        variants["compiled"] = compile_for_inference(copy.deepcopy(model))
     return variants
 
 

@@ -104,6 +104,7 @@ CASES = {
     "classes count": ([*SAMPLE, *OUT, "--seeds", "0-2", "--classes", "1,2"], "--classes"),
     "sampler preset": ([*SAMPLE, *OUT, "--sampler", "bogus"], "sampler preset"),
     "sampler name": ([*SAMPLE, *OUT, "--sampler-uncond", "bogus"], "bogus"),
+    "compile official U-Nets": ([*SAMPLE, *OUT, "--compile", "--official-unet"], "--compile"),
     # sample: viewsets and camera files
     "viewset name": ([*SAMPLE, *OUT, "--viewset", "bogus"], "viewset"),
     "viewset orbit": ([*SAMPLE, *OUT, "--viewset", "orbit:x"], "orbit"),

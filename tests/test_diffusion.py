@@ -16,7 +16,7 @@ from iterview.diffusion.guidance import (
     superres_model,
 )
 from iterview.diffusion.schedule import DiffusionSchedule
-from iterview.models.adm import prepare_for_inference
+from iterview.models.adm import compile_for_inference, prepare_for_inference
 from iterview.models.checkpoint import load_model
 
 # Forward outputs match to 1e-5; the CFG combination (1+w)·a − w·b multiplies that error by up to 1 + 2w.
@@ -252,3 +252,13 @@ def test_fast_inference_path_keeps_the_official_cond_unet_outputs(reference, con
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = fast(x, t, cond_io["classes"]).float()
     assert (low - cond_io["out_classes"]).abs().max() <= 0.1
+
+
+@torch.no_grad()
+def test_compiled_inference_path_keeps_the_official_cond_unet_outputs(reference, cond_io):
+    """`compile_for_inference` (torch.compile of the fast path, weights frozen into the graph) on the official G_c
+    weights: fp32 outputs within 1e-4 of the official ones."""
+    folder = reference / "adm_small_cond"
+    compiled = compile_for_inference(load_model(folder / "checkpoint.pt", folder / "config.json")[0])
+    output = compiled(cond_io["assembled_input"], cond_io["t"], cond_io["classes"])
+    assert (output - cond_io["out_classes"]).abs().max() <= 1e-4

@@ -10,7 +10,7 @@ import torch
 
 from iterview.diffusion.presets import SamplerChoice, resolve_samplers
 from iterview.geometry.inference import InferenceGeometry
-from iterview.models.adm import prepare_for_inference
+from iterview.models.adm import compile_for_inference, prepare_for_inference
 from iterview.models.checkpoint import load_model
 from iterview.models.shipped import inference_settings
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
@@ -23,10 +23,16 @@ def load_network(
     config: str | Path | None = None,
     device: str | torch.device = "cpu",
     fast: bool = True,
+    compile: bool = False,
 ):
     """One U-Net in eval mode on device; role: uncond (G_u) or cond (G_c). fast: its inference path
-    (`prepare_for_inference`, outputs within 1e-4 of the official formulation); False keeps the official one."""
+    (`prepare_for_inference`, outputs within 1e-4 of the official formulation); False keeps the official one.
+    compile: that path compiled (`compile_for_inference`: minutes per input shape, for long runs)."""
+    if compile and not fast:
+        raise ValueError("compile=True compiles the fast inference path: it needs fast=True")
     model = load_model(resolve_weights(spec, role), config)[0].to(device)
+    if compile:
+        return compile_for_inference(model)
     return prepare_for_inference(model) if fast else model
 
 
@@ -61,14 +67,17 @@ def load_pipeline(
     config_uncond: str | Path | None = None,
     config_cond: str | Path | None = None,
     fast_unet: bool = True,
+    compile_unet: bool = False,
 ) -> MultiViewPipeline:
     """A MultiViewPipeline of the named models. A shipped set brings the geometry, guidance strength and x0
     clipping it was trained for; anything else gets the official ones. `guidance` overrides the strength;
-    config_uncond / config_cond: the configs of official `.pt` checkpoints; fast_unet: see `load_network`."""
+    config_uncond / config_cond: the configs of official `.pt` checkpoints; fast_unet, compile_unet: `fast` and
+    `compile` of `load_network`."""
     choices = resolve_samplers(sampler, None, None, steps_uncond, steps_cond)
     choice_u, choice_c, strength = sampling_settings(cond if cond is not None else uncond, choices, guidance)
-    g_u = load_network(uncond, "uncond", config_uncond, device, fast_unet) if uncond is not None else None
-    g_c = load_network(cond, "cond", config_cond, device, fast_unet) if cond is not None else None
+    unet = dict(device=device, fast=fast_unet, compile=compile_unet)
+    g_u = load_network(uncond, "uncond", config_uncond, **unet) if uncond is not None else None
+    g_c = load_network(cond, "cond", config_cond, **unet) if cond is not None else None
     if g_u is not None:
         model_pair(g_u, uncond, g_c, cond)
     geometry = inference_geometry(cond if cond is not None else uncond, (g_u if g_u is not None else g_c).image_size)
