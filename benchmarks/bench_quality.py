@@ -13,8 +13,9 @@ setting's FID is also taken over its first that many images (`fid_same_n`, the s
 [0.28, 5.42] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval"): one U-Net evaluation
 instead of two at the other steps. `ddim*_eta1` sample G_u with ancestral DDIM (η = 1) and G_c with
 `unipc6_window`; `fast` is the `--sampler fast` preset (G_u ancestral DDIM-25, G_c `ddim10_window`). Each
-setting's record is kept in OUT/SETTING/record.json, so a rerun with the same options measures only what is
-missing."""
+setting's record is kept in OUT/SETTING/record.json, so a rerun measures only what is missing (a record is
+reused when the options it depends on are the same), and G_u's images are saved as they come: an interrupted
+or enlarged run samples only the missing ones."""
 
 from __future__ import annotations
 
@@ -108,9 +109,14 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
     out = args.out / name
     images = args.official_images if name.startswith("official") else args.images
     options = {"models": args.models, "images": images, "scenes": args.scenes, "seed": args.seed, "parts": args.parts}
+    relevant = ["models", "seed", "parts"]
+    relevant += ["images"] if setting.measure_uncond and "uncond" in args.parts else []
+    relevant += ["scenes"] if setting.measure_cond and "cond" in args.parts else []
     saved = out / "record.json"
-    if saved.is_file() and json.loads(saved.read_text()).get("options") == options:
-        return json.loads(saved.read_text())
+    if saved.is_file():
+        record = json.loads(saved.read_text())
+        if all(record.get("options", {}).get(key) == options[key] for key in relevant):
+            return record
     configure(pipeline, setting, args.quick)
     record = {
         "setting": name,
@@ -127,7 +133,7 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
     if setting.measure_uncond and "uncond" in args.parts:
         cache = args.out / "heldout_stats.safetensors"
         metrics = uncond_metrics(
-            args.bench, pipeline, classifier, out / "uncond", images, args.seed, args.batch, not args.quick, cache
+            args.bench, pipeline, classifier, out / "uncond", images, args.seed, args.batch, not args.quick, cache, True
         )
         record |= metrics | {"images": images}
     if setting.measure_cond and "cond" in args.parts:
@@ -135,7 +141,7 @@ def measure(name: str, pipeline: MultiViewPipeline, classifier: SynthClassifier,
             args.bench, pipeline, out / "cond", args.scenes, args.seed, args.scenes, not args.quick
         )
         record |= metrics
-    if "seconds_per_image" in record and "seconds_per_scene" in record:
+    if record.get("seconds_per_image") is not None and "seconds_per_scene" in record:
         record["s_per_instance"] = record["seconds_per_image"] + record["seconds_per_scene"]
     record["total_s"] = round(time.perf_counter() - start, 1)
     write_json(record | {"options": options}, saved)

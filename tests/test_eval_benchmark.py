@@ -91,3 +91,31 @@ def test_truth_errors_are_zero_for_the_truth_and_split_by_the_condition(tmp_path
     assert metrics["psnr_covered"] == 100.0  # capped: no error
     assert metrics["psnr_invented"] < metrics["psnr_all"] < metrics["psnr_covered"]
     assert metrics["psnr_invented"] == pytest.approx(20.0, abs=0.5)  # up to clipping at white
+
+
+def test_first_views_resume_where_an_earlier_run_stopped(tmp_path):
+    from iterview.eval.benchmark import uncond_metrics
+    from iterview.pipeline.loading import load_pipeline
+
+    root = write_benchmark(tmp_path / "bench", replace(TINY, train_count=0))
+    uncond = _model(4, tmp_path / "g_u")
+    classifier = SynthClassifier(4, width=8)
+    pipeline = load_pipeline(uncond, sampler="fast", steps_uncond=2)
+    out = tmp_path / "first"
+    first = uncond_metrics(root, pipeline, classifier, out, count=4, batch_size=2, progress=False)
+    images = {path.name: path.read_bytes() for path in sorted((out / "images").glob("*.png"))}
+    assert len(images) == 4 and first["seconds_per_image"] > 0
+    for name in ("00001.png", "00002.png"):  # as if interrupted (and out of order)
+        (out / "images" / name).unlink()
+    (out / "images" / "00000.png").write_bytes(images["00003.png"])  # a kept image is not sampled again
+    resumed = uncond_metrics(root, pipeline, classifier, out, count=4, batch_size=2, progress=False, resume=True)
+    assert (out / "images" / "00000.png").read_bytes() == images["00003.png"]
+    for name in ("00001.png", "00002.png", "00003.png"):
+        assert (out / "images" / name).read_bytes() == images[name]  # per-image seeds: the same images
+    assert resumed["seconds_per_image"] > 0
+    (out / "images" / "00000.png").write_bytes(images["00000.png"])
+    again = uncond_metrics(root, pipeline, classifier, out, count=4, batch_size=2, progress=False, resume=True)
+    assert again["seconds_per_image"] is None
+    assert again["fid"] == pytest.approx(first["fid"]) and again["class_accuracy"] == first["class_accuracy"]
+    with pytest.raises(ValueError, match="remove them to sample anew"):  # another seed: the saved ones don't fit
+        uncond_metrics(root, pipeline, classifier, out, count=4, seed=1, batch_size=2, progress=False, resume=True)

@@ -9,11 +9,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from iterview.data.benchmark import load_truth, read_recipe
@@ -21,24 +26,31 @@ from iterview.data.datasets import RGBDDataset, derive_seed
 from iterview.eval.classifier import SynthClassifier, class_accuracy, classifier_inception_score, predict
 from iterview.eval.consistency import scene_consistency
 from iterview.geometry.cameras import zbuffer_to_linear
-from iterview.io import colorize_depth, make_grid, save_png
+from iterview.io import colorize_depth, make_grid, save_png, write_json
 from iterview.pipeline.multiview import MultiViewPipeline, MultiViewResult
 from iterview.pipeline.viewsets import GRID_3X9
 
 
 @torch.no_grad()
 def sample_first_views(
-    pipeline: MultiViewPipeline, count: int, num_classes: int, seed: int, batch_size: int, progress: bool = True
+    pipeline: MultiViewPipeline,
+    images: int | Sequence[int],
+    num_classes: int,
+    seed: int,
+    batch_size: int,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` G_u samples (count, 4, S, S) in [-1, 1], image i of class i mod num_classes with its own seed."""
+    """G_u samples (N, 4, S, S) in [-1, 1] of `images` (indices, or a count from 0): image i of class
+    i mod num_classes with its own seed, whatever the batch."""
     device = next(pipeline.g_u.parameters()).device
-    classes = torch.arange(count) % num_classes
-    images = []
-    for start in tqdm(range(0, count, batch_size), desc="first views", disable=not progress):
-        indices = range(start, min(start + batch_size, count))
-        generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
-        images.append(pipeline.first_view(generators, classes[start : start + len(indices)].to(device)).cpu())
-    return torch.cat(images), classes
+    indices = torch.arange(images) if isinstance(images, int) else torch.tensor(list(images), dtype=torch.long)
+    classes = indices % num_classes
+    samples = []
+    for start in tqdm(range(0, len(indices), batch_size), desc="first views", disable=not progress):
+        batch = indices[start : start + batch_size]
+        generators = [torch.Generator(device).manual_seed(derive_seed(seed, int(i))) for i in batch]
+        samples.append(pipeline.first_view(generators, classes[start : start + len(batch)].to(device)).cpu())
+    return torch.cat(samples), classes
 
 
 def uncond_metrics(
@@ -51,31 +63,74 @@ def uncond_metrics(
     batch_size: int = 100,
     progress: bool = True,
     stats_cache: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
-    """Sample `count` first views into output_dir/images and measure them against the held-out split (its
-    statistics cached at stats_cache, default output_dir/heldout_stats.safetensors)."""
+    """Sample `count` first views into output_dir/images and measure them (as saved, 8-bit) against the
+    held-out split (its statistics cached at stats_cache, default output_dir/heldout_stats.safetensors).
+    resume: keep the images an earlier call with the same G_u weights, sampler and seed left there and sample
+    only the missing ones (hours-long runs such as the official DDPM-1000 on a CPU); `seconds_per_image` is then
+    over the images sampled by this call (None if none was)."""
     from iterview.eval.fid import ImageFiles, extract_features, image_metrics
     from iterview.eval.fid import real_stats as compute_real_stats
     from iterview.eval.inception import load_inception
 
     root, out = Path(root), Path(output_dir)
     recipe = read_recipe(root)
+    paths = [out / "images" / f"{i:05d}.png" for i in range(count)]
+    todo = [i for i, path in enumerate(paths) if not (resume and path.is_file())]
+    _check_first_views(out, first_views_identity(pipeline, seed), reuse=len(todo) < count)
     start = time.perf_counter()
-    images, classes = sample_first_views(pipeline, count, classifier.num_classes, seed, batch_size, progress)
-    seconds = (time.perf_counter() - start) / count
-    paths = [save_png(image[:3] * 0.5 + 0.5, out / "images" / f"{i:05d}.png") for i, image in enumerate(images)]
-    save_png(make_grid(images[:64, :3] * 0.5 + 0.5, _rows(min(64, count), 8)), out / "grid.png")
+    for begin in tqdm(range(0, len(todo), batch_size), desc="first views", disable=not progress):
+        chunk = todo[begin : begin + batch_size]  # saved batch by batch: an interrupted run resumes
+        images, _ = sample_first_views(pipeline, chunk, classifier.num_classes, seed, batch_size, progress=False)
+        for i, image in zip(chunk, images, strict=True):
+            save_png(image[:3] * 0.5 + 0.5, paths[i])
+    seconds = (time.perf_counter() - start) / len(todo) if todo else None
+    rgb = torch.stack([_read_rgb(path) for path in paths])
+    save_png(make_grid(rgb[:64] * 0.5 + 0.5, _rows(min(64, count), 8)), out / "grid.png")
     device = next(pipeline.g_u.parameters()).device
     inception = load_inception(device=device)
     cache = stats_cache if stats_cache is not None else out / "heldout_stats.safetensors"
     reference = compute_real_stats(inception, root / "heldout" / "images", recipe.image_size, cache, progress=progress)
     features = extract_features(inception, ImageFiles(paths, recipe.image_size, real=False), progress=progress)
     metrics = image_metrics(features, reference, kid_subsets=100, kid_subset_size=min(1000, count))
-    probabilities = predict(classifier, images[:, :3])
-    metrics["class_accuracy"] = class_accuracy(probabilities, classes)
+    probabilities = predict(classifier, rgb)
+    metrics["class_accuracy"] = class_accuracy(probabilities, torch.arange(count) % classifier.num_classes)
     metrics["synth_is_mean"], metrics["synth_is_std"] = classifier_inception_score(probabilities, min(10, count))
     metrics["seconds_per_image"] = seconds
     return metrics
+
+
+def first_views_identity(pipeline: MultiViewPipeline, seed: int) -> dict:
+    """What first views depend on: G_u's weights (a SHA-256 of its state dict), sampler, guidance and seed."""
+    from iterview.pipeline.loading import sampler_summary
+
+    digest = hashlib.sha256()
+    for name, tensor in pipeline.g_u.state_dict().items():
+        digest.update(name.removeprefix("_orig_mod.").encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    summary = sampler_summary(pipeline)
+    return {"g_u_sha256": digest.hexdigest(), "seed": seed} | {k: summary[k] for k in ("sampler_uncond", "guidance")}
+
+
+def _check_first_views(out: Path, identity: dict, reuse: bool) -> None:
+    """Record the identity of the first views in out/first_views.json; when reusing saved ones, they must have
+    been sampled with the same identity."""
+    path = out / "first_views.json"
+    if reuse:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved != identity:
+            raise ValueError(
+                f"the images in {out / 'images'} were not sampled with these weights, sampler and seed "
+                f"({path} is {'missing' if saved is None else 'different'}): remove them to sample anew"
+            )
+    write_json(identity, path)
+
+
+def _read_rgb(path: Path) -> torch.Tensor:
+    """A saved RGB PNG as (3, S, S) in [-1, 1]."""
+    array = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
 
 
 def real_vs_real_fid(root: str | Path, count: int, inception=None, progress: bool = True) -> float:
