@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # The sample command's options in the order `validate.sampling_options` / `resolve_samplers` take them.
 GEOMETRY_OPTIONS = ("fov", "near", "far", "atol", "rtol", "erode_rgb")
 SAMPLER_OPTIONS = ("sampler", "sampler_uncond", "sampler_cond", "steps_uncond", "steps_cond")
+COMPILE_HELP = "torch.compile the fast U-Nets: minutes per batch shape first, for runs of hundreds of instances."
 
 
 def sample(
@@ -65,12 +66,7 @@ def sample(
     official_unet: Annotated[
         bool, typer.Option(help="Evaluate the U-Nets as the official code does (slower; the fast path is within 1e-4).")
     ] = False,
-    compile: Annotated[
-        bool,
-        typer.Option(
-            "--compile", help="torch.compile the fast U-Nets: minutes per batch shape first, for runs of hundreds."
-        ),
-    ] = False,
+    compile: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Sample multi-view scenes: view 0 from G_u, every further view from G_c conditioned on all previous ones.
 
