@@ -205,15 +205,20 @@ def plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullLocator, StrMethodFormatter
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     fid_label = "FID (G_u), same seeds ↓"
     for axis, key, label in ((axes[0], "fid_same_n", fid_label), (axes[1], "psnr_all", "novel-view PSNR (G_c) ↑")):
-        for record in records:
-            if key in record:
-                axis.scatter(record["evals_instance"], record[key])
-                axis.annotate(record["setting"], (record["evals_instance"], record[key]), fontsize=8)
+        for i, record in enumerate(r for r in records if key in r):
+            point = (record["evals_instance"], record[key])
+            axis.scatter(*point)  # labels alternate above and below: settings may share a point
+            offset = (4, 4) if i % 2 == 0 else (4, -10)
+            axis.annotate(record["setting"], point, xytext=offset, textcoords="offset points", fontsize=8)
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        axis.xaxis.set_minor_locator(NullLocator())
         axis.set_xlabel("U-Net evaluations per 3x9 instance")
         axis.set_ylabel(label)
     figure.tight_layout()

@@ -340,7 +340,7 @@ NOT_RUN = {
     "tests/test_demo.py::test_quick_demo_shows_every_class_and_measures_it",
     "iterview demo --out demo --train": "hours of training; the reduced run is "
     "tests/test_demo.py::test_demo_trains_from_scratch_with_the_synth_recipe",
-    "python benchmarks/bench_quality.py --bench data/bench --official-images 250 --out bench-quality --settings "
+    "python benchmarks/bench_quality.py --bench data/bench --official-images 1000 --out bench-quality --settings "
     "official_cond,fast,unipc10_window,unipc6_window,ddim10_window,dpmpp20,ddim10,official_uncond": (
         "the full measurement takes hours on a CPU; its --quick mode runs in "
         "tests/test_benchmarks.py::test_benchmark_quick_mode_prints_one_json_line"
