@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,14 @@ def reference() -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """A test that compiles starts and ends with no compiled graphs and no shapes dynamo remembers from others."""
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
 
 
 @pytest.fixture(scope="module")

@@ -255,6 +255,7 @@ def test_fast_inference_path_keeps_the_official_cond_unet_outputs(reference, con
 
 
 @torch.no_grad()
+@pytest.mark.usefixtures("fresh_dynamo")
 def test_compiled_inference_path_keeps_the_official_cond_unet_outputs(reference, cond_io):
     """`compile_for_inference` (torch.compile of the fast path, weights frozen into the graph) on the official G_c
     weights: fp32 outputs within 1e-4 of the official ones."""

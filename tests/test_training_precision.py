@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from torch import nn
 
 import iterview.training.trainer as trainer
 from iterview.data.synth import write_synth_dataset
-from iterview.models.checkpoint import load_model
+from iterview.models.adm import compile_for_inference
+from iterview.models.checkpoint import build_model, load_model
 from iterview.training.config import TrainConfig
 from iterview.training.state import checkpoint_path
 from tests.test_training import losses, small_config
@@ -223,12 +225,6 @@ def test_channels_last_run_matches_a_contiguous_one(synth, tmp_path, precision, 
     assert (outputs[0] - outputs[1]).abs().max() <= tolerance * outputs[0].abs().max()
 
 
-@pytest.fixture
-def fresh_dynamo() -> Iterator[None]:
-    yield
-    torch.compiler.reset()  # drop the compiled graphs: later tests build other models
-
-
 def spy_on_prepared_model(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
     """Records the prepared model of every run."""
     real_setup, prepared = trainer.setup_run, []
@@ -248,8 +244,14 @@ def test_compiled_training_matches_eager_and_resumes(synth, tmp_path, monkeypatc
     """compile: true trains an inductor-compiled model (the first compile takes 1-3 minutes on a 2-core CPU; the
     resumed run reuses the compiled graphs). Inductor's fused kernels round differently from eager ones: measured
     over 6 steps, losses within 1.2e-7 (relative) and weights within 2.2e-6 of the eager run's; a compiled run killed
-    in step 5 and resumed ends bit-identical to an uninterrupted compiled one."""
+    in step 5 and resumed ends bit-identical to an uninterrupted compiled one. An inference compile of the same
+    U-Net code at other shapes first (as `iterview sample --compile` in this process) must not make the training
+    graphs symbolic in their sizes (inductor failed on them)."""
     config = small_config(synth, max_steps=6, save_every=3, keep_last=None)
+    other = replace(config.model, image_size=2 * config.model.image_size)
+    with torch.no_grad():
+        x = torch.randn(1, other.in_channels, other.image_size, other.image_size)
+        compile_for_inference(build_model(other))(x, torch.tensor([5]), torch.tensor([0]))
     trainer.train(config, tmp_path / "eager", progress=False)
     compiled = small_config(synth, max_steps=6, save_every=3, keep_last=None, compile=True)
     prepared = spy_on_prepared_model(monkeypatch)

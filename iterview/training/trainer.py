@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import ProjectConfiguration, is_tensorboard_available
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, is_tensorboard_available
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from tqdm.auto import tqdm
@@ -66,7 +66,7 @@ def train(
         cpu=cpu,
         log_with="tensorboard" if is_tensorboard_available() else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "tensorboard")),
-        dynamo_backend="inductor" if config.compile else "no",
+        dynamo_plugin=_dynamo_plugin(config.compile),
     )
     if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         _enable_cpu_fp16(accelerator)
@@ -75,6 +75,12 @@ def train(
     finally:
         accelerator.end_training()
         AcceleratorState._reset_state()  # so a later train() in this process may pick another precision
+
+
+def _dynamo_plugin(compile: bool) -> TorchDynamoPlugin:
+    """Inductor with static shapes when compiling: the batch size is fixed, and a shape dynamo saw change in an
+    earlier compile of the same code (e.g. `compile_for_inference` in this process) must not make it symbolic."""
+    return TorchDynamoPlugin(backend="inductor", dynamic=False) if compile else TorchDynamoPlugin(backend="no")
 
 
 def _enable_cpu_fp16(accelerator: Accelerator) -> None:
