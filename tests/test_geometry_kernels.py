@@ -1,6 +1,10 @@
 """The compiled CPU kernels (numba) against the plain PyTorch path they replace: same fragments, same
 interpolation, same aggregation, whatever the thread count."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -133,3 +137,35 @@ def test_backend_choice():
         use_kernels(torch.device("cpu"), "opengl")
     with pytest.raises(ValueError, match="CPU tensors"):
         use_kernels(torch.device("meta"), "numba")
+
+
+FAULTS_PER_WARP = """
+import resource, torch
+from iterview.geometry import raster_kernels
+from iterview.geometry.cameras import orbit_camera
+from iterview.geometry.warp import forward_backward_warp
+y, x = torch.meshgrid(torch.linspace(-1, 1, 128), torch.linspace(-1, 1, 128), indexing="ij")
+rgbd = torch.stack([x.abs(), y.abs(), (x * y).abs(), 0.5 + 0.3 * (x.square() + y.square() < 0.3)])[None]
+side = orbit_camera(torch.tensor([0.15]), torch.tensor([0.05]))
+for _ in range(3):
+    forward_backward_warp(rgbd, side)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    forward_backward_warp(rgbd, side)
+print(raster_kernels.keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and Linux page-fault counts")
+def test_warps_reuse_freed_memory_instead_of_faulting_in_new_pages():
+    def faults(**env: str) -> tuple[str, float]:
+        environment = {**os.environ, **env, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_WARP], env=environment, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        applied, count = out.stdout.split()
+        return applied, float(count)
+
+    assert faults() == ("True", pytest.approx(0, abs=150))
+    glibc_defaults = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    applied, count = faults(**glibc_defaults)  # the user's own setting wins: pages are faulted in every call
+    assert applied == "False" and count > 500
