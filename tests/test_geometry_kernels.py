@@ -165,7 +165,8 @@ def test_warps_reuse_freed_memory_instead_of_faulting_in_new_pages():
         applied, count = out.stdout.split()
         return applied, float(count)
 
-    assert faults() == ("True", pytest.approx(0, abs=150))
-    glibc_defaults = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    applied, count = faults(**glibc_defaults)  # the user's own setting wins: pages are faulted in every call
-    assert applied == "False" and count > 500
+    applied, count = faults()
+    assert applied == "True" and count < 400  # 1-180 measured, ~1,400 before
+    small_thresholds = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+    applied, count = faults(**small_thresholds)  # the process's own setting wins: buffers are mapped afresh
+    assert applied == "False" and count > 2000
