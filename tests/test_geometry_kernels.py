@@ -10,7 +10,7 @@ import torch
 
 from iterview.geometry.aggregate import aggregate_render
 from iterview.geometry.cameras import orbit_camera
-from iterview.geometry.mesh import depth_to_mesh
+from iterview.geometry.mesh import depth_to_mesh, map_mesh
 from iterview.geometry.raster import interpolate, rasterize, use_kernels
 from iterview.geometry.warp import render_simple
 
@@ -69,9 +69,11 @@ def test_aggregation_kernel_matches_shade_view_and_the_compositor():
     generator = torch.Generator().manual_seed(3)
     meshes = [depth_to_mesh(depth[k : k + 1], sources[k : k + 1], **INFERENCE_MESH) for k in range(3)]
     textures = [torch.rand(1, 3, 20, 20, generator=generator) for _ in range(3)]
-    target = orbit_camera(torch.tensor([0.2]), torch.tensor([0.05]))
-    reference = aggregate_render(meshes, textures, target, 60, backend="torch")
-    compiled = aggregate_render(meshes, textures, target, 60, backend="numba")
+    targets = orbit_camera(torch.tensor([0.2, -0.25]), torch.tensor([0.05, 0.1]))  # a batch: bands span both
+    meshes = [map_mesh(mesh, lambda v: v.expand(2, *v.shape[1:])) for mesh in meshes]
+    textures = [texture.expand(2, -1, -1, -1) for texture in textures]
+    reference = aggregate_render(meshes, textures, targets, 60, backend="torch")
+    compiled = aggregate_render(meshes, textures, targets, 60, backend="numba")
     assert reference.mask_depth.float().mean() > 0.5 and not reference.mask_depth.all()
     assert torch.equal(compiled.mask_color, reference.mask_color)
     assert torch.equal(compiled.mask_depth, reference.mask_depth)
@@ -96,6 +98,17 @@ def test_simple_render_kernel_matches_rasterize_interpolate_and_sample_nearest()
     # the barycentrics may differ in their last bits (see above): a uv on a texel border may pick its neighbour
     assert (compiled.color != reference.color).any(1).float().mean() < 0.002
     assert not compiled.color[1].any()  # back faces are black
+
+
+def test_bands_are_dealt_out_spread_over_the_image():
+    from iterview.geometry.raster_kernels import spread
+
+    for count in (1, 2, 7, 8, 16, 640):
+        order = [spread(i, count) for i in range(count)]
+        assert sorted(order) == list(range(count))
+        if count >= 8:  # a thread's run of consecutive bands reaches both halves of the image
+            first_half = order[: count // 2]
+            assert min(first_half) < count // 4 and max(first_half) >= 3 * count // 4
 
 
 def test_kernels_give_the_same_result_on_any_thread_count():

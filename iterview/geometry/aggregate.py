@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from iterview.geometry.cameras import camera_center, check_modelview, linear_to_zbuffer
@@ -20,9 +21,9 @@ from iterview.geometry.raster import (
     Backend,
     interpolate,
     kernel_loop,
-    nearest_faces,
     rasterize,
     sample_nearest,
+    triangle_setup,
     use_kernels,
     window_to_linear,
 )
@@ -239,32 +240,31 @@ def _shade_and_composite(
     near: float,
     far: float,
 ) -> None:
-    """shade_view followed by compositor.add in one compiled pass over the pixels (CPU, numba)."""
+    """shade_view followed by compositor.add in one compiled pass, band of rows by band (CPU, numba)."""
     from iterview.geometry import aggregate_kernels, raster_kernels
 
     discard, attributes = _shading_inputs(mesh)
-    drawn = torch.ones_like(discard)
-    nearest = nearest_faces(mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, drawn, discard)
-    batch = len(texture)
-    inputs = (
-        nearest.face,
-        nearest.zbuffer,
-        nearest.planes,
-        nearest.front,
-        mesh.faces,
-        attributes,
-        texture,
-        camera_center(mesh.modelview).to(torch.float32),
+    setup = triangle_setup(
+        mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, torch.ones_like(discard), discard
     )
+    batch = len(texture)
+    centre = camera_center(mesh.modelview).to(torch.float32)
+    inputs = (setup.planes, setup.front, mesh.faces, attributes, texture, centre)
+    scratch = (np.empty((batch, size, size), dtype=np.int64), np.empty((batch, size, size), dtype=np.float32))
     accumulators = (
         compositor.color.view(batch, 4, -1),
         compositor.depth.view(batch, 2, -1),
         compositor.count_color.view(batch, -1),
         compositor.count_depth.view(batch, -1),
     )
-    with raster_kernels.running_on(torch.get_num_threads()):
-        aggregate_kernels.shade_and_composite(
-            *(t.contiguous().numpy() for t in inputs), *(t.numpy() for t in accumulators)
+    threads = torch.get_num_threads()
+    with raster_kernels.running_on(threads):
+        aggregate_kernels.draw_and_composite(
+            setup.table,
+            *(t.contiguous().numpy() for t in inputs),
+            *scratch,
+            *(t.numpy() for t in accumulators),
+            min(size, 4 * threads),
         )
 
 

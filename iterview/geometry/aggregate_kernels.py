@@ -11,7 +11,7 @@ import math
 import numba
 import numpy as np
 
-from iterview.geometry.raster_kernels import pixel_barycentrics
+from iterview.geometry.raster_kernels import draw_band, pixel_barycentrics, spread
 
 # The constants of `aggregate`, as the float32 values the PyTorch path compares and multiplies with.
 _ANGLE_FALLOFF = np.float32(20.0)
@@ -48,46 +48,60 @@ def _view_weight(values: np.ndarray, centre: np.ndarray) -> np.float32:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def shade_and_composite(
-    face: np.ndarray,
-    zbuffer: np.ndarray,
+def draw_and_composite(
+    table: np.ndarray,
     planes: np.ndarray,
     front: np.ndarray,
     faces: np.ndarray,
     attributes: np.ndarray,
     texture: np.ndarray,
     centre: np.ndarray,
+    face: np.ndarray,
+    zbuffer: np.ndarray,
     color: np.ndarray,
     depth: np.ndarray,
     count_color: np.ndarray,
     count_depth: np.ndarray,
+    bands: int,
 ) -> None:
-    """Composite one view into the accumulators in place.
+    """Depth-test one view and composite its nearest fragments into the accumulators in place, band of rows by
+    band: the thread that depth-tests a band shades it while its buffers are in cache, and bands are dealt out
+    spread over the image (`spread`), whose rows differ in cost.
 
-    face, zbuffer: (B, S, S) the view's nearest faces (`raster.NearestFaces`); planes: (3, 4, B F) and front
-    (B F,) per face; faces: (B, F, 3); attributes: (B, V, 11) uv, edge, padding, eroded, normal, position;
-    texture: (B, 3, N, N); centre: (B, 3) the view's camera centre. Accumulators: color (B, 4, S²) Σ rgb·w, Σ w;
-    depth (B, 2, S²) Σ d·w_d, Σ w_d; count_color, count_depth (B, S²) int32.
+    table: (19, T) the view's triangles (`raster_kernels.setup_triangles`); planes: (3, 4, B F) and front (B F,)
+    per face; faces: (B, F, 3); attributes: (B, V, 11) uv, edge, padding, eroded, normal, position; texture:
+    (B, 3, N, N); centre: (B, 3) the view's camera centre. face (B, S, S) int64 and zbuffer (B, S, S) float32:
+    scratch for the depth test. Accumulators: color (B, 4, S²) Σ rgb·w, Σ w; depth (B, 2, S²) Σ d·w_d, Σ w_d;
+    count_color, count_depth (B, S²) int32.
     """
-    size = face.shape[-1]
-    for b in range(face.shape[0]):
-        for row in numba.prange(size):
-            _composite_row(
-                b,
-                row,
-                face,
-                zbuffer,
-                planes,
-                front,
-                faces,
-                attributes,
-                texture,
-                centre,
-                color,
-                depth,
-                count_color,
-                count_depth,
-            )
+    batch, size = face.shape[0], face.shape[-1]
+    flat_face, flat_zbuffer = face.reshape(-1), zbuffer.reshape(-1)
+    for part in numba.prange(bands):
+        band = spread(part, bands)
+        low, high = band * size // bands, (band + 1) * size // bands - 1  # sample rows, window y up
+        for b in range(batch):
+            for row in range(size - 1 - high, size - low):
+                face[b, row, :] = -1
+                zbuffer[b, row, :] = np.inf
+        draw_band(table, low, high, size, flat_zbuffer, flat_face)
+        for b in range(batch):
+            for row in range(size - 1 - high, size - low):
+                _composite_row(
+                    b,
+                    row,
+                    face,
+                    zbuffer,
+                    planes,
+                    front,
+                    faces,
+                    attributes,
+                    texture,
+                    centre,
+                    color,
+                    depth,
+                    count_color,
+                    count_depth,
+                )
 
 
 @numba.njit(cache=True, nogil=True)
@@ -107,7 +121,7 @@ def _composite_row(
     count_color: np.ndarray,
     count_depth: np.ndarray,
 ) -> None:
-    """shade_and_composite over one image row of batch element b."""
+    """Composite image row `row` of batch element b (see draw_and_composite)."""
     size, texels, num_faces = face.shape[-1], texture.shape[-1], faces.shape[1]
     values = np.empty(attributes.shape[2], dtype=np.float32)
     half = np.float32(2.0 / size)

@@ -274,23 +274,49 @@ def nearest_faces(
     for shaders that form them as they shade. Inputs as `rasterize`, already validated; face_mask and
     discard_back: (B, F) bool."""
     kernels = _kernels()
+    setup = triangle_setup(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
+    batch = faces.shape[0]
+    face = torch.full((batch, size, size), -1, dtype=torch.int64)
+    zbuffer = torch.full((batch, size, size), math.inf)
+    with kernels.running_on(torch.get_num_threads()):
+        kernels.draw_table(setup.table, size, *_numpy(zbuffer.view(-1), face.view(-1)))
+    return NearestFaces(face=face, zbuffer=zbuffer, planes=setup.planes, front=setup.front)
+
+
+@dataclass
+class TriangleSetup:
+    """What the compiled depth test needs of a mesh seen from a camera: table (19, T) float64, the triangles
+    set up for `raster_kernels.draw_band`; planes and front per face, as in `NearestFaces`."""
+
+    table: np.ndarray
+    planes: torch.Tensor
+    front: torch.Tensor
+
+
+def triangle_setup(
+    position: torch.Tensor,
+    faces: torch.Tensor,
+    modelview: torch.Tensor,
+    size: int,
+    fov: float,
+    near: float,
+    far: float,
+    face_mask: torch.Tensor,
+    discard_back: torch.Tensor,
+) -> TriangleSetup:
+    """Culling, clipping, facing and setup of `nearest_faces`, for kernels that depth-test band by band."""
+    kernels = _kernels()
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far)
     corners = torch.empty(4, 3, batch * num_faces)
-    result = NearestFaces(
-        face=torch.full((batch, size, size), -1, dtype=torch.int64),
-        zbuffer=torch.full((batch, size, size), math.inf),
-        planes=torch.empty(3, 4, batch * num_faces),
-        front=torch.empty(batch * num_faces, dtype=torch.bool),
-    )
+    planes, front = torch.empty(3, 4, batch * num_faces), torch.empty(batch * num_faces, dtype=torch.bool)
     with kernels.running_on(torch.get_num_threads()):
         status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
-        kernels.face_planes(*_numpy(corners, result.planes, result.front))
+        kernels.face_planes(*_numpy(corners, planes, front))
         triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
-        drawn_back = result.front | ~discard_back.reshape(-1)
-        depth_test = _numpy(result.zbuffer.view(-1), result.face.view(-1))
-        kernels.draw_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size, *depth_test)
-    return result
+        drawn_back = front | ~discard_back.reshape(-1)
+        table = kernels.setup_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size)
+    return TriangleSetup(table=table, planes=planes, front=front)
 
 
 def _draw_compiled(

@@ -108,25 +108,22 @@ def face_planes(corners: np.ndarray, planes: np.ndarray, front: np.ndarray) -> N
         front[t] = x0 * (y1 * w2 - w1 * y2) - y0 * (x1 * w2 - w1 * x2) + w0 * (x1 * y2 - y1 * x2) > 0
 
 
-def draw_triangles(
-    triangles: np.ndarray,
-    owner: np.ndarray,
-    drawn: np.ndarray,
-    drawn_back: np.ndarray,
-    num_faces: int,
-    size: int,
-    depth: np.ndarray,
-    face: np.ndarray,
-) -> None:
-    """Set up and depth-test the (4, 3, T) float32 clip-space triangles into depth (B S²,) float32 (+inf where
-    empty) and face (B S²,) int64, as `raster._setup_triangles` and the candidates' depth test of the torch path.
-    owner: (T,) flat face index b F + f; drawn: (T,) bool, False for triangles to skip; drawn_back: (B F,) False
-    for faces to discard where back-facing. The nearest fragment wins; equal depths go to the lower face index
-    (GL's strict '<' in draw order).
-    """
+def draw_table(table: np.ndarray, size: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test the triangles of `setup_triangles` into depth (B S²,) float32 (+inf where empty) and face (B S²,)
+    int64, as the candidates' depth test of the torch path: the nearest fragment wins; equal depths go to the
+    lower face index (GL's strict '<' in draw order)."""
+    _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
+
+
+def setup_triangles(
+    triangles: np.ndarray, owner: np.ndarray, drawn: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int
+) -> np.ndarray:
+    """The table (19, T) that `draw_table` and `draw_band` depth-test, of the (4, 3, T) float32 clip-space
+    triangles, as `raster._setup_triangles`. owner: (T,) flat face index b F + f; drawn: (T,) bool, False for
+    triangles to skip; drawn_back: (B F,) False for faces to discard where back-facing."""
     table = np.empty((_TABLE_ROWS, triangles.shape[2]))
     _setup_table(triangles, owner, drawn, drawn_back, num_faces, size, table)
-    _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
+    return table
 
 
 # Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
@@ -145,7 +142,7 @@ def _setup_table(
     size: int,
     table: np.ndarray,
 ) -> None:
-    """Fill table (19, T) for the triangles (see draw_triangles); a triangle not drawn gets no rows."""
+    """Fill table (19, T) for the triangles (see setup_triangles); a triangle not drawn gets no rows."""
     half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
     for t in numba.prange(triangles.shape[2]):
         table[12, t], table[13, t] = 0.0, -1.0
@@ -224,11 +221,16 @@ def _draw_table(table: np.ndarray, size: int, parts: int, depth: np.ndarray, fac
     """Depth-test every triangle of the table. The sample rows are cut into `parts` bands that threads take
     whole, so none writes another's pixels; each walks all triangles over its band."""
     for part in numba.prange(parts):
-        low, high = part * size // parts, (part + 1) * size // parts - 1
-        for t in range(table.shape[1]):
-            first, last = max(table[12, t], low), min(table[13, t], high)
-            if first <= last:
-                _draw_rows(table[:, t], first, last, size, depth, face)
+        draw_band(table, part * size // parts, (part + 1) * size // parts - 1, size, depth, face)
+
+
+@numba.njit(cache=True, nogil=True)
+def draw_band(table: np.ndarray, low: int, high: int, size: int, depth: np.ndarray, face: np.ndarray) -> None:
+    """Depth-test every triangle of the table over sample rows [low, high] (window y, up) only."""
+    for t in range(table.shape[1]):
+        first, last = max(table[12, t], low), min(table[13, t], high)
+        if first <= last:
+            _draw_rows(table[:, t], first, last, size, depth, face)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -286,7 +288,7 @@ def resolve_pixels(
     bary: np.ndarray,
     front: np.ndarray,
 ) -> None:
-    """Finish draw_triangles' buffers in place: face -1 and depth 1 where empty; bary (3, B S²) float32
+    """Finish draw_table's buffers in place: face -1 and depth 1 where empty; bary (3, B S²) float32
     perspective-correct barycentrics at the pixel centres (0 where empty); front (B S²,) bool.
     planes: (3, 4, B F) float32 x, y and constant coefficients of the three 2D homogeneous barycentric planes and
     of their sum; front_table: (B F,) bool."""
@@ -318,7 +320,7 @@ def shade_simple(
     color: np.ndarray,
     mask: np.ndarray,
 ) -> None:
-    """The official SimpleRenderer's shading of draw_triangles' buffers (depth, face: (B S²,)), as
+    """The official SimpleRenderer's shading of draw_table's buffers (depth, face: (B S²,)), as
     `warp.render_simple` computes it from `resolve_pixels`, `interpolate_pixels` and `raster.sample_nearest`:
     depth 1 where empty; color (B, 3, S²) the nearest texel (clamped) at the interpolated uv of front
     fragments, 0 elsewhere; mask (B S²,) front fragments whose interpolated edge flag is <= 0.999.
@@ -347,6 +349,17 @@ def shade_simple(
             for c in range(3):
                 color[b, c, q] = texture[b, c, texel_row, texel_column]
             mask[p] = edge <= np.float32(0.999)
+
+
+@numba.njit(cache=True, nogil=True)
+def spread(index: int, count: int) -> int:
+    """The index-th of a permutation of range(count) that spreads any run of consecutive indices over the whole
+    range (a step coprime with count near count / golden ratio): prange hands each thread a run of consecutive
+    iterations, and bands of image rows differ in cost (an empty sky, a dense object)."""
+    step = max(1, int(count * 0.6180339887))
+    while math.gcd(step, count) != 1:
+        step += 1
+    return index * step % count
 
 
 @numba.njit(cache=True, nogil=True)
