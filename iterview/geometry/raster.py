@@ -259,23 +259,10 @@ class NearestFaces:
     front: torch.Tensor
 
 
-def nearest_faces(
-    position: torch.Tensor,
-    faces: torch.Tensor,
-    modelview: torch.Tensor,
-    size: int,
-    fov: float,
-    near: float,
-    far: float,
-    face_mask: torch.Tensor,
-    discard_back: torch.Tensor,
-) -> NearestFaces:
+def nearest_faces(setup: TriangleSetup, batch: int, size: int) -> NearestFaces:
     """The depth test of `rasterize` with the compiled kernels (CPU, numba), without the per-pixel barycentrics:
-    for shaders that form them as they shade. Inputs as `rasterize`, already validated; face_mask and
-    discard_back: (B, F) bool."""
+    for shaders that form them as they shade. setup: `triangle_setup` of the batch's meshes."""
     kernels = _kernels()
-    setup = triangle_setup(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
-    batch = faces.shape[0]
     face = torch.full((batch, size, size), -1, dtype=torch.int64)
     zbuffer = torch.full((batch, size, size), math.inf)
     with kernels.running_on(torch.get_num_threads()):
@@ -304,7 +291,8 @@ def triangle_setup(
     face_mask: torch.Tensor,
     discard_back: torch.Tensor,
 ) -> TriangleSetup:
-    """Culling, clipping, facing and setup of `nearest_faces`, for kernels that depth-test band by band."""
+    """Culling, clipping, facing and setup of the compiled depth test (`nearest_faces`, or kernels that
+    depth-test band by band). Inputs as `rasterize`, already validated; face_mask and discard_back: (B, F) bool."""
     kernels = _kernels()
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far)
@@ -332,7 +320,8 @@ def _draw_compiled(
 ) -> Fragments:
     """_rasterize_group with the compiled kernels: the same culling, clipping (in PyTorch: few triangles need
     it), facing, setup, depth test and barycentrics."""
-    nearest = nearest_faces(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
+    setup = triangle_setup(position, faces, modelview, size, fov, near, far, face_mask, discard_back)
+    nearest = nearest_faces(setup, faces.shape[0], size)
     kernels = _kernels()
     bary = torch.empty(3, *nearest.face.shape)
     front = torch.empty(nearest.face.shape, dtype=torch.bool)

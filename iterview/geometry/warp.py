@@ -22,6 +22,7 @@ from iterview.geometry.raster import (
     nearest_faces,
     rasterize,
     sample_nearest,
+    triangle_setup,
     use_kernels,
     window_to_linear,
 )
@@ -116,9 +117,10 @@ def _render_simple_compiled(
     for b in range(batch):
         one = slice(b, b + 1)
         faces = mesh.faces[one]
-        nearest = nearest_faces(
+        setup = triangle_setup(
             mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
         )
+        nearest = nearest_faces(setup, 1, size)
         buffers = (nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front)
         with raster_kernels.running_on(torch.get_num_threads()):
             raster_kernels.shade_simple(
