@@ -166,9 +166,9 @@ def test_compositor_rules():
     assert result.mask_depth[0, 0, 0].tolist() == [True, False, False, True, True, True, False]
 
 
-def test_identity_conditions_return_the_view():
+def test_identity_conditions_return_the_view(warping):
     g = torch.Generator().manual_seed(0)
-    size = 32
+    size = size_of(warping, "infer_rgbd0")
     y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     depth = torch.where((x.abs() < 0.3) & (y.abs() < 0.3), 1.0, 1.6 + 0.05 * x)[None]
     color = 0.5 + 0.3 * torch.sin(2 * x + torch.rand(3, 1, 1, generator=g) * 6)[None]

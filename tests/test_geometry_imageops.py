@@ -57,11 +57,13 @@ def test_lanczos_equals_pil_bit_for_bit(seed, height, width, size, channels):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_lanczos_ssaa3_batch_equals_pil(device):
-    image = torch.rand(3, 3, 192, 192, generator=torch.Generator().manual_seed(1))
-    ours = lanczos_downsample(image.to(device), 64).cpu()
+def test_lanczos_ssaa3_batch_equals_pil(warping, device):
+    cam = indices(warping, r"fbw_cam(\d+)_color")[0]  # the warp's supersampled render and its image size
+    render, size = size_of(warping, f"fbw_cam{cam}_pass1_color"), size_of(warping, f"fbw_cam{cam}_color")
+    image = torch.rand(3, 3, render, render, generator=torch.Generator().manual_seed(1))
+    ours = lanczos_downsample(image.to(device), size).cpu()
     for b in range(3):
-        assert torch.equal(ours[b], pil_lanczos(image[b], 64))
+        assert torch.equal(ours[b], pil_lanczos(image[b], size))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -139,8 +139,8 @@ def test_identity_render_reproduces_the_input_with_a_full_mask(size, seed, paddi
 
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2**16))
-def test_identity_forward_backward_warp_keeps_all_but_edges_and_the_outer_ring(seed):
-    size = 32
+def test_identity_forward_backward_warp_keeps_all_but_edges_and_the_outer_ring(meta, seed):
+    size = meta["image_size"]
     rgbd = smooth_scene(size, seed)
     result = forward_backward_warp(rgbd, orbit_camera(torch.zeros(1), torch.zeros(1)))
     near_edge = ~erode(depth_edge(rgbd[:, 3:], 0.02, 0.02), 5)
@@ -161,8 +161,8 @@ def test_identity_forward_backward_warp_keeps_all_but_edges_and_the_outer_ring(s
 
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2**16), yaw=st.floats(-0.2, 0.2), pitch=st.floats(-0.15, 0.15))
-def test_warp_to_a_camera_and_back_returns_the_input_where_kept(seed, yaw, pitch):
-    size = 32
+def test_warp_to_a_camera_and_back_returns_the_input_where_kept(meta, seed, yaw, pitch):
+    size = meta["image_size"]
     rgbd = smooth_scene(size, seed, edge=False)
     result = forward_backward_warp(rgbd, orbit_camera(torch.tensor([yaw]), torch.tensor([pitch])))
     valid = result.mask.bool()
@@ -195,10 +195,10 @@ def hidden_from(side: torch.Tensor, depth: torch.Tensor, front: torch.Tensor) ->
 
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 2**16), yaw=st.sampled_from([-0.3, -0.2, 0.2, 0.3]), pitch=st.floats(-0.1, 0.1))
-def test_warp_and_back_with_depth_edges_drops_what_the_side_camera_cannot_see(seed, yaw, pitch):
+def test_warp_and_back_with_depth_edges_drops_what_the_side_camera_cannot_see(meta, seed, yaw, pitch):
     """A box in front of a backdrop: backdrop pixels the box hides from the side camera (exact geometry) come back
     as holes, and every pixel kept comes back with its own depth and colour, not the box's."""
-    size = 32
+    size = meta["image_size"]
     rgbd = smooth_scene(size, seed, edge=True)
     front = orbit_camera(torch.zeros(1), torch.zeros(1))
     side = orbit_camera(torch.tensor([yaw]), torch.tensor([pitch]))
