@@ -101,6 +101,20 @@ def test_training_loss_is_eps_mse_and_reproducible():
     torch.testing.assert_close(weighted, expected, rtol=1e-6, atol=0)
 
 
+def test_depth_weighted_loss_weighs_the_last_channel():
+    schedule = DiffusionSchedule.linear(1000)
+    noise, t = torch.zeros(2, 4, 3, 3), torch.tensor([10, 900])
+    eps = torch.zeros(2, 4, 3, 3)
+    eps[:, 0], eps[:, 3] = 1.0, 2.0  # squared errors: 1 in colour channel 0, 4 in depth
+    assert schedule.eps_loss(eps, noise, t).item() == 5 / 4
+    # weights 1, 1, 1, 4 scaled to average 1: (1 + 4 · 4) / 7 per pixel, the mean over the 4 channels of it
+    assert schedule.eps_loss(eps, noise, t, depth_weight=4.0).item() == pytest.approx((1 + 16) / 7)
+    gamma = 5.0
+    snr = (schedule.alphas_cumprod / (1 - schedule.alphas_cumprod))[t]
+    both = schedule.eps_loss(eps, noise, t, min_snr_gamma=gamma, depth_weight=4.0)
+    assert both.item() == pytest.approx((1 + 16) / 7 * (snr.clamp(max=gamma) / snr).mean().item())
+
+
 def test_cfg_of_toy_model_matches_official(trajectories):
     t = torch.full((2,), 500)
     eps = classifier_free(toy_network, trajectories["cfg_classes"], 3.0)(trajectories["x_T"], t)

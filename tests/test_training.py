@@ -15,6 +15,7 @@ import iterview.training.trainer as trainer
 from iterview.cli import app
 from iterview.config import ADMConfig
 from iterview.data.synth import write_synth_dataset
+from iterview.diffusion.schedule import DiffusionSchedule, randn_like
 from iterview.models.checkpoint import load_model, read_state_dict
 from iterview.training.config import load_config
 from iterview.training.state import checkpoint_dirs
@@ -116,6 +117,21 @@ def test_cosine_schedule_anneals_the_learning_rate_to_zero(synth, tmp_path):
     assert logged == pytest.approx([trainer.learning_rate_at(config, step) for step in range(8)])
     constant = small_config(synth, "tiny", max_steps=8, learning_rate=1e-3)
     assert {trainer.learning_rate_at(constant, step) for step in range(9)} == {1e-3}
+
+
+def test_training_loss_weighs_the_depth_channel_as_configured():
+    config = load_config(preset="tiny", overrides=["depth_loss_weight=3", "p_uncond=0"])
+    schedule, x0 = DiffusionSchedule.linear(config.timesteps), torch.rand(2, 4, 8, 8)
+
+    def zero(x: torch.Tensor, t: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        return torch.zeros_like(x)  # ε = 0: the loss is the weighted noise²
+
+    loss = trainer.loss_of(zero, {"x_0": x0}, schedule, config, torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)  # the draws of loss_of: t, then the noise
+    torch.randint(0, config.timesteps, (2,), generator=replay)
+    noise = randn_like(x0, replay)
+    weights = torch.tensor([1.0, 1.0, 1.0, 3.0]).view(1, 4, 1, 1) * 4 / 6
+    torch.testing.assert_close(loss, (noise.square() * weights).mean())
 
 
 def test_official_checkpoint_initialises_g_c(synth, reference, tmp_path):

@@ -72,6 +72,8 @@ def test_round_trip_through_a_saved_file(tmp_path):
         (["batch_size=2.5"], "batch_size must be an integer"),
         (["learning_rate=fast"], "learning_rate must be a number"),
         (["lr_schedule=linear"], "lr_schedule must be one of"),
+        (["depth_loss_weight=0"], "depth_loss_weight must be > 0"),
+        (["depth_loss_weight=nan"], "depth_loss_weight must be > 0"),
     ],
 )
 def test_bad_values_raise_clear_errors(overrides, message):

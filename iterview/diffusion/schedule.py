@@ -141,11 +141,22 @@ class DiffusionSchedule:
         return self.eps_loss(model_fn(self.q_sample(x0, t, noise), t), noise, t, min_snr_gamma)
 
     def eps_loss(
-        self, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, min_snr_gamma: float | None = None
+        self,
+        eps: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        min_snr_gamma: float | None = None,
+        depth_weight: float = 1.0,
     ) -> torch.Tensor:
-        """ε-MSE of a prediction eps against the noise that made x_t (both (B, ...); t: (B,)), in float32, mean
-        over all elements; with min_snr_gamma each sample is weighted by min(SNR, γ) / SNR. Returns a scalar."""
+        """ε-MSE of a prediction eps against the noise that made x_t (both (B, C, ...); t: (B,)), in float32, mean
+        over all elements; with min_snr_gamma each sample is weighted by min(SNR, γ) / SNR. depth_weight weighs
+        the last (depth) channel against the others, the channel weights averaging 1. Returns a scalar."""
         error = (eps.float() - noise.float()).square()
+        if depth_weight != 1.0:
+            channels = error.shape[1]
+            weights = torch.ones(channels, device=error.device)
+            weights[-1] = depth_weight
+            error = error * (weights * channels / weights.sum()).view(1, channels, *([1] * (error.ndim - 2)))
         if min_snr_gamma is None:
             return error.mean()
         snr = self.alphas_cumprod / (1 - self.alphas_cumprod)

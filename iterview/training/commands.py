@@ -10,7 +10,7 @@ import typer
 PRESET_NAMES = (
     "rgbd_imagenet_adm_128_large_cfg, rgbd_imagenet_adm_128_large_cond, rgbd_singlecategory_adm_128_small, "
     "rgbd_singlecategory_adm_128_small_cond, tiny, tiny_cond, synth_u, synth_c, synth_u_refine, synth_c_refine, "
-    "synth_u_anneal, synth_c_anneal"
+    "synth_u_anneal, synth_c_anneal, synth_c_depth"
 )
 
 

@@ -43,6 +43,7 @@ class TrainConfig:
     ema_rate: float = 0.9999
     ema_warmup: bool = False  # rate min(ema_rate, (1 + step) / (10 + step)), so a short run's EMA is not its init
     min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting; None = the official unweighted ε-MSE
+    depth_loss_weight: float = 1.0  # weight of the depth channel's ε-error against the colour channels' (official 1)
     p_uncond: float = 0.1  # label dropout to the null class -1, for classifier-free guidance
     mixed_precision: str = "no"
     grad_clip: float | None = None  # max global grad norm; None = no clipping (official)
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"ema_rate must be in [0, 1), found {self.ema_rate}")
         if not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"p_uncond must be in [0, 1], found {self.p_uncond}")
+        if not self.depth_loss_weight > 0.0:
+            raise ValueError(f"depth_loss_weight must be > 0, found {self.depth_loss_weight}")
 
     @property
     def inpaint(self) -> bool:
@@ -276,3 +279,5 @@ PRESETS: dict[str, TrainConfig] = {
 # The third stage (--init-from the second stage's EMA): the second stage's recipe, lr annealed to 0 by a cosine.
 PRESETS["synth_u_anneal"] = replace(PRESETS["synth_u_refine"], max_steps=5000, lr_schedule="cosine")
 PRESETS["synth_c_anneal"] = replace(PRESETS["synth_c_refine"], max_steps=3500, lr_schedule="cosine")
+# The fourth stage of G_c (--init-from the third stage's EMA): the depth channel's error weighted 4x, annealed again.
+PRESETS["synth_c_depth"] = replace(PRESETS["synth_c_anneal"], max_steps=5000, learning_rate=5e-4, depth_loss_weight=4.0)

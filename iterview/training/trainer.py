@@ -296,7 +296,8 @@ def loss_of(
     model_fn, x0 = conditioned_model(model, batch, config.p_uncond, generator), batch["x_0"]
     t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
     noise = randn_like(x0, generator)
-    return schedule.eps_loss(model_fn(schedule.q_sample(x0, t, noise), t), noise, t, config.min_snr_gamma)
+    eps = model_fn(schedule.q_sample(x0, t, noise), t)
+    return schedule.eps_loss(eps, noise, t, config.min_snr_gamma, config.depth_loss_weight)
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:
