@@ -153,10 +153,9 @@ class DiffusionSchedule:
         the last (depth) channel against the others, the channel weights averaging 1. Returns a scalar."""
         error = (eps.float() - noise.float()).square()
         if depth_weight != 1.0:
-            channels = error.shape[1]
-            weights = torch.ones(channels, device=error.device)
+            weights = torch.ones(error.shape[1], device=error.device)
             weights[-1] = depth_weight
-            error = error * (weights * channels / weights.sum()).view(1, channels, *([1] * (error.ndim - 2)))
+            error = error * (weights / weights.mean()).view(-1, *[1] * (error.ndim - 2))
         if min_snr_gamma is None:
             return error.mean()
         snr = self.alphas_cumprod / (1 - self.alphas_cumprod)
