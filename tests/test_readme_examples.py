@@ -266,12 +266,18 @@ CHAINS = (
                 extra=ONE_TRAINING_STEP,
             ),
             Step(
+                "iterview train --preset synth_c_depth --data data/bench/train --output runs/synth_c4 --cpu "
+                "--init-from runs/synth_c3",
+                _trained("runs/synth_c4"),
+                extra=ONE_TRAINING_STEP,
+            ),
+            Step(
                 "python -m iterview.eval.classifier data/bench/train data/bench/heldout runs/classifier",
                 ("runs/classifier/classifier.safetensors", "runs/classifier/config.json"),
                 extra="--epochs 1",
             ),
             Step(
-                "iterview demo --uncond runs/synth_u3 --cond runs/synth_c3",
+                "iterview demo --uncond runs/synth_u3 --cond runs/synth_c4",
                 ("demo/report.html", "demo/report.json"),
                 extra="--quick",
             ),
