@@ -124,7 +124,7 @@ def test_kernels_give_the_same_result_on_any_thread_count():
 def test_kernel_loops_give_pytorchs_threads_to_the_kernels():
     import numba
 
-    from iterview.geometry.raster_kernels import pytorch_on_one_thread, running_on
+    from iterview.geometry.raster_kernels import band_count, pytorch_on_one_thread, running_on
 
     torch.set_num_threads(2)  # the fixture restores the count
     kernel_threads = min(2, numba.config.NUMBA_NUM_THREADS)
@@ -132,6 +132,8 @@ def test_kernel_loops_give_pytorchs_threads_to_the_kernels():
         assert torch.get_num_threads() == 1
         with running_on(torch.get_num_threads()):
             assert numba.get_num_threads() == kernel_threads
+            assert band_count(640) == 4 * kernel_threads  # the kernel's threads, not PyTorch's one
+            assert band_count(3) == 3  # never more bands than rows
         with pytorch_on_one_thread(), running_on(1):  # nested: the outermost count stays
             assert (torch.get_num_threads(), numba.get_num_threads()) == (1, kernel_threads)
         assert torch.get_num_threads() == 1

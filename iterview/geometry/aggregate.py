@@ -257,14 +257,13 @@ def _shade_and_composite(
         compositor.count_color.view(batch, -1),
         compositor.count_depth.view(batch, -1),
     )
-    threads = torch.get_num_threads()
-    with raster_kernels.running_on(threads):
+    with raster_kernels.running_on(torch.get_num_threads()):
         aggregate_kernels.draw_and_composite(
             setup.table,
             *(t.contiguous().numpy() for t in inputs),
             *scratch,
             *(t.numpy() for t in accumulators),
-            min(size, 4 * threads),
+            raster_kernels.band_count(size),
         )
 
 

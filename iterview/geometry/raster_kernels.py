@@ -112,7 +112,13 @@ def draw_table(table: np.ndarray, size: int, depth: np.ndarray, face: np.ndarray
     """Depth-test the triangles of `setup_triangles` into depth (B S²,) float32 (+inf where empty) and face (B S²,)
     int64, as the candidates' depth test of the torch path: the nearest fragment wins; equal depths go to the
     lower face index (GL's strict '<' in draw order)."""
-    _draw_table(table, size, min(size, 4 * numba.get_num_threads()), depth, face)
+    _draw_table(table, size, band_count(size), depth, face)
+
+
+def band_count(size: int) -> int:
+    """How many bands of rows a kernel deals out for an image of `size` rows: four per thread it runs on, so
+    that bands of unequal cost even out."""
+    return min(size, 4 * numba.get_num_threads())
 
 
 def setup_triangles(

@@ -346,7 +346,7 @@ def prepare_for_inference(model: ADMUNet, channels_last: bool = True) -> ADMUNet
 def compile_for_inference(model: ADMUNet) -> nn.Module:
     """`prepare_for_inference(model)` compiled with torch.compile, its weights frozen into the graph as constants
     and a C++ wrapper around the kernels (inductor's `freezing` and `cpp_wrapper`): on 2-core CPUs the synth
-    U-Net ran 1.49-1.55x the official module at batch 1 and 2.0x at batch 16 (`benchmarks/bench_unet.py
+    U-Net ran 1.49-1.79x the official module at batch 1 and 1.7-2.0x at batch 16 (`benchmarks/bench_unet.py
     --compile`), fp32 within 1e-4. Call it under `torch.no_grad()` (freezing applies to inference only). The
     first call of each input shape compiles, for minutes on a small CPU: worth it for long runs only. The weights
     must not change afterwards."""
