@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from iterview.cli import app
 from iterview.config import tiny_adm_config
 from iterview.data.benchmark import BENCHMARK, load_truth, write_benchmark
-from iterview.eval.benchmark import _summarise, _truth_errors
+from iterview.eval.benchmark import _summarise, _truth_errors, _truth_rgbd
 from iterview.eval.classifier import SynthClassifier, save_classifier
 from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline.multiview import MultiViewResult
@@ -49,6 +49,7 @@ def test_eval_benchmark_command_measures_both_models(tmp_path):
         "8",
         "--heldout-scenes",
         "1",
+        "--teacher-forced",
         "--benchmark-output",
         str(tmp_path / "eval"),
         "--output",
@@ -61,6 +62,9 @@ def test_eval_benchmark_command_measures_both_models(tmp_path):
     assert metrics["uncond"]["num_fake"] == 8 and 0 <= metrics["uncond"]["class_accuracy"] <= 1
     assert metrics["uncond"]["real_vs_real_fid"] > 0
     assert metrics["cond"]["scenes"] == 1 and metrics["cond"]["sampler_cond"] == "ddim2+cfg81-578"
+    # the true previous views cover more of each view than a random G_c's do
+    assert 0 < metrics["cond"]["covered_share"] < metrics["cond"]["teacher_forced_covered_share"] < 1
+    assert metrics["cond"]["teacher_forced_depth_absrel_all"] > 0
     assert len(list((tmp_path / "eval" / "uncond" / "images").glob("*.png"))) == 8
     assert (tmp_path / "eval" / "cond" / "grids" / "truth_0000.png").is_file()
 
@@ -71,6 +75,7 @@ def test_truth_errors_are_zero_for_the_truth_and_split_by_the_condition(tmp_path
     near, far = 0.5, 100.0
     zbuffer = (1 / near - 1 / truth["depth"].clamp(near, far)) / (1 / near - 1 / far)
     rgbd = torch.cat([truth["rgb"], zbuffer], 1) * 2 - 1
+    torch.testing.assert_close(_truth_rgbd(truth, near, far), rgbd)  # the true views teacher forcing is given
     mask = torch.zeros(26, 1, 16, 16)
     mask[:, :, :, :8] = 1  # the left half "covered by the condition"
 

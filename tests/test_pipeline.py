@@ -256,6 +256,32 @@ def test_a_given_first_view_replaces_g_u():
     assert torch.equal(result.conditions[0].mask, direct.mask)
 
 
+def test_teacher_forcing_on_the_chains_own_views_repeats_the_chain():
+    """A chain from a given view 0 conditions view k on the aggregation of its views 0..k-1: given those views,
+    teacher forcing draws the same views from the same generators; given other views, it aggregates those."""
+    schedule = DiffusionSchedule(torch.linspace(1e-3, 0.3, 20, dtype=torch.float64))
+    g = ExactDenoiser(schedule)
+    pipeline = MultiViewPipeline(g, g, schedule, sampler_cond=SamplerChoice("ddim", 4))
+    modelviews = grid_viewset_3x9().modelviews[None, [0, 3, 5]].expand(2, 3, 4, 4)
+    classes = torch.tensor([1, 4])
+    first = pipeline.first_view([torch.Generator().manual_seed(s) for s in (5, 6)], classes)
+    chain = pipeline(modelviews, [torch.Generator().manual_seed(s) for s in (0, 1)], classes, first_view=first)
+    forced = pipeline.teacher_forced(
+        chain.rgbd, modelviews, [torch.Generator().manual_seed(s) for s in (0, 1)], classes
+    )
+    assert torch.equal(forced.rgbd, chain.rgbd)
+    others = chain.rgbd.flip(0)  # each instance given the other's views
+    forced = pipeline.teacher_forced(others, modelviews, [torch.Generator().manual_seed(s) for s in (0, 1)], classes)
+    assert torch.equal(forced.rgbd[:, 0], others[:, 0])
+    meshes, textures = zip(*(pipeline.mesh(others[:, k], modelviews[:, k]) for k in range(2)), strict=True)
+    direct = aggregate_conditions(meshes, textures, modelviews[:, 2], SIZE, allow_blind=True)
+    assert direct.mask.mean() > 0.3
+    for name in ("color", "depth", "mask", "mask_rgb", "depth_convex"):
+        assert torch.equal(getattr(forced.conditions[1], name), getattr(direct, name)), name
+    with pytest.raises(ValueError, match="expected views of shape"):
+        pipeline.teacher_forced(others[:, :2], modelviews, [torch.Generator()] * 2, classes)
+
+
 def test_a_camera_that_sees_no_previous_view_gets_an_empty_condition(models):
     """Official behaviour for e.g. the back of a coarse orbit: no known pixels (only the earlier view's weak
     skirt may give a hull); batch-mates unaffected."""

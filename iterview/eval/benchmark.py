@@ -25,7 +25,7 @@ from iterview.data.benchmark import load_truth, read_recipe
 from iterview.data.datasets import RGBDDataset, derive_seed
 from iterview.eval.classifier import SynthClassifier, class_accuracy, classifier_inception_score, predict
 from iterview.eval.consistency import scene_consistency
-from iterview.geometry.cameras import zbuffer_to_linear
+from iterview.geometry.cameras import linear_to_zbuffer, zbuffer_to_linear
 from iterview.io import colorize_depth, make_grid, save_png, write_json
 from iterview.pipeline.multiview import MultiViewPipeline, MultiViewResult
 from iterview.pipeline.viewsets import GRID_3X9
@@ -158,8 +158,11 @@ def novel_view_metrics(
     seed: int = 0,
     batch_size: int = 20,
     progress: bool = True,
+    teacher_forced: bool = False,
 ) -> dict[str, float]:
-    """Generate the 3x9 views of held-out scenes 0..scenes-1 from their true view 0; compare with the truth."""
+    """Generate the 3x9 views of held-out scenes 0..scenes-1 from their true view 0; compare with the truth.
+    teacher_forced: also generate each view from the true previous views (`MultiViewPipeline.teacher_forced`),
+    whose PSNR and AbsRel (keys prefixed `teacher_forced_`) are G_c's own error without the chain's drift."""
     root, out = Path(root), Path(output_dir)
     recipe = read_recipe(root)
     if scenes > recipe.truth_scenes:
@@ -167,6 +170,7 @@ def novel_view_metrics(
     heldout = RGBDDataset(root / "heldout", recipe.image_size)
     device = next(pipeline.g_c.parameters()).device
     totals = torch.zeros(6, 2, dtype=torch.float64)  # (rgb, depth) sums over all / covered / invented + counts
+    forced_totals = torch.zeros_like(totals)
     consistency, seconds = [], 0.0
     for first_index in tqdm(range(0, scenes, batch_size), desc="held-out scenes", disable=not progress):
         indices = list(range(first_index, min(first_index + batch_size, scenes)))
@@ -179,6 +183,12 @@ def novel_view_metrics(
         start = time.perf_counter()
         result = pipeline(modelviews, generators, classes, first_view=first)
         seconds += time.perf_counter() - start
+        if teacher_forced:
+            views = torch.stack([_truth_rgbd(truth, pipeline.geometry.near, pipeline.geometry.far) for truth in truths])
+            generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
+            forced = pipeline.teacher_forced(views, modelviews, generators, classes)
+            for row, truth in enumerate(truths):
+                forced_totals += _truth_errors(forced, row, truth, pipeline.geometry.near, pipeline.geometry.far)
         for row, (index, truth) in enumerate(zip(indices, truths, strict=True)):
             scene = result.scene(row, pipeline.geometry, seed=index).to("cpu")
             scene.save(out / "scenes" / f"scene_{index:04d}")
@@ -186,7 +196,16 @@ def novel_view_metrics(
             consistency.append(scene_consistency(scene))
             if index < 4:
                 _save_grids(scene, truth, out / "grids", index)
-    return _summarise(totals, consistency) | {"seconds_per_scene": seconds / scenes}
+    metrics = _summarise(totals, consistency) | {"seconds_per_scene": seconds / scenes}
+    if teacher_forced:
+        metrics |= {f"teacher_forced_{name}": value for name, value in _region_metrics(forced_totals).items()}
+    return metrics
+
+
+def _truth_rgbd(truth: dict, near: float, far: float) -> torch.Tensor:
+    """A scene's true views as the pipeline's RGBD (V, 4, S, S) in [-1, 1], depth as a z-buffer of (near, far)."""
+    zbuffer = linear_to_zbuffer(truth["depth"].clamp(near, far), near, far)
+    return torch.cat([truth["rgb"], zbuffer], dim=1) * 2 - 1
 
 
 def _truth_errors(result: MultiViewResult, row: int, truth: dict, near: float, far: float) -> torch.Tensor:
@@ -206,13 +225,19 @@ def _truth_errors(result: MultiViewResult, row: int, truth: dict, near: float, f
     return out
 
 
-def _summarise(totals: torch.Tensor, consistency: list) -> dict[str, float]:
+def _region_metrics(totals: torch.Tensor) -> dict[str, float]:
+    """PSNR and depth AbsRel over all / covered / invented pixels, and the covered share, of `_truth_errors` sums."""
     metrics: dict[str, float] = {}
     for k, region in enumerate(("all", "covered", "invented")):
         mse = totals[k, 0] / totals[k, 1].clamp(min=1)
         metrics[f"psnr_{region}"] = float(-10 * torch.log10(mse.clamp(min=1e-10)))
         metrics[f"depth_absrel_{region}"] = float(totals[3 + k, 0] / totals[3 + k, 1].clamp(min=1))
     metrics["covered_share"] = float(totals[1, 1] / totals[0, 1])
+    return metrics
+
+
+def _summarise(totals: torch.Tensor, consistency: list) -> dict[str, float]:
+    metrics = _region_metrics(totals)
     metrics["reprojection_psnr"] = sum(c.psnr for c in consistency) / len(consistency)
     metrics["reprojection_depth_absrel"] = sum(c.depth_absrel for c in consistency) / len(consistency)
     metrics["scenes"] = len(consistency)
@@ -222,7 +247,7 @@ def _summarise(totals: torch.Tensor, consistency: list) -> dict[str, float]:
 def _save_grids(scene, truth: dict, folder: Path, index: int) -> None:
     """Generated and true 3x9 grids, colour and depth, one PNG each."""
     near, far = scene.near, scene.far
-    true_zbuffer = (1 / near - 1 / truth["depth"].clamp(near, far)) / (1 / near - 1 / far)
+    true_zbuffer = linear_to_zbuffer(truth["depth"].clamp(near, far), near, far)
     grids = {
         "generated": torch.cat([scene.rgbd[:, :3] * 0.5 + 0.5, colorize_depth(scene.rgbd[:, 3:] * 0.5 + 0.5)], -2),
         "truth": torch.cat([truth["rgb"], colorize_depth(true_zbuffer)], -2),
@@ -254,9 +279,11 @@ def run_benchmark(
     batch_size: int = 100,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    teacher_forced: bool = False,
 ) -> dict[str, dict]:
     """Every benchmark metric of the given models ({"uncond": ..., "cond": ...}, either part optional).
-    Models may be shipped names (`synth`), whose inference settings (geometry, guidance, clipping) apply."""
+    Models may be shipped names (`synth`), whose inference settings (geometry, guidance, clipping) apply.
+    teacher_forced: G_c's metrics from the true previous views too (see `novel_view_metrics`)."""
     from iterview.eval.classifier import load_classifier
     from iterview.models.shipped import resolve_model
     from iterview.pipeline.loading import load_pipeline, sampler_summary
@@ -276,6 +303,8 @@ def run_benchmark(
             metrics["uncond"]["real_vs_real_fid"] = real_vs_real_fid(root, num_images, progress=progress)
         metrics["uncond"] |= sampler_summary(pipeline)
     if cond is not None:
-        metrics["cond"] = novel_view_metrics(root, pipeline, out / "cond", scenes, seed, scenes, progress)
+        metrics["cond"] = novel_view_metrics(
+            root, pipeline, out / "cond", scenes, seed, scenes, progress, teacher_forced
+        )
         metrics["cond"] |= sampler_summary(pipeline)
     return metrics

@@ -23,6 +23,7 @@ INCEPTION_HELP = (
 SAMPLE_OPTIONS = ("fake", "real", "real_stats", "scenes", "image_size", "seed", "inception_weights", "batch_size")
 SAMPLE_OPTIONS += ("workers", "kid_subsets", "kid_subset_size", "neighbours")
 BENCHMARK_OPTIONS = ("uncond", "cond", "classifier", "sampler", "steps_uncond", "steps_cond", "guidance", "seed")
+BENCHMARK_OPTIONS += ("teacher_forced",)
 
 FakeOption = Annotated[
     Path | None, typer.Option(help="Generated images (e.g. a sampling run's results/), each image-size².")
@@ -52,6 +53,13 @@ GuidanceOption = Annotated[float | None, typer.Option(help=f"{BENCH}CFG strength
 HeldoutScenesOption = Annotated[
     int, typer.Option("--heldout-scenes", help=f"{BENCH}held-out scenes for the novel-view metrics.")
 ]
+TeacherForcedOption = Annotated[
+    bool,
+    typer.Option(
+        help=f"{BENCH}also generate each novel view from the true previous views: G_c's own error, without the drift "
+        "of a chain of generated views (twice the G_c time)."
+    ),
+]
 BenchmarkOutputOption = Annotated[Path, typer.Option(help=f"{BENCH}folder for the samples, scenes and grids it makes.")]
 ImageSizeOption = Annotated[int, typer.Option(help="Model image size; real images are resized to it.")]
 NumSamplesOption = Annotated[int | None, typer.Option(help=NUM_SAMPLES_HELP)]
@@ -79,6 +87,7 @@ def evaluate(
     steps_cond: StepsCondOption = None,
     guidance: GuidanceOption = None,
     scenes_count: HeldoutScenesOption = 20,
+    teacher_forced: TeacherForcedOption = False,
     benchmark_output: BenchmarkOutputOption = Path("benchmark-eval"),
     image_size: ImageSizeOption = 128,
     num_samples: NumSamplesOption = None,

@@ -143,6 +143,34 @@ class MultiViewPipeline:
         return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
 
     @torch.no_grad()
+    def teacher_forced(
+        self,
+        views: torch.Tensor,
+        modelviews: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        classes: torch.Tensor | None = None,
+    ) -> MultiViewResult:
+        """G_c's own error, without the drift that a chain of generated views accumulates: each view k ≥ 1 is
+        generated from the aggregation of the given views 0..k-1 (B, V, 4, H, W) in [-1, 1], e.g. exact renders,
+        instead of the generated ones. Returns the given view 0 and the generated views 1..V-1."""
+        batch, count = modelviews.shape[:2]
+        size = self.image_size
+        if self.g_c is None or count < 2:
+            raise ValueError(f"teacher forcing needs the conditional model g_c and two views or more, got {count}")
+        if tuple(views.shape) != (batch, count, 4, size, size):
+            raise ValueError(f"expected views of shape ({batch}, {count}, 4, {size}, {size}), got {tuple(views.shape)}")
+        if len(generators) != batch:
+            raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
+        modelviews = modelviews.to(generators[0].device)
+        views = views.to(modelviews.device)
+        meshes, textures = zip(*(self.mesh(views[:, k], modelviews[:, k]) for k in range(count - 1)), strict=True)
+        samples, conditions = [views[:, 0]], []
+        for k in range(1, count):
+            conditions.append(self.aggregate(meshes[:k], textures[:k], modelviews[:, k]))
+            samples.append(self.next_view(conditions[-1], generators, classes))
+        return MultiViewResult(torch.stack(samples, dim=1), modelviews, conditions, classes)
+
+    @torch.no_grad()
     def first_view(
         self, generators: Sequence[torch.Generator], classes: torch.Tensor | None, callback: Callback | None = None
     ) -> torch.Tensor:
