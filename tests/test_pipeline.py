@@ -280,6 +280,11 @@ def test_teacher_forcing_on_the_chains_own_views_repeats_the_chain():
         assert torch.equal(getattr(forced.conditions[1], name), getattr(direct, name)), name
     with pytest.raises(ValueError, match="expected views of shape"):
         pipeline.teacher_forced(others[:, :2], modelviews, [torch.Generator()] * 2, classes)
+    one_generator = r"one generator per instance \(2\), got 1"  # the chain and teacher forcing alike
+    with pytest.raises(ValueError, match=one_generator):
+        pipeline(modelviews, [torch.Generator()], classes)
+    with pytest.raises(ValueError, match=one_generator):
+        pipeline.teacher_forced(others, modelviews, [torch.Generator()], classes)
 
 
 def test_a_camera_that_sees_no_previous_view_gets_an_empty_condition(models):

@@ -103,8 +103,7 @@ class MultiViewPipeline:
         with "view" and "views" added, and once a view is finished {"view", "views", "sample": (B, 4, H, W)}
         (a given first view counts as finished); an exception it raises stops sampling."""
         batch, views = modelviews.shape[:2]
-        if len(generators) != batch:
-            raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
+        modelviews = _on_generators_device(modelviews, generators)
         if views > 1 and self.g_c is None:
             raise ValueError(f"{views} views need the conditional model g_c")
         if first_view is None and self.g_u is None:
@@ -112,7 +111,6 @@ class MultiViewPipeline:
         size = self.image_size
         if first_view is not None and tuple(first_view.shape) != (batch, 4, size, size):
             raise ValueError(f"the given view 0 must be ({batch}, 4, {size}, {size}), got {tuple(first_view.shape)}")
-        modelviews = modelviews.to(generators[0].device)
         bar = tqdm(total=views, desc="views", disable=not self.progress, leave=False)
 
         def view_callback(view: int) -> Callback | None:
@@ -159,9 +157,7 @@ class MultiViewPipeline:
             raise ValueError(f"teacher forcing needs the conditional model g_c and two views or more, got {count}")
         if tuple(views.shape) != (batch, count, 4, size, size):
             raise ValueError(f"expected views of shape ({batch}, {count}, 4, {size}, {size}), got {tuple(views.shape)}")
-        if len(generators) != batch:
-            raise ValueError(f"expected one generator per instance ({batch}), got {len(generators)}")
-        modelviews = modelviews.to(generators[0].device)
+        modelviews = _on_generators_device(modelviews, generators)
         views = views.to(modelviews.device)
         meshes, textures = zip(*(self.mesh(views[:, k], modelviews[:, k]) for k in range(count - 1)), strict=True)
         samples, conditions = [views[:, 0]], []
@@ -220,3 +216,10 @@ class MultiViewPipeline:
     def mesh(self, x: torch.Tensor, modelview: torch.Tensor) -> tuple[Mesh, torch.Tensor]:
         """Official meshing of a sampled view (frustum skirt, normals)."""
         return rgbd_to_mesh(x, modelview, self.geometry)
+
+
+def _on_generators_device(modelviews: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """modelviews (B, V, 4, 4) on the device of the generators, which must be one per instance."""
+    if len(generators) != len(modelviews):
+        raise ValueError(f"expected one generator per instance ({len(modelviews)}), got {len(generators)}")
+    return modelviews.to(generators[0].device)
