@@ -81,6 +81,32 @@ def test_aggregation_kernel_matches_shade_view_and_the_compositor():
     torch.testing.assert_close(compiled.depth, reference.depth, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("stacked_faces", [10**6, 1500])  # alike views in one pass, or one view per pass
+def test_aggregation_kernel_composites_views_in_order_across_stacked_passes(monkeypatch, stacked_faces):
+    import iterview.geometry.aggregate as aggregate
+
+    monkeypatch.setattr(aggregate, "_STACKED_FACES", stacked_faces)
+    yaws, pitches = torch.tensor([-0.3, 0.0, 0.35, 0.15, -0.1]), torch.tensor([0.1, 0.0, -0.1, 0.05, 0.2])
+    sources = orbit_camera(yaws, pitches)
+    sizes = (20, 20, 16, 20, 20)  # the 16-px view cannot stack with its neighbours
+    meshes = [
+        depth_to_mesh(bumpy_depth(1, size, seed=k), sources[k : k + 1], **INFERENCE_MESH)
+        for k, size in enumerate(sizes)
+    ]
+    generator = torch.Generator().manual_seed(7)
+    textures = [torch.rand(1, 3, size, size, generator=generator) for size in sizes]
+    assert aggregate._stackable_runs(meshes, textures) == (
+        [(0, 2), (2, 3), (3, 5)] if stacked_faces > 10**5 else [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    )
+    target = orbit_camera(torch.tensor([0.05]), torch.tensor([0.05]))
+    reference = aggregate_render(meshes, textures, target, 48, backend="torch")
+    compiled = aggregate_render(meshes, textures, target, 48, backend="numba")
+    assert torch.equal(compiled.mask_color, reference.mask_color)
+    assert torch.equal(compiled.mask_depth, reference.mask_depth)
+    torch.testing.assert_close(compiled.color, reference.color, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.depth, reference.depth, rtol=1e-4, atol=0)
+
+
 def test_simple_render_kernel_matches_rasterize_interpolate_and_sample_nearest():
     front = orbit_camera(torch.zeros(2), torch.zeros(2))
     mesh = depth_to_mesh(bumpy_depth(2, 24, seed=5), front, atol=0.03, rtol=0.03)  # with edge flags

@@ -16,7 +16,7 @@ import torch
 from iterview.geometry.cameras import camera_center, check_modelview, linear_to_zbuffer
 from iterview.geometry.imageops import coverage_mask, depth_edge, erode, lanczos_downsample, subsample_center
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
-from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh
+from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING, Mesh, map_mesh, stack_meshes
 from iterview.geometry.raster import (
     Backend,
     interpolate,
@@ -37,6 +37,7 @@ STRONG_DEPTH = 1e-14  # w above this counts for depth and the depth mask
 STRONG_COLOR = 1e-6  # w above this counts for the colour mask
 WEAK_DEPTH_WEIGHT = 1e-8
 _MAX_PIXELS = 1 << 20  # target pixels aggregated at once
+_STACKED_FACES = 200_000  # faces set up and drawn in one compiled pass (buffers below glibc's 32 MB mmap threshold)
 
 
 @dataclass
@@ -107,12 +108,12 @@ def aggregate_render(
         for start in range(0, batch, group):
             select = slice(start, start + group)
             compositor = Compositor(len(modelview[select]), size, modelview.device)
-            for mesh, texture in zip(meshes, textures, strict=True):
-                view = map_mesh(mesh, lambda v, select=select: v[select])
-                texture = texture[select].to(torch.float32)
-                if compiled:
-                    _shade_and_composite(compositor, view, texture, modelview[select], size, near, far)
-                else:
+            views = [map_mesh(mesh, lambda v, select=select: v[select]) for mesh in meshes]
+            view_textures = [texture[select].to(torch.float32) for texture in textures]
+            if compiled:
+                _shade_and_composite(compositor, views, view_textures, modelview[select], size, near, far)
+            else:
+                for view, texture in zip(views, view_textures, strict=True):
                     shaded = shade_view(view, texture, modelview[select], size, near, far, backend, validate=False)
                     compositor.add(shaded)
             parts.append(compositor.result(near, far))
@@ -233,38 +234,69 @@ def _shading_inputs(mesh: Mesh) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _shade_and_composite(
     compositor: Compositor,
-    mesh: Mesh,
-    texture: torch.Tensor,
+    meshes: Sequence[Mesh],
+    textures: Sequence[torch.Tensor],
     modelview: torch.Tensor,
     size: int,
     near: float,
     far: float,
 ) -> None:
-    """shade_view followed by compositor.add in one compiled pass, band of rows by band (CPU, numba)."""
+    """shade_view followed by compositor.add for each view in turn, in compiled passes (CPU, numba): the views
+    of each run of alike meshes (`_stackable_runs`) are stacked as one batch, set up together and depth-tested
+    and composited band of rows by band."""
     from iterview.geometry import aggregate_kernels, raster_kernels
 
-    discard, attributes = _shading_inputs(mesh)
-    setup = triangle_setup(
-        mesh.position, mesh.faces, modelview, size, mesh.fov, near, far, torch.ones_like(discard), discard
-    )
-    batch = len(texture)
-    centre = camera_center(mesh.modelview).to(torch.float32)
-    inputs = (setup.planes, setup.front, mesh.faces, attributes, texture, centre)
+    batch = len(modelview)
+    bands = raster_kernels.band_count(size)
     scratch = (np.empty((batch, size, size), dtype=np.int64), np.empty((batch, size, size), dtype=np.float32))
-    accumulators = (
-        compositor.color.view(batch, 4, -1),
-        compositor.depth.view(batch, 2, -1),
-        compositor.count_color.view(batch, -1),
-        compositor.count_depth.view(batch, -1),
-    )
-    with raster_kernels.running_on(torch.get_num_threads()):
-        aggregate_kernels.draw_and_composite(
-            setup.table,
-            *(t.contiguous().numpy() for t in inputs),
-            *scratch,
-            *(t.numpy() for t in accumulators),
-            raster_kernels.band_count(size),
+    color, depth = compositor.color.view(batch, 4, -1), compositor.depth.view(batch, 2, -1)
+    counts = compositor.count_color.view(batch, -1), compositor.count_depth.view(batch, -1)
+    for first, last in _stackable_runs(meshes, textures):
+        mesh = stack_meshes(meshes[first:last])
+        faces, uv, flag, normal, position = (
+            t.contiguous().numpy() for t in (mesh.faces, mesh.uv, mesh.flag, mesh.normal, mesh.position)
         )
+        with raster_kernels.running_on(torch.get_num_threads()):
+            discard = torch.from_numpy(aggregate_kernels.padding_faces(faces, flag))
+            targets = modelview.repeat(last - first, 1, 1)  # stacked element v·B + b: view v into target b
+            setup = triangle_setup(
+                mesh.position, mesh.faces, targets, size, mesh.fov, near, far, torch.ones_like(discard), discard
+            )
+            aggregate_kernels.draw_and_composite(
+                setup.table,
+                *raster_kernels.bin_triangles(setup.table, size, batch, last - first, bands, bands),
+                setup.planes.numpy(),
+                setup.front.numpy(),
+                faces,
+                aggregate_kernels.shading_attributes(uv, flag, normal, position),
+                torch.cat(textures[first:last]).numpy(),
+                camera_center(mesh.modelview).to(torch.float32).numpy(),
+                *scratch,
+                *(t.numpy() for t in (color, depth, *counts)),
+                bands,
+            )
+
+
+def _stackable_runs(meshes: Sequence[Mesh], textures: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """Runs [first, last) of consecutive views that stack into one batch (the same vertex and face counts, field
+    of view and texture size), of up to `_STACKED_FACES` faces in all (at least one view each)."""
+    runs, first, faces = [], 0, 0
+    for k, mesh in enumerate(meshes):
+        faces += mesh.faces.shape[:2].numel()
+        if k > first and (faces > _STACKED_FACES or not _stackable(meshes[first], mesh, textures[first], textures[k])):
+            runs.append((first, k))
+            first, faces = k, mesh.faces.shape[:2].numel()
+    return [*runs, (first, len(meshes))]
+
+
+def _stackable(a: Mesh, b: Mesh, texture_a: torch.Tensor, texture_b: torch.Tensor) -> bool:
+    """Whether two views' meshes and textures stack into one batch."""
+    return (
+        a.position.shape == b.position.shape
+        and a.faces.shape == b.faces.shape
+        and a.fov == b.fov
+        and texture_a.shape == texture_b.shape
+    )
 
 
 class Compositor:

@@ -7,7 +7,7 @@ top; faces come quad by quad, two per quad, split along the shorter 3D diagonal 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Literal
@@ -126,6 +126,14 @@ def map_mesh(mesh: Mesh, fn: Callable[[torch.Tensor], torch.Tensor]) -> Mesh:
     """Apply fn to every batched tensor of a mesh (e.g. to slice or expand the batch)."""
     tensors = {k: getattr(mesh, k) for k in ("position", "uv", "flag", "faces", "modelview", "normal")}
     return replace(mesh, **{k: fn(v) for k, v in tensors.items() if v is not None})
+
+
+def stack_meshes(meshes: Sequence[Mesh]) -> Mesh:
+    """Meshes of equal vertex and face counts and field of view as one batch, in their order."""
+    if len(meshes) == 1:
+        return meshes[0]
+    names = ("position", "uv", "flag", "faces", "modelview") + (("normal",) if meshes[0].normal is not None else ())
+    return replace(meshes[0], **{name: torch.cat([getattr(mesh, name) for mesh in meshes]) for name in names})
 
 
 def image_uv(size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:

@@ -130,9 +130,9 @@ def clip_coordinates(
     position: (B, V, 3), modelview: (B, 4, 4) -> (B, V, 4)."""
     position = position.to(torch.float32)
     modelview = modelview.to(position)
-    eye = position @ modelview[:, :3, :3].transpose(-1, -2) + modelview[:, None, :3, 3]
+    eye = torch.baddbmm(modelview[:, None, :3, 3], position, modelview[:, :3, :3].transpose(-1, -2))
     projection = perspective(fov, near, far).to(position.device)
-    return eye @ projection[:, :3].T + projection[:, 3]
+    return torch.addmm(projection[:, 3], eye.reshape(-1, 3), projection[:, :3].T).reshape(*eye.shape[:2], 4)
 
 
 def interpolate(
@@ -250,7 +250,7 @@ def _rasterize_group(
 @dataclass
 class NearestFaces:
     """The compiled depth test's winners, before barycentrics. face: (B, S, S) int64, -1 where empty; zbuffer:
-    (B, S, S) float32 window depth, +inf where empty; planes: (3, 4, B F) float32 barycentric planes of each face
+    (B, S, S) float32 window depth, +inf where empty; planes: (B F, 3, 4) float32 barycentric planes of each face
     (x, y and constant coefficients of the three planes and of their sum); front: (B F,) bool, counter-clockwise."""
 
     face: torch.Tensor
@@ -297,10 +297,12 @@ def triangle_setup(
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far)
     corners = torch.empty(4, 3, batch * num_faces)
-    planes, front = torch.empty(3, 4, batch * num_faces), torch.empty(batch * num_faces, dtype=torch.bool)
+    planes, front = torch.empty(batch * num_faces, 3, 4), torch.empty(batch * num_faces, dtype=torch.bool)
     with kernels.running_on(torch.get_num_threads()):
-        status = kernels.gather_corners(*_numpy(clip, faces, _planes(size, clip), face_mask.reshape(-1), corners))
-        kernels.face_planes(*_numpy(corners, planes, front))
+        guard = np.float32(_planes(size, clip)[6, 3].item())  # the value the torch path's planes hold
+        status = kernels.gather_corners(
+            *_numpy(clip, faces), guard, *_numpy(face_mask.reshape(-1), corners, planes, front)
+        )
         triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
         drawn_back = front | ~discard_back.reshape(-1)
         table = kernels.setup_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size)

@@ -114,22 +114,23 @@ def _render_simple_compiled(
     mask = torch.empty(batch, 1, size, size, dtype=torch.bool)
     zbuffer = torch.empty(batch, size, size)
     drawn = torch.ones(mesh.faces.shape[:2], dtype=torch.bool)
-    for b in range(batch):
-        one = slice(b, b + 1)
-        faces = mesh.faces[one]
-        setup = triangle_setup(
-            mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
-        )
-        nearest = nearest_faces(setup, 1, size)
-        buffers = (nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front)
-        with raster_kernels.running_on(torch.get_num_threads()):
-            raster_kernels.shade_simple(
-                *(t.contiguous().numpy() for t in (*buffers, faces, attributes[one], texture[one])),
-                size,
-                color[one].view(1, 3, -1).numpy(),
-                mask[one].view(-1).numpy(),
+    with raster_kernels.pytorch_on_one_thread():
+        for b in range(batch):
+            one = slice(b, b + 1)
+            faces = mesh.faces[one]
+            setup = triangle_setup(
+                mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
             )
-        zbuffer[b] = nearest.zbuffer[0]
+            nearest = nearest_faces(setup, 1, size)
+            buffers = (nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front)
+            with raster_kernels.running_on(torch.get_num_threads()):
+                raster_kernels.shade_simple(
+                    *(t.contiguous().numpy() for t in (*buffers, faces, attributes[one], texture[one])),
+                    size,
+                    color[one].view(1, 3, -1).numpy(),
+                    mask[one].view(-1).numpy(),
+                )
+            zbuffer[b] = nearest.zbuffer[0]
     return SimpleRender(color=color, mask=mask, depth=window_to_linear(zbuffer, near, far)[:, None])
 
 
