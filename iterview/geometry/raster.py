@@ -296,16 +296,19 @@ def triangle_setup(
     kernels = _kernels()
     batch, num_faces = faces.shape[:2]
     clip = clip_coordinates(position, modelview, fov, near, far)
-    corners = torch.empty(4, 3, batch * num_faces)
     planes, front = torch.empty(batch * num_faces, 3, 4), torch.empty(batch * num_faces, dtype=torch.bool)
+    table = np.empty((kernels.TABLE_ROWS, batch * num_faces))
     with kernels.running_on(torch.get_num_threads()):
         guard = np.float32(_planes(size, clip)[6, 3].item())  # the value the torch path's planes hold
-        status = kernels.gather_corners(
-            *_numpy(clip, faces), guard, *_numpy(face_mask.reshape(-1), corners, planes, front)
-        )
-        triangles, owner, drawn = _with_clipped_pieces(corners, torch.from_numpy(status), size)
-        drawn_back = front | ~discard_back.reshape(-1)
-        table = kernels.setup_triangles(*_numpy(triangles, owner, drawn, drawn_back), num_faces, size)
+        flags = _numpy(face_mask.reshape(-1), discard_back.reshape(-1))
+        status = kernels.setup_faces(*_numpy(clip, faces), guard, *flags, size, *_numpy(planes, front), table)
+        crossing = torch.from_numpy(status == 2).nonzero().squeeze(1)
+        if len(crossing):  # rare: faces through the near plane or far outside the image
+            every = torch.ones(len(crossing), dtype=torch.bool)
+            pieces, owner = _clip_triangles(_face_corners(clip, faces, crossing), crossing, every, size)
+            drawn_back = front | ~discard_back.reshape(-1)
+            pieces_table = kernels.setup_triangles(*_numpy(pieces, owner, drawn_back), num_faces, size)
+            table = np.concatenate([table, pieces_table], axis=1)
     return TriangleSetup(table=table, planes=planes, front=front)
 
 
@@ -337,23 +340,11 @@ def _draw_compiled(
     return Fragments(face=nearest.face, bary=bary.permute(1, 2, 3, 0), zbuffer=nearest.zbuffer, front=front)
 
 
-def _with_clipped_pieces(
-    corners: torch.Tensor, status: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The triangles to draw: every face (4, 3, B F), drawn where status is 1, then the pieces of the faces of
-    status 2 clipped against near, far and the guard band. Returns triangles (4, 3, T), owner (T,), drawn (T,)."""
-    owner = torch.arange(corners.shape[-1])
-    drawn = status == 1
-    crossing = (status == 2).nonzero().squeeze(1)
-    if len(crossing) == 0:
-        return corners, owner, drawn
-    all_crossing = torch.ones(len(crossing), dtype=torch.bool)
-    pieces, piece_owner = _clip_triangles(corners.index_select(2, crossing), crossing, all_crossing, size)
-    return (
-        torch.cat([corners, pieces], dim=2),
-        torch.cat([owner, piece_owner]),
-        torch.cat([drawn, torch.ones(len(piece_owner), dtype=torch.bool)]),
-    )
+def _face_corners(clip: torch.Tensor, faces: torch.Tensor, flat_faces: torch.Tensor) -> torch.Tensor:
+    """The clip-space corners (4, 3, N) of the faces (B, F, 3) at flat indices b F + f (N,), of clip (B, V, 4)."""
+    num_faces, num_vertices = faces.shape[1], clip.shape[1]
+    vertex = faces.reshape(-1, 3).index_select(0, flat_faces) + (flat_faces // num_faces * num_vertices)[:, None]
+    return clip.reshape(-1, 4).index_select(0, vertex.reshape(-1)).reshape(-1, 3, 4).permute(2, 1, 0)
 
 
 def _front_facing(corners: torch.Tensor) -> torch.Tensor:

@@ -53,45 +53,66 @@ def keep_freed_memory() -> bool:
 keep_freed_memory()
 
 
+# Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
+# first and last sample row (window y, up), the depth plane (z0, dz/dcolumn, dz/drow), the pixel index of column 0
+# of row 0 and the face index.
+TABLE_ROWS = 19
+Corner = tuple[np.float32, np.float32, np.float32, np.float32]  # clip-space x, y, z, w
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def gather_corners(
+def setup_faces(
     clip: np.ndarray,
     faces: np.ndarray,
     guard: np.float32,
     face_mask: np.ndarray,
-    corners: np.ndarray,
+    discard_back: np.ndarray,
+    size: int,
     planes: np.ndarray,
     front: np.ndarray,
+    table: np.ndarray,
 ) -> np.ndarray:
-    """Corners (4, 3, B F) float32 of the faces (B, F, 3) from clip-space vertices (B, V, 4), their barycentric
-    planes (B F, 3, 4) and facing (B F,) (`_face_planes`), and their status
-    (B F,) int8 against the planes of `raster._PLANES` (the guard band's at |x|, |y| = guard·w): 0 not drawn
-    (face_mask (B F,) False, or outside the frustum), 1 drawn as it is, 2 drawn once clipped against near, far
-    and the guard band. Each distance is formed as the dot product with the plane's 0 and ±1 coefficients rounds
-    it: w - x, x + w, ..., guard·w - x."""
+    """Culling, facing and setup of the faces (B, F, 3) of clip-space vertices (B, V, 4), in one pass.
+
+    Fills planes (B F, 3, 4) and front (B F,) (`_face_planes`) and the table (19, B F) that `draw_table` and
+    `draw_listed` depth-test, as `raster._setup_triangles` (a face not drawn as it is gets no rows). Returns
+    each face's status (B F,) int8 against the planes of `raster._PLANES` (the guard band's at |x|, |y| = guard·w):
+    0 not drawn (face_mask (B F,) False, or outside the frustum), 1 drawn as it is, 2 to be drawn once clipped
+    against near, far and the guard band (`setup_triangles`). discard_back: (B F,) faces not drawn where they
+    face away."""
     num_faces, flat_faces = faces.shape[1], faces.reshape(-1, 3)
-    status = np.zeros(corners.shape[2], dtype=np.int8)
-    for t in numba.prange(corners.shape[2]):
+    status = np.zeros(len(flat_faces), dtype=np.int8)
+    for t in numba.prange(len(flat_faces)):
         b = element(t, num_faces)
-        outside, crossing = 63, False  # bit p: every corner is outside frustum plane p so far
-        for k in range(3):
-            vertex = flat_faces[t, k]
-            x, y, z, w = clip[b, vertex, 0], clip[b, vertex, 1], clip[b, vertex, 2], clip[b, vertex, 3]
-            corners[0, k, t], corners[1, k, t], corners[2, k, t], corners[3, k, t] = x, y, z, w
-            band = guard * w
-            outside &= (
-                (w - x < 0)
-                | (x + w < 0) << 1
-                | (w - y < 0) << 2
-                | (y + w < 0) << 3
-                | (z + w < 0) << 4
-                | (w - z < 0) << 5
-            )
-            crossing |= z + w < 0 or w - z < 0 or band - x < 0 or x + band < 0 or band - y < 0 or y + band < 0
-        if face_mask[t] and outside == 0:
-            status[t] = 2 if crossing else 1
-        _face_planes(corners, t, planes, front)
+        c0 = _corner(clip, b, flat_faces[t, 0])
+        c1, c2 = _corner(clip, b, flat_faces[t, 1]), _corner(clip, b, flat_faces[t, 2])
+        _face_planes(c0, c1, c2, t, planes, front)
+        table[12, t], table[13, t] = 0.0, -1.0
+        outside0, crossing0 = _plane_tests(c0, guard)
+        outside1, crossing1 = _plane_tests(c1, guard)
+        outside2, crossing2 = _plane_tests(c2, guard)
+        if not face_mask[t] or outside0 & outside1 & outside2:
+            continue
+        status[t] = 2 if crossing0 or crossing1 or crossing2 else 1
+        if status[t] == 1 and (front[t] or not discard_back[t]):
+            _setup_column(c0, c1, c2, b, t - b * num_faces, size, table, t)
     return status
+
+
+@numba.njit(cache=True, nogil=True)
+def _corner(clip: np.ndarray, b: int, vertex: int) -> Corner:
+    return clip[b, vertex, 0], clip[b, vertex, 1], clip[b, vertex, 2], clip[b, vertex, 3]
+
+
+@numba.njit(cache=True, nogil=True)
+def _plane_tests(corner: Corner, guard: np.float32) -> tuple[int, bool]:
+    """(bit p set where the corner is outside frustum plane p, whether it is outside near, far or the guard band).
+    Each distance is formed as the dot product with the plane's 0 and ±1 coefficients rounds it: w - x, x + w,
+    ..., guard·w - x."""
+    x, y, z, w = corner
+    band = guard * w
+    outside = (w - x < 0) | (x + w < 0) << 1 | (w - y < 0) << 2 | (y + w < 0) << 3 | (z + w < 0) << 4 | (w - z < 0) << 5
+    return outside, z + w < 0 or w - z < 0 or band - x < 0 or x + band < 0 or band - y < 0 or y + band < 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -102,22 +123,23 @@ def element(index: int, count: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _face_planes(corners: np.ndarray, t: int, planes: np.ndarray, front: np.ndarray) -> None:
-    """Of face t of corners (4, 3, B F) float32 clip space: planes[t] (3, 4) float32, the x, y and constant
-    coefficients of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
+def _face_planes(c0: Corner, c1: Corner, c2: Corner, t: int, planes: np.ndarray, front: np.ndarray) -> None:
+    """Of face t with clip-space corners c0, c1, c2: planes[t] (3, 4) float32, the x, y and constant coefficients
+    of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
     `raster._barycentric_planes`), and front[t], counter-clockwise in window space."""
+    xs = np.float64(c0[0]), np.float64(c1[0]), np.float64(c2[0])
+    ys = np.float64(c0[1]), np.float64(c1[1]), np.float64(c2[1])
+    ws = np.float64(c0[3]), np.float64(c1[3]), np.float64(c2[3])
     total_x = total_y = total_1 = 0.0
     for k in range(3):
         k1, k2 = (k + 1) % 3, (k + 2) % 3
-        x1, y1, w1 = np.float64(corners[0, k1, t]), np.float64(corners[1, k1, t]), np.float64(corners[3, k1, t])
-        x2, y2, w2 = np.float64(corners[0, k2, t]), np.float64(corners[1, k2, t]), np.float64(corners[3, k2, t])
-        cx, cy, c1 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
-        planes[t, 0, k], planes[t, 1, k], planes[t, 2, k] = cx, cy, c1
-        total_x, total_y, total_1 = total_x + cx, total_y + cy, total_1 + c1
+        cx = ys[k1] * ws[k2] - ws[k1] * ys[k2]
+        cy = ws[k1] * xs[k2] - xs[k1] * ws[k2]
+        constant = xs[k1] * ys[k2] - ys[k1] * xs[k2]
+        planes[t, 0, k], planes[t, 1, k], planes[t, 2, k] = cx, cy, constant
+        total_x, total_y, total_1 = total_x + cx, total_y + cy, total_1 + constant
     planes[t, 0, 3], planes[t, 1, 3], planes[t, 2, 3] = total_x, total_y, total_1
-    x0, y0, w0 = np.float64(corners[0, 0, t]), np.float64(corners[1, 0, t]), np.float64(corners[3, 0, t])
-    x1, y1, w1 = np.float64(corners[0, 1, t]), np.float64(corners[1, 1, t]), np.float64(corners[3, 1, t])
-    x2, y2, w2 = np.float64(corners[0, 2, t]), np.float64(corners[1, 2, t]), np.float64(corners[3, 2, t])
+    x0, x1, x2, y0, y1, y2, w0, w1, w2 = xs[0], xs[1], xs[2], ys[0], ys[1], ys[2], ws[0], ws[1], ws[2]
     front[t] = x0 * (y1 * w2 - w1 * y2) - y0 * (x1 * w2 - w1 * x2) + w0 * (x1 * y2 - y1 * x2) > 0
 
 
@@ -135,64 +157,67 @@ def band_count(size: int) -> int:
 
 
 def setup_triangles(
-    triangles: np.ndarray, owner: np.ndarray, drawn: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int
+    triangles: np.ndarray, owner: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int
 ) -> np.ndarray:
-    """The table (19, T) that `draw_table` and `draw_band` depth-test, of the (4, 3, T) float32 clip-space
-    triangles, as `raster._setup_triangles`. owner: (T,) flat face index b F + f; drawn: (T,) bool, False for
-    triangles to skip; drawn_back: (B F,) False for faces to discard where back-facing."""
-    table = np.empty((_TABLE_ROWS, triangles.shape[2]))
-    _setup_table(triangles, owner, drawn, drawn_back, num_faces, size, table)
+    """The table (19, T) of the (4, 3, T) float32 clip-space triangles (the pieces of clipped faces), as
+    `setup_faces` sets up whole faces. owner: (T,) flat face index b F + f; drawn_back: (B F,) False for faces to
+    discard where back-facing."""
+    table = np.empty((TABLE_ROWS, triangles.shape[2]))
+    _setup_table(triangles, owner, drawn_back, num_faces, size, table)
     return table
-
-
-# Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
-# first and last sample row (window y, up), the depth plane (z0, dz/dcolumn, dz/drow), the pixel index of column 0
-# of row 0 and the face index.
-_TABLE_ROWS = 19
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _setup_table(
-    triangles: np.ndarray,
-    owner: np.ndarray,
-    drawn: np.ndarray,
-    drawn_back: np.ndarray,
-    num_faces: int,
-    size: int,
-    table: np.ndarray,
+    triangles: np.ndarray, owner: np.ndarray, drawn_back: np.ndarray, num_faces: int, size: int, table: np.ndarray
 ) -> None:
-    """Fill table (19, T) for the triangles (see setup_triangles); a triangle not drawn gets no rows."""
-    half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
+    """Fill table (19, T) for the triangles (see setup_triangles)."""
     for t in numba.prange(triangles.shape[2]):
         table[12, t], table[13, t] = 0.0, -1.0
-        if not drawn[t]:
-            continue
-        xw0, yw0, zw0 = _window(triangles, 0, t, half, shift)
-        xw1, yw1, zw1 = _window(triangles, 1, t, half, shift)
-        xw2, yw2, zw2 = _window(triangles, 2, t, half, shift)
-        x0, x1, x2, y0, y1, y2 = np.rint(xw0), np.rint(xw1), np.rint(xw2), np.rint(yw0), np.rint(yw1), np.rint(yw2)
-        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        if area == 0 or not drawn_back[owner[t]]:
-            continue  # GL draws no zero-area triangle
-        if area < 0:  # clockwise: swap two vertices, then "inside" means every edge function is >= 0
-            x1, x2, y1, y2 = x2, x1, y2, y1
-        flat_bottom = _edge_bounds((x0, x1, x2), (y0, y1, y2), table, t)
-        table[12, t] = max(math.ceil((min(y0, y1, y2) + flat_bottom) / _ONE), 0.0)
-        table[13, t] = min(math.floor(max(y0, y1, y2) / _ONE), size - 1.0)
-        table[14, t], table[15, t], table[16, t] = _depth_plane(xw0, yw0, zw0, xw1, yw1, zw1, xw2, yw2, zw2)
-        batch = element(owner[t], num_faces)
-        table[17, t] = batch * size * size + (size - 1) * size
-        table[18, t] = owner[t] - batch * num_faces
+        if drawn_back[owner[t]]:
+            c0, c1, c2 = _piece_corner(triangles, 0, t), _piece_corner(triangles, 1, t), _piece_corner(triangles, 2, t)
+            b = element(owner[t], num_faces)
+            _setup_column(c0, c1, c2, b, owner[t] - b * num_faces, size, table, t)
 
 
 @numba.njit(cache=True, nogil=True)
-def _window(triangles: np.ndarray, k: int, t: int, half: np.float32, shift: np.float32) -> tuple[float, float, float]:
-    """Float64 window x, y (1/256 pixel, relative to the pixel centres) and depth of corner k of clip-space
-    triangle t of triangles (4, 3, T), computed in float32 as `raster._window_coordinates`."""
-    scale = np.float32(1.0) / triangles[3, k, t]
-    x = np.float64(triangles[0, k, t] * scale * half + shift)
-    y = np.float64(triangles[1, k, t] * scale * half + shift)
-    return x, y, np.float64(triangles[2, k, t] * scale * np.float32(0.5) + np.float32(0.5))
+def _piece_corner(triangles: np.ndarray, k: int, t: int) -> Corner:
+    return triangles[0, k, t], triangles[1, k, t], triangles[2, k, t], triangles[3, k, t]
+
+
+@numba.njit(cache=True, nogil=True)
+def _setup_column(c0: Corner, c1: Corner, c2: Corner, b: int, face: int, size: int, table: np.ndarray, t: int) -> None:
+    """Column t of the table for the triangle of clip-space corners c0, c1, c2 of face `face` of batch element b:
+    snapped to the sub-pixel grid as `raster._setup_triangles` (a zero-area triangle gets no rows)."""
+    half, shift = np.float32(size / 2 * _ONE), np.float32((size / 2 - 0.5) * _ONE)
+    xw0, yw0, zw0 = _window(c0, half, shift)
+    xw1, yw1, zw1 = _window(c1, half, shift)
+    xw2, yw2, zw2 = _window(c2, half, shift)
+    x0, x1, x2, y0, y1, y2 = np.rint(xw0), np.rint(xw1), np.rint(xw2), np.rint(yw0), np.rint(yw1), np.rint(yw2)
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    if area == 0:
+        return  # GL draws no zero-area triangle
+    if area < 0:  # clockwise: swap two vertices, then "inside" means every edge function is >= 0
+        x1, x2, y1, y2 = x2, x1, y2, y1
+    flat_bottom = _edge_bounds((x0, x1, x2), (y0, y1, y2), table, t)
+    table[12, t] = max(math.ceil((min(y0, y1, y2) + flat_bottom) / _ONE), 0.0)
+    table[13, t] = min(math.floor(max(y0, y1, y2) / _ONE), size - 1.0)
+    table[14, t], table[15, t], table[16, t] = _depth_plane(xw0, yw0, zw0, xw1, yw1, zw1, xw2, yw2, zw2)
+    table[17, t] = b * size * size + (size - 1) * size
+    table[18, t] = face
+
+
+@numba.njit(cache=True, nogil=True)
+def _window(corner: Corner, half: np.float32, shift: np.float32) -> tuple[float, float, float]:
+    """Float64 window x, y (1/256 pixel, relative to the pixel centres) and depth of a clip-space corner,
+    computed in float32 as `raster._window_coordinates`."""
+    x, y, z, w = corner
+    scale = np.float32(1.0) / w
+    return (
+        np.float64(x * scale * half + shift),
+        np.float64(y * scale * half + shift),
+        np.float64(z * scale * np.float32(0.5) + np.float32(0.5)),
+    )
 
 
 @numba.njit(cache=True, nogil=True)
