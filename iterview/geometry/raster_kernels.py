@@ -127,19 +127,15 @@ def _face_planes(c0: Corner, c1: Corner, c2: Corner, t: int, planes: np.ndarray,
     """Of face t with clip-space corners c0, c1, c2: planes[t] (3, 4) float32, the x, y and constant coefficients
     of the three 2D homogeneous barycentric planes and of their sum (formed in float64 as
     `raster._barycentric_planes`), and front[t], counter-clockwise in window space."""
-    xs = np.float64(c0[0]), np.float64(c1[0]), np.float64(c2[0])
-    ys = np.float64(c0[1]), np.float64(c1[1]), np.float64(c2[1])
-    ws = np.float64(c0[3]), np.float64(c1[3]), np.float64(c2[3])
-    total_x = total_y = total_1 = 0.0
-    for k in range(3):
-        k1, k2 = (k + 1) % 3, (k + 2) % 3
-        cx = ys[k1] * ws[k2] - ws[k1] * ys[k2]
-        cy = ws[k1] * xs[k2] - xs[k1] * ws[k2]
-        constant = xs[k1] * ys[k2] - ys[k1] * xs[k2]
-        planes[t, 0, k], planes[t, 1, k], planes[t, 2, k] = cx, cy, constant
-        total_x, total_y, total_1 = total_x + cx, total_y + cy, total_1 + constant
-    planes[t, 0, 3], planes[t, 1, 3], planes[t, 2, 3] = total_x, total_y, total_1
-    x0, x1, x2, y0, y1, y2, w0, w1, w2 = xs[0], xs[1], xs[2], ys[0], ys[1], ys[2], ws[0], ws[1], ws[2]
+    x0, y0, w0 = np.float64(c0[0]), np.float64(c0[1]), np.float64(c0[3])
+    x1, y1, w1 = np.float64(c1[0]), np.float64(c1[1]), np.float64(c1[3])
+    x2, y2, w2 = np.float64(c2[0]), np.float64(c2[1]), np.float64(c2[3])
+    plane0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2  # corner k: from corners k + 1, k + 2
+    plane1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
+    plane2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
+    for c in range(3):
+        planes[t, c, 0], planes[t, c, 1], planes[t, c, 2] = plane0[c], plane1[c], plane2[c]
+        planes[t, c, 3] = plane0[c] + plane1[c] + plane2[c]
     front[t] = x0 * (y1 * w2 - w1 * y2) - y0 * (x1 * w2 - w1 * x2) + w0 * (x1 * y2 - y1 * x2) > 0
 
 
@@ -225,26 +221,31 @@ def _edge_bounds(xf: tuple[float, float, float], yf: tuple[float, float, float],
     """Column bounds of a counter-clockwise snapped triangle, as `raster._edge_slots`, into rows 0-11 of column t
     of the table: A, D, m for the first and last left and right edge, the column bound of row r being
     floor((A + D r) / m). Returns 1.0 where a flat bottom edge drops the first row, else 0.0."""
-    flat_bottom = 0.0
-    left_first = left_last = right_first = right_last = -1
-    for k in range(3):
-        dy, dx = yf[(k + 1) % 3] - yf[k], xf[(k + 1) % 3] - xf[k]
-        if dy < 0:
-            left_last = k
-            left_first = k if left_first < 0 else left_first
-        if dy > 0:
-            right_last = k
-            right_first = k if right_first < 0 else right_first
-        if dy == 0 and dx > 0:
-            flat_bottom = 1.0
-    for slot, k in enumerate((left_first, left_last, right_first, right_last)):
-        dx, dy = xf[(k + 1) % 3] - xf[k], yf[(k + 1) % 3] - yf[k]
-        offset = dy * xf[k] - dx * yf[k]
-        m = abs(dy * _ONE)
-        table[slot, t] = m - 1 - offset if dy < 0 else offset - 1
-        table[4 + slot, t] = (-dx if dy < 0 else dx) * _ONE
-        table[8 + slot, t] = m
-    return flat_bottom
+    (x0, x1, x2), (y0, y1, y2) = xf, yf
+    edges = _edge(x0, y0, x1, y1), _edge(x1, y1, x2, y2), _edge(x2, y2, x0, y0)  # edge k: corner k to k + 1
+    dy0, dy1, dy2 = y1 - y0, y2 - y1, y0 - y2
+    slots = (
+        0 if dy0 < 0 else (1 if dy1 < 0 else 2),  # the first and last left edge
+        2 if dy2 < 0 else (1 if dy1 < 0 else 0),
+        0 if dy0 > 0 else (1 if dy1 > 0 else 2),  # the first and last right edge
+        2 if dy2 > 0 else (1 if dy1 > 0 else 0),
+    )
+    for slot in range(4):
+        a, d, m = edges[slots[slot]]
+        table[slot, t], table[4 + slot, t], table[8 + slot, t] = a, d, m
+    flat_bottom = (dy0 == 0 and x1 > x0) or (dy1 == 0 and x2 > x1) or (dy2 == 0 and x0 > x2)
+    return 1.0 if flat_bottom else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge(x: float, y: float, x_next: float, y_next: float) -> tuple[float, float, float]:
+    """(A, D, m) of the snapped edge from (x, y) to (x_next, y_next), as `raster._edge_slots`."""
+    dx, dy = x_next - x, y_next - y
+    offset = dy * x - dx * y
+    m = abs(dy * _ONE)
+    if dy < 0:
+        return m - 1 - offset, -dx * _ONE, m
+    return offset - 1, dx * _ONE, m
 
 
 @numba.njit(cache=True, nogil=True)
