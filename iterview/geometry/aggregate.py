@@ -96,7 +96,8 @@ def aggregate_render(
     Meshes need normals (``depth_to_mesh(..., compute_normals=True)``). Each view is shaded alone
     (``shade_view``) and composited in list order (``Compositor``): colour is the weighted mean; depth the mean
     of GL window depths over strong samples, or the farthest weak sample where only weak ones exist.
-    backend: as in `raster.rasterize`; "numba" shades and composites each view in one compiled pass.
+    backend: as in `raster.rasterize`; "numba" sets up, shades and composites alike views together in compiled
+    passes (`_shade_and_composite`).
     """
     batch = _check_sources(meshes, textures, modelview)
     modelview = modelview.to(torch.float32).expand(batch, 4, 4)

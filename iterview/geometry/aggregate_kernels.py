@@ -100,10 +100,7 @@ def draw_and_composite(
         band = spread(part, bands)
         low, high = band_rows(band, size, bands)  # sample rows, window y up
         for view in range(views):
-            for b in range(batch):
-                for row in range(size - 1 - high, size - low):
-                    face[b, row, :] = -1
-                    zbuffer[b, row, :] = np.inf
+            _clear_rows(face, zbuffer, size - 1 - high, size - low)
             listed = triangles[starts[view * bands + band] : starts[view * bands + band + 1]]
             draw_listed(table, listed, low, high, size, view * batch * size * size, flat_zbuffer, flat_face)
             for b in range(batch):
@@ -125,6 +122,15 @@ def draw_and_composite(
                         count_color,
                         count_depth,
                     )
+
+
+@numba.njit(cache=True, nogil=True)
+def _clear_rows(face: np.ndarray, zbuffer: np.ndarray, first: int, stop: int) -> None:
+    """Empty image rows [first, stop) of every batch element of the depth test's buffers (B, S, S)."""
+    for b in range(face.shape[0]):
+        for row in range(first, stop):
+            face[b, row, :] = -1
+            zbuffer[b, row, :] = np.inf
 
 
 @numba.njit(cache=True, nogil=True)

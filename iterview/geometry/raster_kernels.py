@@ -101,6 +101,7 @@ def setup_faces(
 
 @numba.njit(cache=True, nogil=True)
 def _corner(clip: np.ndarray, b: int, vertex: int) -> Corner:
+    """Vertex `vertex` of batch element b of clip (B, V, 4)."""
     return clip[b, vertex, 0], clip[b, vertex, 1], clip[b, vertex, 2], clip[b, vertex, 3]
 
 
@@ -178,6 +179,7 @@ def _setup_table(
 
 @numba.njit(cache=True, nogil=True)
 def _piece_corner(triangles: np.ndarray, k: int, t: int) -> Corner:
+    """Corner k of triangle t of triangles (4, 3, T)."""
     return triangles[0, k, t], triangles[1, k, t], triangles[2, k, t], triangles[3, k, t]
 
 
@@ -474,7 +476,7 @@ def shade_simple(
 @numba.njit(cache=True, nogil=True)
 def texel(coordinate: np.float32, count: int) -> int:
     """The texel floor(coordinate · count) clamped to [0, count - 1], as GL_NEAREST with GL_CLAMP_TO_EDGE does
-    (an integer floor: numba's math.floor of a float32 is a function call, a tenth of a fragment's time)."""
+    (an integer floor: numba's math.floor of a float32 is a library call, 5 % of a composited fragment's time)."""
     scaled = min(max(coordinate * np.float32(count), np.float32(-1.0)), np.float32(count))
     index = int(scaled)  # toward zero
     return min(max(index - 1 if index > scaled else index, 0), count - 1)
