@@ -431,46 +431,75 @@ def resolve_pixels(
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def shade_simple(
-    depth: np.ndarray,
-    face: np.ndarray,
+def draw_and_shade_simple(
+    table: np.ndarray,
     planes: np.ndarray,
     front_table: np.ndarray,
     faces: np.ndarray,
     attributes: np.ndarray,
     texture: np.ndarray,
-    size: int,
+    bands: int,
+    depth: np.ndarray,
+    face: np.ndarray,
     color: np.ndarray,
     mask: np.ndarray,
 ) -> None:
-    """The official SimpleRenderer's shading of draw_table's buffers (depth, face: (B S²,)), as
-    `warp.render_simple` computes it from `resolve_pixels`, `interpolate_pixels` and `raster.sample_nearest`:
-    depth 1 where empty; color (B, 3, S²) the nearest texel (clamped) at the interpolated uv of front
-    fragments, 0 elsewhere; mask (B S²,) front fragments whose interpolated edge flag is <= 0.999.
+    """The official SimpleRenderer, band of rows by band: the depth test of the table (`setup_faces`), then the
+    shading of the band while it is in cache, as `warp.render_simple` computes it from `resolve_pixels`,
+    `interpolate_pixels` and `raster.sample_nearest`. depth (B, S, S) float32: window depth, 1 where empty;
+    face (B, S, S) int64 scratch; color (B, 3, S, S): the nearest texel (clamped) at the interpolated uv of front
+    fragments, 0 elsewhere; mask (B, S, S): front fragments whose interpolated edge flag is <= 0.999.
     planes, front_table: per face as in resolve_pixels; faces: (B, F, 3); attributes: (B, V, 3) float32 u, v
     and edge flag; texture: (B, 3, N, M)."""
-    num_faces, rows, cols = faces.shape[1], texture.shape[2], texture.shape[3]
-    for image_row in numba.prange(face.shape[0] // size):
-        b, row = image_row // size, image_row % size
-        y = _ndc(size - 1 - row, size)
-        for column in range(size):
-            p, q, f = image_row * size + column, row * size + column, face[image_row * size + column]
-            flat = b * num_faces + f
-            if f < 0 or not front_table[flat]:
-                if f < 0:
-                    depth[p] = 1.0
-                color[b, 0, q] = color[b, 1, q] = color[b, 2, q] = 0.0
-                mask[p] = False
-                continue
-            w0, w1, w2 = pixel_barycentrics(planes, flat, _ndc(column, size), y)
-            v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
-            u = attributes[b, v0, 0] * w0 + attributes[b, v1, 0] * w1 + attributes[b, v2, 0] * w2
-            v = attributes[b, v0, 1] * w0 + attributes[b, v1, 1] * w1 + attributes[b, v2, 1] * w2
-            edge = attributes[b, v0, 2] * w0 + attributes[b, v1, 2] * w1 + attributes[b, v2, 2] * w2
-            texel_column, texel_row = texel(u, cols), texel(v, rows)
-            for c in range(3):
-                color[b, c, q] = texture[b, c, texel_row, texel_column]
-            mask[p] = edge <= np.float32(0.999)
+    size = face.shape[-1]
+    flat_depth, flat_face = depth.reshape(-1), face.reshape(-1)
+    for part in numba.prange(bands):
+        low, high = band_rows(spread(part, bands), size, bands)  # sample rows, window y up
+        for b in range(face.shape[0]):
+            for row in range(size - 1 - high, size - low):
+                face[b, row, :] = -1
+                depth[b, row, :] = np.inf
+        draw_band(table, low, high, size, flat_depth, flat_face)
+        for b in range(face.shape[0]):
+            for row in range(size - 1 - high, size - low):
+                _shade_simple_row(b, row, planes, front_table, faces, attributes, texture, depth, face, color, mask)
+
+
+@numba.njit(cache=True, nogil=True)
+def _shade_simple_row(
+    b: int,
+    row: int,
+    planes: np.ndarray,
+    front_table: np.ndarray,
+    faces: np.ndarray,
+    attributes: np.ndarray,
+    texture: np.ndarray,
+    depth: np.ndarray,
+    face: np.ndarray,
+    color: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """Shade image row `row` of batch element b (see draw_and_shade_simple)."""
+    size, num_faces, rows, cols = face.shape[-1], faces.shape[1], texture.shape[2], texture.shape[3]
+    y = _ndc(size - 1 - row, size)
+    for column in range(size):
+        f = face[b, row, column]
+        flat = b * num_faces + f
+        if f < 0 or not front_table[flat]:
+            if f < 0:
+                depth[b, row, column] = 1.0
+            color[b, 0, row, column] = color[b, 1, row, column] = color[b, 2, row, column] = 0.0
+            mask[b, row, column] = False
+            continue
+        w0, w1, w2 = pixel_barycentrics(planes, flat, _ndc(column, size), y)
+        v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
+        u = attributes[b, v0, 0] * w0 + attributes[b, v1, 0] * w1 + attributes[b, v2, 0] * w2
+        v = attributes[b, v0, 1] * w0 + attributes[b, v1, 1] * w1 + attributes[b, v2, 1] * w2
+        edge = attributes[b, v0, 2] * w0 + attributes[b, v1, 2] * w1 + attributes[b, v2, 2] * w2
+        texel_column, texel_row = texel(u, cols), texel(v, rows)
+        for c in range(3):
+            color[b, c, row, column] = texture[b, c, texel_row, texel_column]
+        mask[b, row, column] = edge <= np.float32(0.999)
 
 
 @numba.njit(cache=True, nogil=True)

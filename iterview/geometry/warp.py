@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from iterview.geometry.cameras import check_modelview, linear_to_zbuffer, orbit_camera, zbuffer_to_linear
@@ -19,7 +20,6 @@ from iterview.geometry.raster import (
     Backend,
     check_raster_inputs,
     interpolate,
-    nearest_faces,
     rasterize,
     sample_nearest,
     triangle_setup,
@@ -105,8 +105,9 @@ def _render_simple_compiled(
     near: float,
     far: float,
 ) -> SimpleRender:
-    """_render_simple with the compiled kernels (CPU, numba), a mesh at a time: depth test, then one pass that
-    interpolates uv and the edge flag and samples the texture. attributes: (B, V, 3) u, v, edge flag."""
+    """_render_simple with the compiled kernels (CPU, numba), a mesh at a time: one pass that depth-tests a band
+    of rows, then interpolates uv and the edge flag and samples the texture there. attributes: (B, V, 3) u, v,
+    edge flag."""
     from iterview.geometry import raster_kernels
 
     batch = len(texture)
@@ -121,16 +122,19 @@ def _render_simple_compiled(
             setup = triangle_setup(
                 mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
             )
-            nearest = nearest_faces(setup, 1, size)
-            buffers = (nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front)
             with raster_kernels.running_on(torch.get_num_threads()):
-                raster_kernels.shade_simple(
-                    *(t.contiguous().numpy() for t in (*buffers, faces, attributes[one], texture[one])),
-                    size,
-                    color[one].view(1, 3, -1).numpy(),
-                    mask[one].view(-1).numpy(),
+                raster_kernels.draw_and_shade_simple(
+                    setup.table,
+                    *(
+                        t.contiguous().numpy()
+                        for t in (setup.planes, setup.front, faces, attributes[one], texture[one])
+                    ),
+                    raster_kernels.band_count(size),
+                    zbuffer[one].numpy(),
+                    np.empty((1, size, size), dtype=np.int64),
+                    color[one].numpy(),
+                    mask[one].view(1, size, size).numpy(),
                 )
-            zbuffer[b] = nearest.zbuffer[0]
     return SimpleRender(color=color, mask=mask, depth=window_to_linear(zbuffer, near, far)[:, None])
 
 
