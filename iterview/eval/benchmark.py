@@ -48,7 +48,7 @@ def sample_first_views(
     samples = []
     for start in tqdm(range(0, len(indices), batch_size), desc="first views", disable=not progress):
         batch = indices[start : start + batch_size]
-        generators = [torch.Generator(device).manual_seed(derive_seed(seed, int(i))) for i in batch]
+        generators = _generators(batch.tolist(), seed, device)
         samples.append(pipeline.first_view(generators, classes[start : start + len(batch)].to(device)).cpu())
     return torch.cat(samples), classes
 
@@ -179,14 +179,12 @@ def novel_view_metrics(
         first = torch.stack([item["x_0"] for item in items]).to(device)
         classes = torch.stack([item["classes"] for item in items]).to(device)
         modelviews = torch.stack([truth["modelviews"] for truth in truths]).to(device)
-        generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
         start = time.perf_counter()
-        result = pipeline(modelviews, generators, classes, first_view=first)
+        result = pipeline(modelviews, _generators(indices, seed, device), classes, first_view=first)
         seconds += time.perf_counter() - start
         if teacher_forced:
             views = torch.stack([_truth_rgbd(truth, pipeline.geometry.near, pipeline.geometry.far) for truth in truths])
-            generators = [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
-            forced = pipeline.teacher_forced(views, modelviews, generators, classes)
+            forced = pipeline.teacher_forced(views, modelviews, _generators(indices, seed, device), classes)
             for row, truth in enumerate(truths):
                 forced_totals += _truth_errors(forced, row, truth, pipeline.geometry.near, pipeline.geometry.far)
         for row, (index, truth) in enumerate(zip(indices, truths, strict=True)):
@@ -202,9 +200,14 @@ def novel_view_metrics(
     return metrics
 
 
+def _generators(indices: list[int], seed: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per image or scene, seeded from its index: each draws the same noise in any batch."""
+    return [torch.Generator(device).manual_seed(derive_seed(seed, i)) for i in indices]
+
+
 def _truth_rgbd(truth: dict, near: float, far: float) -> torch.Tensor:
     """A scene's true views as the pipeline's RGBD (V, 4, S, S) in [-1, 1], depth as a z-buffer of (near, far)."""
-    zbuffer = linear_to_zbuffer(truth["depth"].clamp(near, far), near, far)
+    zbuffer = linear_to_zbuffer(truth["depth"], near, far)
     return torch.cat([truth["rgb"], zbuffer], dim=1) * 2 - 1
 
 
@@ -247,7 +250,7 @@ def _summarise(totals: torch.Tensor, consistency: list) -> dict[str, float]:
 def _save_grids(scene, truth: dict, folder: Path, index: int) -> None:
     """Generated and true 3x9 grids, colour and depth, one PNG each."""
     near, far = scene.near, scene.far
-    true_zbuffer = linear_to_zbuffer(truth["depth"].clamp(near, far), near, far)
+    true_zbuffer = linear_to_zbuffer(truth["depth"], near, far)
     grids = {
         "generated": torch.cat([scene.rgbd[:, :3] * 0.5 + 0.5, colorize_depth(scene.rgbd[:, 3:] * 0.5 + 0.5)], -2),
         "truth": torch.cat([truth["rgb"], colorize_depth(true_zbuffer)], -2),

@@ -12,7 +12,15 @@ import numba
 import numpy as np
 
 from iterview.geometry.mesh import FLAG_EDGE, FLAG_ERODED, FLAG_PADDING
-from iterview.geometry.raster_kernels import band_rows, draw_listed, element, pixel_barycentrics, spread, texel
+from iterview.geometry.raster_kernels import (
+    band_rows,
+    clear_rows,
+    draw_listed,
+    element,
+    pixel_barycentrics,
+    spread,
+    texel,
+)
 
 # The constants of `aggregate`, as the float32 values the PyTorch path compares and multiplies with.
 _ANGLE_FALLOFF = np.float32(20.0)
@@ -100,7 +108,7 @@ def draw_and_composite(
         band = spread(part, bands)
         low, high = band_rows(band, size, bands)  # sample rows, window y up
         for view in range(views):
-            _clear_rows(face, zbuffer, size - 1 - high, size - low)
+            clear_rows(face, zbuffer, size - 1 - high, size - low)
             listed = triangles[starts[view * bands + band] : starts[view * bands + band + 1]]
             draw_listed(table, listed, low, high, size, view * batch * size * size, flat_zbuffer, flat_face)
             for b in range(batch):
@@ -122,15 +130,6 @@ def draw_and_composite(
                         count_color,
                         count_depth,
                     )
-
-
-@numba.njit(cache=True, nogil=True)
-def _clear_rows(face: np.ndarray, zbuffer: np.ndarray, first: int, stop: int) -> None:
-    """Empty image rows [first, stop) of every batch element of the depth test's buffers (B, S, S)."""
-    for b in range(face.shape[0]):
-        for row in range(first, stop):
-            face[b, row, :] = -1
-            zbuffer[b, row, :] = np.inf
 
 
 @numba.njit(cache=True, nogil=True)

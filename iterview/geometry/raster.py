@@ -299,7 +299,7 @@ def triangle_setup(
     planes, front = torch.empty(batch * num_faces, 3, 4), torch.empty(batch * num_faces, dtype=torch.bool)
     table = np.empty((kernels.TABLE_ROWS, batch * num_faces))
     with kernels.running_on(torch.get_num_threads()):
-        guard = np.float32(_planes(size, clip)[6, 3].item())  # the value the torch path's planes hold
+        guard = np.float32(_guard_band(size))  # the float32 value the torch path's planes hold
         flags = _numpy(face_mask.reshape(-1), discard_back.reshape(-1))
         status = kernels.setup_faces(*_numpy(clip, faces), guard, *flags, size, *_numpy(planes, front), table)
         crossing = torch.from_numpy(status == 2).nonzero().squeeze(1)
@@ -360,8 +360,13 @@ def _front_facing(corners: torch.Tensor) -> torch.Tensor:
 def _planes(size: int, like: torch.Tensor) -> torch.Tensor:
     """The (10, 4) clip planes of _PLANES for this image size."""
     planes = torch.tensor(_PLANES, dtype=like.dtype, device=like.device)
-    planes[6:, 3] = 2 * _GUARD_PIXELS / size  # in NDC units
+    planes[6:, 3] = _guard_band(size)
     return planes
+
+
+def _guard_band(size: int) -> float:
+    """The guard band's half-width in NDC units (w = 1) for this image size."""
+    return 2 * _GUARD_PIXELS / size
 
 
 def _clip_triangles(

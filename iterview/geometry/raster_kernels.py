@@ -455,14 +455,20 @@ def draw_and_shade_simple(
     flat_depth, flat_face = depth.reshape(-1), face.reshape(-1)
     for part in numba.prange(bands):
         low, high = band_rows(spread(part, bands), size, bands)  # sample rows, window y up
-        for b in range(face.shape[0]):
-            for row in range(size - 1 - high, size - low):
-                face[b, row, :] = -1
-                depth[b, row, :] = np.inf
+        clear_rows(face, depth, size - 1 - high, size - low)
         draw_band(table, low, high, size, flat_depth, flat_face)
         for b in range(face.shape[0]):
             for row in range(size - 1 - high, size - low):
                 _shade_simple_row(b, row, planes, front_table, faces, attributes, texture, depth, face, color, mask)
+
+
+@numba.njit(cache=True, nogil=True)
+def clear_rows(face: np.ndarray, zbuffer: np.ndarray, first: int, stop: int) -> None:
+    """Empty image rows [first, stop) of every batch element of the depth test's buffers (B, S, S)."""
+    for b in range(face.shape[0]):
+        for row in range(first, stop):
+            face[b, row, :] = -1
+            zbuffer[b, row, :] = np.inf
 
 
 @numba.njit(cache=True, nogil=True)
