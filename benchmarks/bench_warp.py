@@ -76,7 +76,8 @@ def median_seconds(run: Callable[[], object], device: torch.device, repeats: int
             torch.cuda.synchronize(device)
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    timed()  # warm-up
+    for _ in range(3):  # warm-up: compiled kernels loaded, buffers mapped, caches warm
+        timed()
     walls, cpus = zip(*(timed() for _ in range(repeats)), strict=True)
     return sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]
 

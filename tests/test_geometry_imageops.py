@@ -19,6 +19,7 @@ from iterview.geometry.imageops import (
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = ["torch", "numba"]  # on the CPU: the PyTorch path and the compiled kernels
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def pil_lanczos(image: torch.Tensor, size: int) -> torch.Tensor:
     return torch.from_numpy(resized.reshape(size, size, -1).astype(np.float32) / 255).permute(2, 0, 1)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -47,10 +49,10 @@ def pil_lanczos(image: torch.Tensor, size: int) -> torch.Tensor:
     size=st.integers(1, 40),
     channels=st.sampled_from([1, 3]),
 )
-def test_lanczos_equals_pil_bit_for_bit(seed, height, width, size, channels):
+def test_lanczos_equals_pil_bit_for_bit(backend, seed, height, width, size, channels):
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(2, channels, height, width, generator=generator) * 1.4 - 0.2  # out of range gets clipped
-    ours = lanczos_downsample(image, size)
+    ours = lanczos_downsample(image, size, backend=backend)
     assert ours.shape == (2, channels, size, size)
     for b in range(2):
         assert torch.equal(ours[b], pil_lanczos(image[b], size))
@@ -140,13 +142,15 @@ def brute_force_depth_edge(depth: np.ndarray, atol: float, rtol: float) -> np.nd
     return count < 3
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), height=st.integers(1, 12), width=st.integers(1, 12))
-def test_depth_edge_counts_discontinuous_neighbour_pairs(seed, height, width):
+def test_depth_edge_counts_discontinuous_neighbour_pairs(backend, seed, height, width):
     generator = torch.Generator().manual_seed(seed)
-    depth = torch.rand(1, 1, height, width, generator=generator).round() * torch.rand(1, generator=generator) * 2
-    ours = depth_edge(depth, 0.02, 0.02)
-    assert np.array_equal(ours[0, 0].numpy(), brute_force_depth_edge(depth[0, 0].double().numpy(), 0.02, 0.02))
+    depth = torch.rand(2, 1, height, width, generator=generator).round() * torch.rand(1, generator=generator) * 2
+    ours = depth_edge(depth, 0.02, 0.02, backend=backend)
+    for b in range(2):
+        assert np.array_equal(ours[b, 0].numpy(), brute_force_depth_edge(depth[b, 0].double().numpy(), 0.02, 0.02))
 
 
 def test_depth_edge_keeps_smooth_depth_and_drops_step_lines():
@@ -182,7 +186,8 @@ def test_warp_and_aggregation_masks_match_official(warping, device):
         assert torch.equal(mask_rgb, chw(warping[f"{prefix}_mask_rgb"], device).bool())
 
 
-def test_subsample_center_and_coverage_thresholds():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subsample_center_and_coverage_thresholds(backend):
     x = torch.arange(36.0).reshape(1, 1, 6, 6)
     assert torch.equal(subsample_center(x, 3), torch.tensor([[[[7.0, 10.0], [25.0, 28.0]]]]))
     assert torch.equal(
@@ -192,7 +197,9 @@ def test_subsample_center_and_coverage_thresholds():
     blocks[..., :2, :3] = True  # 6 of 9: not covered
     blocks[..., :, 3:] = True
     blocks[..., 0, 3:5] = False  # 7 of 9: covered
-    assert coverage_mask(blocks, 3).tolist() == [[[[False, True]]]]
+    assert coverage_mask(blocks, 3, backend=backend).tolist() == [[[[False, True]]]]
+    assert coverage_mask(blocks, 3, threshold=0.5, backend=backend).tolist() == [[[[True, True]]]]
+    assert coverage_mask(blocks[..., :3], 1, threshold=1.0, backend=backend).sum() == 0  # more than all: none
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,22 @@
-"""The compiled CPU kernels (numba) against the plain PyTorch path they replace: same fragments, same
-interpolation, same aggregation, whatever the thread count."""
+"""The compiled CPU kernels (numba) against the plain PyTorch path they replace: same meshes, fragments,
+interpolation, aggregation and warps, whatever the thread count."""
 
+import functools
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iterview.geometry.aggregate import aggregate_render
 from iterview.geometry.cameras import orbit_camera
-from iterview.geometry.mesh import depth_to_mesh, map_mesh
-from iterview.geometry.raster import interpolate, rasterize, use_kernels
-from iterview.geometry.warp import render_simple
+from iterview.geometry.imageops import coverage_mask, depth_edge, lanczos_downsample
+from iterview.geometry.mesh import FLAG_EDGE, depth_to_mesh, map_mesh
+from iterview.geometry.raster import clip_coordinates, interpolate, rasterize, use_kernels
+from iterview.geometry.warp import forward_backward_warp, render_simple
 
 pytest.importorskip("numba")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,6 +130,61 @@ def test_simple_render_kernel_matches_rasterize_interpolate_and_sample_nearest()
     assert not compiled.color[1].any()  # back faces are black
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    size=st.integers(2, 20),
+    batch=st.integers(1, 3),
+    padding=st.sampled_from([None, "frustum", 1, 2.5, 32]),
+    tolerances=st.sampled_from([(None, None), (0.03, 0.03), (0.05, None), (None, 0.1), (0.0, 0.0)]),
+    erode_rgb=st.integers(0, 3),
+    flat=st.booleans(),
+)
+def test_meshing_kernel_matches_the_torch_path(seed, size, batch, padding, tolerances, erode_rgb, flat):
+    depth = bumpy_depth(batch, size, seed)
+    if flat:  # a fronto-parallel patch: quads whose two diagonals tie
+        depth[:, : size // 2, : size // 2] = 1.5
+    cameras = orbit_camera(torch.rand(batch, generator=torch.Generator().manual_seed(seed)), torch.zeros(batch))
+    options = dict(padding=padding, atol=tolerances[0], rtol=tolerances[1], erode_rgb=erode_rgb)
+    reference = depth_to_mesh(depth, cameras, compute_normals=True, backend="torch", **options)
+    compiled = depth_to_mesh(depth, cameras, compute_normals=True, backend="numba", **options)
+    for name in ("position", "uv", "flag", "faces", "normal", "modelview"):
+        assert torch.equal(getattr(compiled, name), getattr(reference, name)), name
+    if tolerances != (None, None) and size > 4:
+        assert (compiled.flag & FLAG_EDGE).any()
+
+
+def test_clip_kernel_matches_clip_coordinates():
+    from iterview.geometry.cameras import perspective
+    from iterview.geometry.raster_kernels import clip_vertices
+
+    position = torch.randn(3, 500, 3, generator=torch.Generator().manual_seed(8)) * 3
+    cameras = orbit_camera(torch.tensor([0.0, 0.7, -2.0]), torch.tensor([0.0, 0.3, -0.4]), 2.0)
+    clip = torch.empty(3, 500, 4)
+    clip_vertices(position.numpy(), cameras.numpy(), perspective(45.0, 0.1, 200.0).numpy(), clip.numpy())
+    assert torch.equal(clip, clip_coordinates(position, cameras, 45.0, 0.1, 200.0))
+
+
+def test_forward_backward_warp_kernels_match_the_torch_path(monkeypatch):
+    import iterview.geometry.warp as warp
+
+    y, x = torch.meshgrid(torch.linspace(-1, 1, 24), torch.linspace(-1, 1, 24), indexing="ij")
+    rgbd = torch.stack([x.abs(), y.abs(), (x * y).abs(), 0.5 + 0.3 * (x.square() + y.square() < 0.3)])[None]
+    side = orbit_camera(torch.tensor([0.3, -0.2]), torch.tensor([0.1, 0.0]))
+    compiled = forward_backward_warp(rgbd.expand(2, -1, -1, -1), side)
+    monkeypatch.setattr(warp, "use_kernels", lambda device, backend: False)
+    for name, function in (("depth_to_mesh", depth_to_mesh), ("lanczos_downsample", lanczos_downsample)):
+        monkeypatch.setattr(warp, name, functools.partial(function, backend="torch"))
+    for name, function in (("coverage_mask", coverage_mask), ("depth_edge", depth_edge)):
+        monkeypatch.setattr(warp, name, functools.partial(function, backend="torch"))
+    reference = forward_backward_warp(rgbd.expand(2, -1, -1, -1), side)
+    assert 0.3 < reference.mask.mean() < 0.95
+    assert torch.equal(compiled.mask, reference.mask)
+    assert torch.equal(compiled.depth, reference.depth)
+    # the barycentrics may differ in their last bits (see above): a uv on a texel border may pick its neighbour
+    assert (compiled.color != reference.color).any(1).float().mean() < 0.002
+
+
 def test_bands_are_dealt_out_spread_over_the_image():
     from iterview.geometry.raster_kernels import spread
 
@@ -211,3 +270,30 @@ def test_warps_reuse_freed_memory_instead_of_faulting_in_new_pages():
     small_thresholds = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     applied, count = faults(**small_thresholds)  # the process's own setting wins: buffers are mapped afresh
     assert applied == "False" and count > 2000
+
+
+THREADING_LAYER = """
+import importlib.metadata, multiprocessing, numba, torch
+from iterview.geometry.cameras import orbit_camera
+from iterview.geometry.warp import forward_backward_warp
+
+def warp(_):
+    rgbd = torch.rand(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.4
+    return forward_backward_warp(rgbd, orbit_camera(torch.tensor([0.1]), torch.tensor([0.0]))).mask.sum().item()
+
+first = warp(0)
+with multiprocessing.get_context("fork").Pool(2) as pool:  # DataLoader workers fork after kernels ran
+    forked = pool.map(warp, range(2))
+tbb = any(d.metadata["Name"] == "tbb" for d in importlib.metadata.distributions())
+print(numba.threading_layer(), tbb, first == forked[0] == forked[1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_kernels_run_on_tbb_where_installed_and_survive_a_fork():
+    environment = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", THREADING_LAYER], env=environment, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    layer, tbb_installed, same = out.stdout.split()
+    assert same == "True"
+    assert layer == ("tbb" if tbb_installed == "True" else "workqueue")

@@ -21,6 +21,7 @@ from iterview.geometry.raster import (
     Backend,
     interpolate,
     kernel_loop,
+    kernels_for,
     rasterize,
     sample_nearest,
     triangle_setup,
@@ -143,15 +144,16 @@ def aggregate_conditions(
     such a camera gets an empty condition, as officially).
     """
     g, ssaa = geometry, geometry.condition_ssaa
-    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, g.renderer_near, g.renderer_far)
-    if not allow_blind:
-        _check_seen(render)
-    color = lanczos_downsample(render.color, image_size, validate=False)
-    depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), g.near, g.far)
-    mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, g.atol, g.rtol)
-    mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * g.erode_rgb - 1)
-    mask, mask_rgb = mask.to(depth.dtype), mask_rgb.to(depth.dtype)
-    return Conditions(color=color * mask_rgb, depth=depth * mask, mask=mask, mask_rgb=mask_rgb, depth_convex=depth)
+    with kernel_loop(kernels_for(modelview)):  # checks and resampling too: see `forward_backward_warp`
+        render = aggregate_render(meshes, textures, modelview, image_size * ssaa, g.renderer_near, g.renderer_far)
+        if not allow_blind:
+            _check_seen(render)
+        color = lanczos_downsample(render.color, image_size, validate=False)
+        depth = linear_to_zbuffer(subsample_center(render.depth, ssaa), g.near, g.far)
+        mask = coverage_mask(render.mask_depth, ssaa) & depth_edge(depth, g.atol, g.rtol)
+        mask_rgb = coverage_mask(render.mask_color, ssaa) & erode(mask, 2 * g.erode_rgb - 1)
+        mask, mask_rgb = mask.to(depth.dtype), mask_rgb.to(depth.dtype)
+        return Conditions(color=color * mask_rgb, depth=depth * mask, mask=mask, mask_rgb=mask_rgb, depth_convex=depth)
 
 
 def fusion_render(
@@ -167,13 +169,13 @@ def fusion_render(
     Unlike the official code, colour is clipped to [0, 1] before quantisation, so out-of-range values saturate
     instead of wrapping around.
     """
-    ssaa = geometry.fusion_ssaa
-    render = aggregate_render(meshes, textures, modelview, image_size * ssaa, geometry.fusion_near, geometry.fusion_far)
-    _check_seen(render)
+    ssaa, near, far = geometry.fusion_ssaa, geometry.fusion_near, geometry.fusion_far
+    with kernel_loop(kernels_for(modelview)):  # checks and resampling too: see `forward_backward_warp`
+        render = aggregate_render(meshes, textures, modelview, image_size * ssaa, near, far)
+        _check_seen(render)
+        color = lanczos_downsample(render.color, image_size, validate=False)
     return FusionFrame(
-        color=lanczos_downsample(render.color, image_size, validate=False),
-        depth=subsample_center(render.depth, ssaa),
-        mask=subsample_center(render.mask_depth, ssaa),
+        color=color, depth=subsample_center(render.depth, ssaa), mask=subsample_center(render.mask_depth, ssaa)
     )
 
 

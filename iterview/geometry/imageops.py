@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
+from types import ModuleType
 
+import numpy as np
 import PIL
 import torch
 import torch.nn.functional as F
+
+from iterview.geometry.raster import Backend, use_kernels
 
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 # Pillow's 8-bit resampler keeps filter weights as integers with 22 fractional bits (Resample.c).
@@ -16,13 +22,16 @@ _LANCZOS_SUPPORT = 3.0
 _LANCZOS_BYTES = 8 << 20  # float64 working copy of the images resampled at once
 
 
-def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) -> torch.Tensor:
+def lanczos_downsample(
+    image: torch.Tensor, size: int, validate: bool = True, backend: Backend = "auto"
+) -> torch.Tensor:
     """PIL LANCZOS resize of uint8-quantised colour. image: (B, C, H, W) in [0, 1] -> (B, C, size, size).
 
     Bit-exact with the official `Image.fromarray((clip(x, 0, 1) * 255).astype(uint8)).resize(..., LANCZOS) / 255`:
     truncating quantisation, PIL's fixed-point weights, two separable passes each rounded to uint8.
     Returns multiples of 1/255 in image's dtype. validate=False skips the input checks (and the device sync of
-    the finiteness test), for images the caller rendered itself.
+    the finiteness test), for images the caller rendered itself. backend: as in `raster.rasterize` ("numba" runs
+    Pillow's integer arithmetic compiled, for float32 images).
     """
     if image.ndim != 4 or not image.is_floating_point():
         raise ValueError(f"expected a floating-point image batch (B, C, H, W), got {image.dtype} {tuple(image.shape)}")
@@ -30,6 +39,12 @@ def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) ->
         raise ValueError(f"size must be a positive integer, got {size!r}")
     if validate and not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf")
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice the width; earlier
+    # versions always go horizontal first. Both agree on the square images of the pipeline.
+    height, width = image.shape[-2:]
+    vertical_first = _PILLOW_MAJOR >= 13 and height - size > 0 and height - size > 2 * (width - size)
+    if use_kernels(image.device, backend) and image.dtype == torch.float32 and not vertical_first:
+        return _lanczos_compiled(image, size)
     # A few images at a time: the float64 working copies of a whole batch would be mapped afresh (and page-faulted)
     # on every call, 2-3x slower per image on a CPU.
     chunk = max(1, _LANCZOS_BYTES // (8 * image[0].numel()))
@@ -42,10 +57,6 @@ def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) ->
     rows = _pil_lanczos_weights(image.shape[-2], size).to(image.device)
     columns = _pil_lanczos_weights(image.shape[-1], size).to(image.device)
     row_bands, column_bands = _lanczos_bands(image.shape[-2], size), _lanczos_bands(image.shape[-1], size)
-    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice the width; earlier
-    # versions always go horizontal first. Both agree on the square images of the pipeline.
-    height, width = image.shape[-2:]
-    vertical_first = _PILLOW_MAJOR >= 13 and height - size > 0 and height - size > 2 * (width - size)
     if not vertical_first:
         levels = _pil_round(
             _resample_rows(_pil_round(_resample_columns(levels, columns, column_bands)), rows, row_bands)
@@ -55,6 +66,29 @@ def lanczos_downsample(image: torch.Tensor, size: int, validate: bool = True) ->
             _resample_columns(_pil_round(_resample_rows(levels, rows, row_bands)), columns, column_bands)
         )
     return (levels / 255).to(image.dtype)
+
+
+def _lanczos_compiled(image: torch.Tensor, size: int) -> torch.Tensor:
+    """lanczos_downsample (horizontal pass first) with the compiled kernel (CPU, numba)."""
+    out = torch.empty(*image.shape[:-2], size, size)
+    filters = (*_lanczos_taps(image.shape[-1], size), *_lanczos_taps(image.shape[-2], size))
+    with _compiled() as kernels:
+        kernels.lanczos(image.contiguous().numpy(), *filters, out.numpy())
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _lanczos_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The LANCZOS weights (out, in) as each output's first input (out,) int64 and its K taps from there
+    (out, K) float64, zero past its support; the window starts early enough to end within the input."""
+    weights = _pil_lanczos_weights(in_size, out_size)
+    used = weights != 0
+    first = torch.where(used.any(1), used.int().argmax(1), 0)
+    last = torch.where(used.any(1), in_size - 1 - used.flip(1).int().argmax(1), 0)
+    taps = int((last - first).max()) + 1
+    first = first.clamp(max=in_size - taps)
+    window = first[:, None] + torch.arange(taps)
+    return first.numpy(), weights.gather(1, window).contiguous().numpy()
 
 
 def _resample_columns(levels: torch.Tensor, weights: torch.Tensor, bands: Bands) -> torch.Tensor:
@@ -155,15 +189,20 @@ def erode(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     return F.max_pool2d(F.max_pool2d(holes, (kernel, 1), stride=1), (1, kernel), stride=1) == 0
 
 
-def depth_edge(depth: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
+def depth_edge(depth: torch.Tensor, atol: float, rtol: float, backend: Backend = "auto") -> torch.Tensor:
     """Official depth_edge: True where a pixel has fewer than 3 discontinuous neighbour pairs.
     depth: (B, 1, H, W) -> bool (B, 1, H, W).
 
     A pair of 8-neighbours is discontinuous when |d1 - d2| > atol AND |1/d1 - 1/d2| > rtol, with d clamped to
-    >= 1e-6; each pixel counts the pairs it belongs to (0 to 8).
+    >= 1e-6; each pixel counts the pairs it belongs to (0 to 8). backend: as in `raster.rasterize`.
     """
     if depth.ndim != 4 or not depth.is_floating_point():
         raise ValueError(f"expected a floating-point depth batch (B, 1, H, W), got {depth.dtype} {tuple(depth.shape)}")
+    if use_kernels(depth.device, backend) and depth.dtype == torch.float32:
+        out = torch.empty(depth.shape, dtype=torch.bool)
+        with _compiled() as kernels:
+            kernels.depth_edge(_planes(depth)[0], np.float32(atol), np.float32(rtol), _planes(out)[0])
+        return out
     depth = depth.clamp_min(1e-6)
     inverse = 1 / depth
     height, width = depth.shape[-2:]
@@ -184,12 +223,32 @@ def subsample_center(x: torch.Tensor, ssaa: int) -> torch.Tensor:
     return x[..., offset::ssaa, offset::ssaa]
 
 
-def coverage_mask(mask: torch.Tensor, ssaa: int, threshold: float = 0.75) -> torch.Tensor:
-    """True where more than threshold·s² samples of an s×s block are set. (..., H·s, W·s) bool -> (..., H, W)."""
+def coverage_mask(mask: torch.Tensor, ssaa: int, threshold: float = 0.75, backend: Backend = "auto") -> torch.Tensor:
+    """True where more than threshold·s² samples of an s×s block are set. (..., H·s, W·s) bool -> (..., H, W).
+    backend: as in `raster.rasterize`."""
     _check_blocks(mask, ssaa)
     height, width = mask.shape[-2] // ssaa, mask.shape[-1] // ssaa
+    if use_kernels(mask.device, backend) and mask.dtype == torch.bool:
+        out = torch.empty(*mask.shape[:-2], height, width, dtype=torch.bool)
+        with _compiled() as kernels:  # count > threshold·s² <=> count >= floor(threshold·s²) + 1
+            kernels.coverage_mask(_planes(mask)[0], ssaa, math.floor(threshold * ssaa * ssaa) + 1, _planes(out)[0])
+        return out
     blocks = mask.reshape(*mask.shape[:-2], height, ssaa, width, ssaa)
     return blocks.sum((-3, -1)) > threshold * ssaa * ssaa
+
+
+@contextlib.contextmanager
+def _compiled() -> Iterator[ModuleType]:
+    """The compiled kernels of this module, run on PyTorch's thread count."""
+    from iterview.geometry import imageops_kernels, raster_kernels
+
+    with raster_kernels.running_on(torch.get_num_threads()):
+        yield imageops_kernels
+
+
+def _planes(*images: torch.Tensor) -> list[np.ndarray]:
+    """(..., H, W) CPU tensors as contiguous (P, H, W) numpy arrays (sharing memory where already contiguous)."""
+    return [image.contiguous().view(-1, *image.shape[-2:]).numpy() for image in images]
 
 
 def _check_blocks(x: torch.Tensor, ssaa: int) -> None:

@@ -12,12 +12,14 @@ from dataclasses import dataclass, replace
 from numbers import Real
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from iterview.geometry.cameras import check_modelview, focal_length, zbuffer_to_linear
 from iterview.geometry.imageops import erode
 from iterview.geometry.inference import OFFICIAL_GEOMETRY, InferenceGeometry
+from iterview.geometry.raster import Backend, use_kernels
 
 FLAG_EDGE = 1
 FLAG_PADDING = 2
@@ -58,6 +60,7 @@ def depth_to_mesh(
     rtol: float | None = None,
     erode_rgb: int = 0,
     compute_normals: bool = False,
+    backend: Backend = "auto",
 ) -> Mesh:
     """Official depth_to_mesh. depth: (B, N, N) linear z > 0; modelview: (B, 4, 4) world->camera.
 
@@ -65,34 +68,24 @@ def depth_to_mesh(
     (P = 1, then the ring is pulled onto z_cam = -0.1). atol / rtol: a face is a discontinuity when its linear
     depth range exceeds atol AND its inverse-depth range exceeds rtol (a missing one counts as 0; both None:
     no test); its vertices get FLAG_EDGE. erode_rgb e > 0: vertices within e grid steps of an edge vertex get
-    FLAG_ERODED. Returns V = M² vertices and F = 2(M-1)² faces with M = N (+ 2 with padding).
+    FLAG_ERODED. Returns V = M² vertices and F = 2(M-1)² faces with M = N (+ 2 with padding). backend: as in
+    `raster.rasterize` ("numba" builds float32 grids, their padding ring, faces and flags in one compiled pass per
+    image).
     """
     modelview = _validate(depth, modelview, fov, padding, atol, rtol, erode_rgb)
-    # Grids stay in image layout (B, C, M, M) until the end: contiguous planes keep the element-wise work fast.
-    points = unproject(depth, fov)
-    uv = image_uv(depth.shape[-1], dtype=depth.dtype, device=depth.device)
-    normal = grid_normals(points) if compute_normals else None
-    depth = depth[:, None]
-    if padding is not None:
-        points, depth, uv, normal = _pad_ring(points, depth, uv, normal, padding, fov)
+    compiled = use_kernels(depth.device, backend) and depth.dtype == torch.float32
+    points, faces, flag, uv = (_grid_compiled if compiled else _grid)(depth, fov, padding, atol, rtol)
+    if erode_rgb > 0 and (atol is not None or rtol is not None):
+        flag |= ~erode((flag & FLAG_EDGE) == 0, 2 * erode_rgb + 1) * FLAG_ERODED
 
-    batch, size = depth.shape[0], depth.shape[-1]
-    main_diagonal = _main_diagonal_shorter(points)
-    faces = _grid_faces(main_diagonal)
-    flag = torch.zeros(batch, 1, size, size, dtype=torch.int64, device=depth.device)
-    if padding is not None:
-        flag[..., [0, -1], :] = FLAG_PADDING
-        flag[..., :, [0, -1]] = FLAG_PADDING
-    if atol is not None or rtol is not None:
-        edge = _discontinuity_vertices(depth, main_diagonal, atol or 0.0, rtol or 0.0)
-        flag |= edge * FLAG_EDGE
-        if erode_rgb > 0:
-            flag |= ~erode(~edge, 2 * erode_rgb + 1) * FLAG_ERODED
-
+    batch = depth.shape[0]
     camera_to_world = torch.linalg.inv(modelview)
     rotation, translation = camera_to_world[:, :3, :3], camera_to_world[:, :3, 3:]
     position = (rotation @ points.flatten(2) + translation).transpose(1, 2)
-    if normal is not None:
+    normal = None
+    if compute_normals:  # from the image's own points, edge-replicated onto a padding ring
+        normal = grid_normals(points if padding is None else points[..., 1:-1, 1:-1])
+        normal = normal if padding is None else F.pad(normal, (1, 1, 1, 1), mode="replicate")
         normal = (rotation @ normal.flatten(2)).transpose(1, 2).contiguous()
     return Mesh(
         position=position.contiguous(),
@@ -103,6 +96,56 @@ def depth_to_mesh(
         fov=float(fov),
         normal=normal,
     )
+
+
+def _grid(
+    depth: torch.Tensor, fov: float, padding: float | str | None, atol: float | None, rtol: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The vertex grid of depth_to_mesh in camera space: points (B, 3, M, M), faces (B, F, 3), flag (B, 1, M, M)
+    int64 (padding and edge bits) and uv (2, M, M)."""
+    # Grids stay in image layout (B, C, M, M) until the end: contiguous planes keep the element-wise work fast.
+    points = unproject(depth, fov)
+    uv = image_uv(depth.shape[-1], dtype=depth.dtype, device=depth.device)
+    depth = depth[:, None]
+    if padding is not None:
+        points, depth, uv = _pad_ring(points, depth, uv, padding, fov)
+    main_diagonal = _main_diagonal_shorter(points)
+    faces = _grid_faces(main_diagonal)
+    batch, size = depth.shape[0], depth.shape[-1]
+    flag = torch.zeros(batch, 1, size, size, dtype=torch.int64, device=depth.device)
+    if padding is not None:
+        flag[..., [0, -1], :] = FLAG_PADDING
+        flag[..., :, [0, -1]] = FLAG_PADDING
+    if atol is not None or rtol is not None:
+        flag |= _discontinuity_vertices(depth, main_diagonal, atol or 0.0, rtol or 0.0) * FLAG_EDGE
+    return points, faces, flag, uv
+
+
+def _grid_compiled(
+    depth: torch.Tensor, fov: float, padding: float | str | None, atol: float | None, rtol: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_grid with the compiled kernel (CPU, numba): the same float32 arithmetic in one pass per image."""
+    from iterview.geometry import mesh_kernels, raster_kernels
+
+    batch, size = depth.shape[0], depth.shape[-1] + (0 if padding is None else 2)
+    points = torch.empty(batch, 3, size, size)
+    faces = torch.empty(batch, 2 * (size - 1) ** 2, 3, dtype=torch.int64)
+    flag = torch.empty(batch, 1, size, size, dtype=torch.int64)
+    uv = torch.empty(2, size, size)
+    pixels = 1.0 if padding == "frustum" else float(padding or 0.0)
+    ring = pixels * 2 * math.tan(math.radians(fov) / 2) / depth.shape[-1]  # as `_pad_ring`
+    tolerances = np.float32(atol or 0.0), np.float32(rtol or 0.0), atol is not None or rtol is not None
+    with raster_kernels.running_on(torch.get_num_threads()):
+        mesh_kernels.grid_mesh(
+            depth.contiguous().numpy(),
+            np.float32(focal_length(fov)),
+            padding is not None,
+            np.float32(ring),
+            padding == "frustum",
+            *tolerances,
+            *(t.numpy() for t in (points, faces, flag, uv)),
+        )
+    return points, faces, flag, uv
 
 
 def rgbd_to_mesh(
@@ -191,17 +234,11 @@ def _grid_faces(main_diagonal: torch.Tensor) -> torch.Tensor:
 
 
 def _pad_ring(
-    points: torch.Tensor,
-    depth: torch.Tensor,
-    uv: torch.Tensor,
-    normal: torch.Tensor | None,
-    padding: float | str,
-    fov: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    points: torch.Tensor, depth: torch.Tensor, uv: torch.Tensor, padding: float | str, fov: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Edge-replicate one ring around every (B, C, N, N) grid, then push the ring outwards (official padding)."""
     points, depth = F.pad(points, (1, 1, 1, 1), mode="replicate"), F.pad(depth, (1, 1, 1, 1), mode="replicate")
     uv = F.pad(uv[None], (1, 1, 1, 1), mode="replicate")[0]
-    normal = F.pad(normal, (1, 1, 1, 1), mode="replicate") if normal is not None else None
     size = depth.shape[-1]
     step = torch.zeros(size, dtype=depth.dtype, device=depth.device)
     step[0], step[-1] = -1.0, 1.0
@@ -212,7 +249,7 @@ def _pad_ring(
         scale = torch.full_like(depth, FRUSTUM_DEPTH) / depth
         scale[..., 1:-1, 1:-1] = 1.0
         points = points * scale
-    return points, depth, uv, normal
+    return points, depth, uv
 
 
 def _discontinuity_vertices(depth: torch.Tensor, main_diagonal: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:

@@ -295,10 +295,12 @@ def triangle_setup(
     depth-test band by band). Inputs as `rasterize`, already validated; face_mask and discard_back: (B, F) bool."""
     kernels = _kernels()
     batch, num_faces = faces.shape[:2]
-    clip = clip_coordinates(position, modelview, fov, near, far)
+    clip = torch.empty(*position.shape[:2], 4)  # as clip_coordinates computes it
     planes, front = torch.empty(batch * num_faces, 3, 4), torch.empty(batch * num_faces, dtype=torch.bool)
     table = np.empty((kernels.TABLE_ROWS, batch * num_faces))
     with kernels.running_on(torch.get_num_threads()):
+        matrices = (position.to(torch.float32), modelview.to(torch.float32), perspective(fov, near, far))
+        kernels.clip_vertices(*_numpy(*matrices), clip.numpy())
         guard = np.float32(_guard_band(size))  # the float32 value the torch path's planes hold
         flags = _numpy(face_mask.reshape(-1), discard_back.reshape(-1))
         status = kernels.setup_faces(*_numpy(clip, faces), guard, *flags, size, *_numpy(planes, front), table)
@@ -644,6 +646,12 @@ def kernel_loop(compiled: bool) -> contextlib.AbstractContextManager:
     """`raster_kernels.pytorch_on_one_thread()` where the compiled kernels run, else nothing: for loops that
     alternate kernels and small PyTorch operations."""
     return _kernels().pytorch_on_one_thread() if compiled else contextlib.nullcontext()
+
+
+def kernels_for(value: object, backend: Backend = "auto") -> bool:
+    """Whether `backend` runs the compiled kernels for the tensor `value` (False where it is not a tensor: the
+    caller's own checks say why)."""
+    return isinstance(value, torch.Tensor) and use_kernels(value.device, backend)
 
 
 def use_kernels(device: torch.device, backend: Backend) -> bool:

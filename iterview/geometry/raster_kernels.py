@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.metadata
 import math
 import os
 import threading
@@ -20,13 +21,11 @@ import numba
 import numpy as np
 import torch
 
+from iterview.geometry.mesh import FLAG_EDGE
+
 _ONE = 256.0  # sub-pixel units per pixel (`raster.SUBPIXEL_BITS`)
 _LOCK = threading.RLock()
 _taken_threads: int | None = None  # PyTorch's thread count while pytorch_on_one_thread() holds it
-# PyTorch runs its own OpenMP pool: numba's 'omp' layer would start a second one, whose spinning threads slowed
-# every PyTorch operation after a kernel about 5x (measured); workqueue threads sleep between kernels.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 # glibc's mallopt parameters (malloc.h) and the values keep_freed_memory() sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _TRIM_BYTES, _MMAP_BYTES = 1 << 30, 32 << 20  # 32 MB is the largest mmap threshold glibc takes
@@ -53,11 +52,59 @@ def keep_freed_memory() -> bool:
 keep_freed_memory()
 
 
+def use_tbb_if_installed() -> bool:
+    """Run the kernels on numba's TBB threading layer where the tbb package is installed, else on its workqueue
+    layer; never on its OpenMP one. Returns whether TBB's library was found. A no-op where the process set
+    NUMBA_THREADING_LAYER itself.
+
+    PyTorch runs its own OpenMP pool: numba's 'omp' layer would start a second one, whose spinning threads slowed
+    every PyTorch operation after a kernel about 5x (measured), and GNU OpenMP does not survive the fork of a
+    DataLoader worker. The workqueue layer's threads sleep between kernels, and on a virtual machine waking them
+    took as long as a small kernel: a forward-backward warp of one image took a median 17-20 ms on it against
+    10 ms on TBB (measured, 2 cores). pip puts TBB's library in the environment's lib folder, where the dynamic
+    loader does not look (numba issue 6108), so it is loaded here by path before numba looks for it by name."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return False
+    numba.config.THREADING_LAYER, numba.config.THREADING_LAYER_PRIORITY = "default", ["tbb", "workqueue", "omp"]
+    try:
+        files = importlib.metadata.files("tbb") or []
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    libraries = [file for file in files if file.name == "libtbb.so.12"]
+    for library in libraries:
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(str(library.locate()), mode=ctypes.RTLD_GLOBAL)
+    return bool(libraries)
+
+
+use_tbb_if_installed()
+
+
 # Rows of the per-triangle table: the column bounds (A, D, m) of the first and last left and right edge (12),
 # first and last sample row (window y, up), the depth plane (z0, dz/dcolumn, dz/drow), the pixel index of column 0
 # of row 0 and the face index.
 TABLE_ROWS = 19
 Corner = tuple[np.float32, np.float32, np.float32, np.float32]  # clip-space x, y, z, w
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def clip_vertices(position: np.ndarray, modelview: np.ndarray, projection: np.ndarray, clip: np.ndarray) -> None:
+    """`raster.clip_coordinates` into clip (B, V, 4) float32: position (B, V, 3) float32 through modelview
+    (B, 4, 4) and projection (4, 4), each row's three products summed in order, then its constant added (the
+    order of the PyTorch path's matrix products, bit for bit)."""
+    vertices = position.shape[1]
+    for v in numba.prange(position.shape[0] * vertices):
+        b = element(v, vertices)
+        x, y, z = position[b, v - b * vertices, 0], position[b, v - b * vertices, 1], position[b, v - b * vertices, 2]
+        eye = _affine(modelview[b], 0, x, y, z), _affine(modelview[b], 1, x, y, z), _affine(modelview[b], 2, x, y, z)
+        for row in range(4):
+            clip[b, v - b * vertices, row] = _affine(projection, row, *eye)
+
+
+@numba.njit(cache=True, nogil=True)
+def _affine(matrix: np.ndarray, row: int, x: np.float32, y: np.float32, z: np.float32) -> np.float32:
+    """Row `row` of a (4, 4) float32 matrix applied to (x, y, z, 1): ((x m0 + y m1) + z m2) + m3."""
+    return matrix[row, 3] + ((x * matrix[row, 0] + y * matrix[row, 1]) + z * matrix[row, 2])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -436,30 +483,35 @@ def draw_and_shade_simple(
     planes: np.ndarray,
     front_table: np.ndarray,
     faces: np.ndarray,
-    attributes: np.ndarray,
+    uv: np.ndarray,
+    flag: np.ndarray,
     texture: np.ndarray,
+    near_far: tuple[float, float],
     bands: int,
-    depth: np.ndarray,
+    zbuffer: np.ndarray,
     face: np.ndarray,
     color: np.ndarray,
     mask: np.ndarray,
+    depth: np.ndarray,
 ) -> None:
     """The official SimpleRenderer, band of rows by band: the depth test of the table (`setup_faces`), then the
     shading of the band while it is in cache, as `warp.render_simple` computes it from `resolve_pixels`,
-    `interpolate_pixels` and `raster.sample_nearest`. depth (B, S, S) float32: window depth, 1 where empty;
-    face (B, S, S) int64 scratch; color (B, 3, S, S): the nearest texel (clamped) at the interpolated uv of front
-    fragments, 0 elsewhere; mask (B, S, S): front fragments whose interpolated edge flag is <= 0.999.
-    planes, front_table: per face as in resolve_pixels; faces: (B, F, 3); attributes: (B, V, 3) float32 u, v
-    and edge flag; texture: (B, 3, N, M)."""
+    `interpolate_pixels`, `raster.sample_nearest` and `raster.window_to_linear`. zbuffer (B, S, S) float32 and
+    face (B, S, S) int64: scratch; color (B, 3, S, S): the nearest texel (clamped) at the interpolated uv of
+    front fragments, 0 elsewhere; mask (B, S, S): front fragments whose interpolated edge flag (bit FLAG_EDGE of
+    flag) is <= 0.999; depth (B, S, S): linear depth of the (near, far) projection, far where empty.
+    planes, front_table: per face as in resolve_pixels; faces: (B, F, 3); uv: (B, V, 2) float32; flag: (B, V)
+    int64; texture: (B, 3, N, M)."""
     size = face.shape[-1]
-    flat_depth, flat_face = depth.reshape(-1), face.reshape(-1)
+    flat_zbuffer, flat_face = zbuffer.reshape(-1), face.reshape(-1)
     for part in numba.prange(bands):
         low, high = band_rows(spread(part, bands), size, bands)  # sample rows, window y up
-        clear_rows(face, depth, size - 1 - high, size - low)
-        draw_band(table, low, high, size, flat_depth, flat_face)
+        clear_rows(face, zbuffer, size - 1 - high, size - low)
+        draw_band(table, low, high, size, flat_zbuffer, flat_face)
         for b in range(face.shape[0]):
             for row in range(size - 1 - high, size - low):
-                _shade_simple_row(b, row, planes, front_table, faces, attributes, texture, depth, face, color, mask)
+                _shade_simple_row(b, row, planes, front_table, faces, uv, flag, texture, zbuffer, face, color, mask)
+                _linear_row(zbuffer[b, row], near_far, depth[b, row])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -478,7 +530,8 @@ def _shade_simple_row(
     planes: np.ndarray,
     front_table: np.ndarray,
     faces: np.ndarray,
-    attributes: np.ndarray,
+    uv: np.ndarray,
+    flag: np.ndarray,
     texture: np.ndarray,
     depth: np.ndarray,
     face: np.ndarray,
@@ -499,13 +552,30 @@ def _shade_simple_row(
             continue
         w0, w1, w2 = pixel_barycentrics(planes, flat, _ndc(column, size), y)
         v0, v1, v2 = faces[b, f, 0], faces[b, f, 1], faces[b, f, 2]
-        u = attributes[b, v0, 0] * w0 + attributes[b, v1, 0] * w1 + attributes[b, v2, 0] * w2
-        v = attributes[b, v0, 1] * w0 + attributes[b, v1, 1] * w1 + attributes[b, v2, 1] * w2
-        edge = attributes[b, v0, 2] * w0 + attributes[b, v1, 2] * w1 + attributes[b, v2, 2] * w2
+        u = uv[b, v0, 0] * w0 + uv[b, v1, 0] * w1 + uv[b, v2, 0] * w2
+        v = uv[b, v0, 1] * w0 + uv[b, v1, 1] * w1 + uv[b, v2, 1] * w2
+        edge = _edge_flag(flag[b, v0]) * w0 + _edge_flag(flag[b, v1]) * w1 + _edge_flag(flag[b, v2]) * w2
         texel_column, texel_row = texel(u, cols), texel(v, rows)
         for c in range(3):
             color[b, c, row, column] = texture[b, c, texel_row, texel_column]
         mask[b, row, column] = edge <= np.float32(0.999)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_flag(flag: int) -> np.float32:
+    """A vertex's FLAG_EDGE bit as a float32 0 or 1, the attribute the SimpleRenderer interpolates."""
+    return np.float32(flag & FLAG_EDGE)
+
+
+@numba.njit(cache=True, nogil=True)
+def _linear_row(zbuffer: np.ndarray, near_far: tuple[float, float], out: np.ndarray) -> None:
+    """`raster.window_to_linear` of a row of window depths, in its float32 arithmetic (PyTorch divides a number
+    by a tensor as the number times the tensor's reciprocal)."""
+    near, far = near_far
+    numerator, total, span = np.float32(2 * near * far), np.float32(far + near), np.float32(far - near)
+    for column in range(len(zbuffer)):
+        ndc = zbuffer[column] * np.float32(2.0) - np.float32(1.0)
+        out[column] = numerator * (np.float32(1.0) / (total - ndc * span))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -583,8 +653,8 @@ def pytorch_on_one_thread() -> Iterator[None]:
     """For loops of kernels with small PyTorch operations between them: the kernels inside take PyTorch's
     threads and PyTorch runs on one meanwhile. After each parallel operation PyTorch's idle OpenMP workers spin
     for milliseconds, taking the cores from the next kernel's threads: at two threads this makes the 26-view
-    fusion frame 1.5x faster (measured), while the forward-backward warp, whose PyTorch operations are
-    image-sized, is faster without it. Nested uses keep the outermost one's counts."""
+    fusion frame 1.5x faster (measured), and the forward-backward warp (meshing and resampling compiled too) as
+    fast with 40 % less CPU time. Nested uses keep the outermost one's counts."""
     global _taken_threads
     with _LOCK:
         if _taken_threads is not None:
