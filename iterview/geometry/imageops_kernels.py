@@ -93,22 +93,27 @@ def depth_edge(depth: np.ndarray, atol: np.float32, rtol: np.float32, out: np.nd
     """`imageops.depth_edge` of depth (P, H, W) float32 into out (P, H, W) bool: fewer than 3 of a pixel's
     8-neighbours differ from it by more than atol in depth and by more than rtol in inverse depth (depth clamped
     to >= 1e-6; float32 throughout)."""
-    planes, height, width = depth.shape
-    for line in numba.prange(planes * height):
-        p = element(line, height)
-        y = line - p * height
-        for x in range(width):
-            count = 0
-            for dy in range(-1, 2):
-                for dx in range(-1, 2):
-                    inside = 0 <= y + dy < height and 0 <= x + dx < width and (dy != 0 or dx != 0)
-                    if inside and _discontinuous(depth[p, y, x], depth[p, y + dy, x + dx], atol, rtol):
-                        count += 1
-            out[p, y, x] = count < 3
+    for line in numba.prange(out.shape[0] * out.shape[1]):
+        p = element(line, out.shape[1])
+        for x in range(out.shape[2]):
+            out[p, line - p * out.shape[1], x] = _broken_pairs(depth[p], line - p * out.shape[1], x, atol, rtol) < 3
+
+
+@numba.njit(cache=True, nogil=True)
+def _broken_pairs(depth: np.ndarray, y: int, x: int, atol: np.float32, rtol: np.float32) -> int:
+    """How many of pixel (y, x)'s 8-neighbours in depth (H, W) are discontinuous with it."""
+    count = 0
+    for dy in range(-1, 2):
+        for dx in range(-1, 2):
+            inside = 0 <= y + dy < depth.shape[0] and 0 <= x + dx < depth.shape[1] and (dy != 0 or dx != 0)
+            if inside and _discontinuous(depth[y, x], depth[y + dy, x + dx], atol, rtol):
+                count += 1
+    return count
 
 
 @numba.njit(cache=True, nogil=True)
 def _discontinuous(first: np.float32, second: np.float32, atol: np.float32, rtol: np.float32) -> bool:
+    """|d1 - d2| > atol and |1/d1 - 1/d2| > rtol, each depth clamped to >= 1e-6."""
     first, second = max(first, _MIN_DEPTH), max(second, _MIN_DEPTH)
     return abs(first - second) > atol and abs(_ONE / first - _ONE / second) > rtol
 
@@ -117,13 +122,8 @@ def _discontinuous(first: np.float32, second: np.float32, atol: np.float32, rtol
 def coverage_mask(mask: np.ndarray, ssaa: int, least: int, out: np.ndarray) -> None:
     """`imageops.coverage_mask` of mask (P, H·s, W·s) bool into out (P, H, W) bool: at least `least` of the s×s
     samples of each block set."""
-    planes, height, width = out.shape
-    for line in numba.prange(planes * height):
-        p = element(line, height)
-        y = line - p * height
-        for x in range(width):
-            count = 0
-            for dy in range(ssaa):
-                for dx in range(ssaa):
-                    count += mask[p, y * ssaa + dy, x * ssaa + dx]
-            out[p, y, x] = count >= least
+    for block_row in numba.prange(out.shape[0] * out.shape[1]):
+        p = element(block_row, out.shape[1])
+        rows = mask[p, (block_row - p * out.shape[1]) * ssaa :]
+        for x in range(out.shape[2]):
+            out[p, block_row - p * out.shape[1], x] = rows[:ssaa, x * ssaa : (x + 1) * ssaa].sum() >= least
