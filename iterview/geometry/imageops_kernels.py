@@ -1,9 +1,9 @@
-"""Compiled CPU kernels of `imageops` (Numba): Pillow's LANCZOS resize in its fixed-point arithmetic, a line at a
-time, without the batch-sized float64 working copies; the depth-edge and coverage masks in one pass over the
+"""Compiled CPU kernels of `imageops` (Numba): Pillow's LANCZOS resize in its fixed-point arithmetic, a few rows
+at a time, without the batch-sized float64 working copies; the depth-edge and coverage masks in one pass over the
 pixels. Importing this module needs numba.
 
-The sums of integer taps × integer levels stay below 2^37, exact in float64 in any order: the kernels may
-reassociate them (vectorised sums), and produce Pillow's levels bit for bit.
+The sums of integer taps × integer levels stay below 2^37, exact in float64 in any order, so the passes give
+Pillow's integer levels bit for bit.
 """
 
 from __future__ import annotations
