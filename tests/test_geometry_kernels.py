@@ -215,7 +215,7 @@ def test_kernel_loops_give_pytorchs_threads_to_the_kernels():
     kernel_threads = min(2, numba.config.NUMBA_NUM_THREADS)
     with pytorch_on_one_thread():
         assert torch.get_num_threads() == 1
-        with running_on(torch.get_num_threads()):
+        with running_on():
             assert numba.get_num_threads() == kernel_threads
             assert band_count(640) == 4 * kernel_threads  # the kernel's threads, not PyTorch's one
             assert band_count(3) == 3  # never more bands than rows

@@ -259,7 +259,7 @@ def _shade_and_composite(
         faces, uv, flag, normal, position = (
             t.contiguous().numpy() for t in (mesh.faces, mesh.uv, mesh.flag, mesh.normal, mesh.position)
         )
-        with raster_kernels.running_on(torch.get_num_threads()):
+        with raster_kernels.running_on():
             discard = torch.from_numpy(aggregate_kernels.padding_faces(faces, flag))
             targets = modelview.repeat(last - first, 1, 1)  # stacked element v·B + b: view v into target b
             setup = triangle_setup(

@@ -242,7 +242,7 @@ def _compiled() -> Iterator[ModuleType]:
     """The compiled kernels of this module, run on PyTorch's thread count."""
     from iterview.geometry import imageops_kernels, raster_kernels
 
-    with raster_kernels.running_on(torch.get_num_threads()):
+    with raster_kernels.running_on():
         yield imageops_kernels
 
 

@@ -135,7 +135,7 @@ def _grid_compiled(
     pixels = 1.0 if padding == "frustum" else float(padding or 0.0)
     ring = pixels * 2 * math.tan(math.radians(fov) / 2) / depth.shape[-1]  # as `_pad_ring`
     tolerances = np.float32(atol or 0.0), np.float32(rtol or 0.0), atol is not None or rtol is not None
-    with raster_kernels.running_on(torch.get_num_threads()):
+    with raster_kernels.running_on():
         mesh_kernels.grid_mesh(
             depth.contiguous().numpy(),
             np.float32(focal_length(fov)),

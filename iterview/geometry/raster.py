@@ -148,7 +148,7 @@ def interpolate(
     if use_kernels(attributes.device, backend):
         out = attributes.new_empty(channels, batch, size, size)
         kernels = _kernels()
-        with kernels.running_on(torch.get_num_threads()):
+        with kernels.running_on():
             kernels.interpolate_pixels(
                 *_numpy(fragments.face.reshape(-1), fragments.bary.movedim(-1, 0).reshape(3, -1), faces, attributes),
                 size * size,
@@ -265,7 +265,7 @@ def nearest_faces(setup: TriangleSetup, batch: int, size: int) -> NearestFaces:
     kernels = _kernels()
     face = torch.full((batch, size, size), -1, dtype=torch.int64)
     zbuffer = torch.full((batch, size, size), math.inf)
-    with kernels.running_on(torch.get_num_threads()):
+    with kernels.running_on():
         kernels.draw_table(setup.table, size, *_numpy(zbuffer.view(-1), face.view(-1)))
     return NearestFaces(face=face, zbuffer=zbuffer, planes=setup.planes, front=setup.front)
 
@@ -298,7 +298,7 @@ def triangle_setup(
     clip = torch.empty(*position.shape[:2], 4)  # as clip_coordinates computes it
     planes, front = torch.empty(batch * num_faces, 3, 4), torch.empty(batch * num_faces, dtype=torch.bool)
     table = np.empty((kernels.TABLE_ROWS, batch * num_faces))
-    with kernels.running_on(torch.get_num_threads()):
+    with kernels.running_on():
         matrices = (position.to(torch.float32), modelview.to(torch.float32), perspective(fov, near, far))
         kernels.clip_vertices(*_numpy(*matrices), clip.numpy())
         guard = np.float32(_guard_band(size))  # the float32 value the torch path's planes hold
@@ -332,7 +332,7 @@ def _draw_compiled(
     kernels = _kernels()
     bary = torch.empty(3, *nearest.face.shape)
     front = torch.empty(nearest.face.shape, dtype=torch.bool)
-    with kernels.running_on(torch.get_num_threads()):
+    with kernels.running_on():
         kernels.resolve_pixels(
             *_numpy(nearest.zbuffer.view(-1), nearest.face.view(-1), nearest.planes, nearest.front),
             faces.shape[1],

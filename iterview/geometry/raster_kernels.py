@@ -639,10 +639,11 @@ def interpolate_pixels(
 
 
 @contextlib.contextmanager
-def running_on(threads: int) -> Iterator[None]:
-    """Run the kernels called inside on `threads` threads (at most the cores numba found; callers pass PyTorch's
-    count), or on those an enclosing `pytorch_on_one_thread()` took. One caller at a time: the workqueue
+def running_on(threads: int | None = None) -> Iterator[None]:
+    """Run the kernels called inside on `threads` threads (default: PyTorch's count; at most the cores numba
+    found), or on those an enclosing `pytorch_on_one_thread()` took. One caller at a time: the workqueue
     threading layer does not take concurrent launches."""
+    threads = torch.get_num_threads() if threads is None else threads
     with _LOCK:
         numba.set_num_threads(max(1, min(_taken_threads or threads, numba.config.NUMBA_NUM_THREADS)))
         yield

@@ -120,7 +120,7 @@ def _render_simple_compiled(
                 mesh.position[one], faces, modelview[one], size, mesh.fov, near, far, drawn[one], ~drawn[one]
             )
             uv, flag = mesh.uv[one].to(torch.float32).numpy(), mesh.flag[one].numpy()
-            with raster_kernels.running_on(torch.get_num_threads()):
+            with raster_kernels.running_on():
                 raster_kernels.draw_and_shade_simple(
                     setup.table,
                     *(t.contiguous().numpy() for t in (setup.planes, setup.front, faces)),
