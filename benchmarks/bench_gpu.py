@@ -149,28 +149,36 @@ def pipelines(args: argparse.Namespace) -> dict[str, MultiViewPipeline]:
 
 @torch.no_grad()
 def instance_seconds(pipeline: MultiViewPipeline, batch: int, views: int, device: str) -> dict:
-    """Seconds for view 0, per further view and per instance of one batch of `views`-view 3x9 instances."""
+    """Seconds for view 0, per further view and per instance of one batch of `views`-view 3x9 instances, and the
+    U-Net image evaluations per instance (counted at the models' forward calls)."""
     finished: list[float] = []
+    evaluations = [0]
 
     def callback(step: dict) -> None:
         if "sample" in step:
             synchronize(device)
             finished.append(time.perf_counter())
 
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        evaluations[0] += len(inputs[0])
+
     modelviews = grid_viewset_3x9().modelviews[:views].expand(batch, views, 4, 4).to(device)
     generators = [torch.Generator(device).manual_seed(seed) for seed in range(batch)]
     classes = torch.arange(batch, device=device) % pipeline.g_u.num_classes
+    hooks = [model.register_forward_hook(count) for model in (pipeline.g_u, pipeline.g_c)]
     synchronize(device)
     start = time.perf_counter()
     pipeline(modelviews, generators, classes, callback=callback)
     synchronize(device)
     total = time.perf_counter() - start
+    for hook in hooks:
+        hook.remove()
     further = (finished[-1] - finished[0]) / (views - 1)
     return {
         "view0_s": round(finished[0] - start, 3),
         "further_view_s": round(further, 4),
         "s_per_instance": round(total / batch, 3),
-        "unet_evals": pipeline.unet_evaluations(views, guided=True),
+        "unet_evals": evaluations[0] // batch,
     }
 
 
@@ -201,6 +209,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append each section's record to this JSON-lines file")
     parser.add_argument("--quick", action="store_true", help="seconds: tiny models, 3 views, a 50-step schedule")
     args = parser.parse_args()
+    if args.views < 2:
+        parser.error("--views must be at least 2 (view 0 and a further view)")
     args.presets = QUICK_PRESETS if args.quick else PRESETS
     if args.quick:
         args.unet_batch, args.batches, args.views, args.repeats = 2, "1,2", 3, 1

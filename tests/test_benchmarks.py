@@ -52,7 +52,8 @@ def test_benchmark_quick_mode_prints_one_json_line(script):
     if script == "bench_gpu.py":
         for role in ("uncond", "cond"):
             assert record[f"unet_{role}"]["fast_max_abs_error"] <= 1e-4
-        # the quick run: 3 views, a 50-step schedule; the official path guides all 50 DDPM and 2 DDIM steps
+        # counted U-Net evaluations of the quick run (3 views, a 50-step schedule): the official path guides
+        # all 50 DDPM steps and both DDIM steps of each further view
         assert record["instance_b1"]["official"]["unet_evals"] == 2 * 50 + 2 * 2 * 2
         assert record["instance_b1"]["fast"]["unet_evals"] < record["instance_b1"]["official"]["unet_evals"]
 
