@@ -132,8 +132,7 @@ def _grid_compiled(
     faces = torch.empty(batch, 2 * (size - 1) ** 2, 3, dtype=torch.int64)
     flag = torch.empty(batch, 1, size, size, dtype=torch.int64)
     uv = torch.empty(2, size, size)
-    pixels = 1.0 if padding == "frustum" else float(padding or 0.0)
-    ring = pixels * 2 * math.tan(math.radians(fov) / 2) / depth.shape[-1]  # as `_pad_ring`
+    ring = 0.0 if padding is None else _ring_offset(padding, fov, depth.shape[-1])
     tolerances = np.float32(atol or 0.0), np.float32(rtol or 0.0), atol is not None or rtol is not None
     with raster_kernels.running_on():
         mesh_kernels.grid_mesh(
@@ -242,14 +241,20 @@ def _pad_ring(
     size = depth.shape[-1]
     step = torch.zeros(size, dtype=depth.dtype, device=depth.device)
     step[0], step[-1] = -1.0, 1.0
-    pixels = 1.0 if padding == "frustum" else float(padding)
-    offset = pixels * 2 * math.tan(math.radians(fov) / 2) / (size - 2) * depth[:, 0]
+    offset = _ring_offset(padding, fov, size - 2) * depth[:, 0]
     points = points + torch.stack([step * offset, -step[:, None] * offset, torch.zeros_like(offset)], dim=1)
     if padding == "frustum":
         scale = torch.full_like(depth, FRUSTUM_DEPTH) / depth
         scale[..., 1:-1, 1:-1] = 1.0
         points = points * scale
     return points, depth, uv
+
+
+def _ring_offset(padding: float | str, fov: float, image_size: int) -> float:
+    """How far the padding ring moves outwards per unit of depth: `padding` pixels (1 for "frustum") of an
+    image_size-pixel image at fov."""
+    pixels = 1.0 if padding == "frustum" else float(padding)
+    return pixels * 2 * math.tan(math.radians(fov) / 2) / image_size
 
 
 def _discontinuity_vertices(depth: torch.Tensor, main_diagonal: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
