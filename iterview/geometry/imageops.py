@@ -17,7 +17,7 @@ from iterview.geometry.raster import Backend, use_kernels
 
 _PILLOW_MAJOR = int(PIL.__version__.split(".")[0])
 # Pillow's 8-bit resampler keeps filter weights as integers with 22 fractional bits (Resample.c).
-_PIL_PRECISION_BITS = 22
+PIL_PRECISION_BITS = 22
 _LANCZOS_SUPPORT = 3.0
 _LANCZOS_BYTES = 8 << 20  # float64 working copy of the images resampled at once
 
@@ -119,7 +119,7 @@ def _lanczos_bands(in_size: int, out_size: int, block: int = 16) -> Bands:
 
 def _pil_round(accumulated: torch.Tensor) -> torch.Tensor:
     """Pillow's clip8: add one half, shift out the fraction (a floor), clamp to 0..255."""
-    return torch.floor((accumulated + 2 ** (_PIL_PRECISION_BITS - 1)) / 2**_PIL_PRECISION_BITS).clamp(0, 255)
+    return torch.floor((accumulated + 2 ** (PIL_PRECISION_BITS - 1)) / 2**PIL_PRECISION_BITS).clamp(0, 255)
 
 
 def _sinc(x: float) -> float:
@@ -147,7 +147,7 @@ def _pil_lanczos_weights(in_size: int, out_size: int) -> torch.Tensor:
         for w in taps:  # sequential like the C loop (Python >= 3.12's sum() compensates)
             total += w
         for x, w in zip(range(xmin, xmax), taps, strict=True):
-            w = (w / total if total != 0.0 else w) * 2**_PIL_PRECISION_BITS
+            w = (w / total if total != 0.0 else w) * 2**PIL_PRECISION_BITS
             weights[xx, x] = int(w - 0.5) if w < 0 else int(w + 0.5)
     return weights
 

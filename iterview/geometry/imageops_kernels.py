@@ -11,10 +11,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from iterview.geometry.imageops import PIL_PRECISION_BITS
 from iterview.geometry.raster_kernels import element
 
-_SCALE = 2.0**-22  # `imageops._PIL_PRECISION_BITS`
-_HALF = 2.0**21
+_SCALE, _HALF = 2.0**-PIL_PRECISION_BITS, 2.0 ** (PIL_PRECISION_BITS - 1)
 _ZERO, _ONE, _LEVELS = np.float32(0.0), np.float32(1.0), np.float32(255.0)
 _MIN_DEPTH = np.float32(1e-6)
 _ROWS = 8  # image rows the horizontal pass filters together
