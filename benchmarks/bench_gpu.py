@@ -60,9 +60,8 @@ def random_model(preset: str, device: str, seed: int) -> ADMUNet:
 
 
 def official_dtypes(model: ADMUNet, preset: str, device: str) -> ADMUNet:
-    """A copy of model in the official dtype layout: float16 blocks where the config says use_fp16 (on CUDA only:
-    CPU float16 convolutions are an emulation), float32 elsewhere."""
-    model = copy.deepcopy(model)
+    """model switched (in place) to the official dtype layout: float16 blocks where the config says use_fp16 (on
+    CUDA only: CPU float16 convolutions are an emulation), float32 elsewhere."""
     if get_preset(preset).mixed_precision == "fp16" and device.startswith("cuda"):
         model.convert_to_fp16()
     return model
