@@ -137,6 +137,18 @@ def model_identity(weights: str | Path, config) -> str:
     return digest.hexdigest()[:16]
 
 
+def network_identity(model) -> str:
+    """A content hash (sha256, 16 hex digits) of a loaded network's (an nn.Module's) parameters and buffers, in
+    any dtype."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def resolve_weights(spec: str | Path, role: str) -> Path:
     """The weights a user names for `role` (uncond, cond, classifier): a shipped set, a training run folder (its
     newest EMA), a checkpoint, a model folder or a weights file; a UserError naming the option otherwise."""

@@ -21,15 +21,17 @@ from iterview.data.datasets import RGBDDataset
 from iterview.data.layout import load_depth, read_index
 from iterview.data.synth import write_synth_dataset
 from iterview.diffusion.presets import resolve_samplers
+from iterview.errors import UserError
 from iterview.geometry.inference import InferenceGeometry
 from iterview.models import shipped
 from iterview.models.adm import ADMUNet
 from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline import lift as lift_module
-from iterview.pipeline.lift import LiftSettings, PhotoLifter, lift_photo, load_lift_models
+from iterview.pipeline.lift import LiftSettings, PhotoLifter, file_sha256, lift_photo, load_lift_models
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import make_viewset
+from iterview.validate import network_identity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -296,6 +298,45 @@ def test_same_seed_same_scene_other_seed_other_scene(models, tmp_path):
         out = lift_photo(photo, tmp_path / name, models["g_c"], depth=disparity, viewset="swing:2", seed=seed)
         runs[name] = next((out / "scenes").glob("*.npz")).read_bytes()
     assert runs["a"] == runs["b"] and runs["a"] != runs["c"]
+
+
+def test_a_lift_never_replaces_another_scene_without_overwrite(models, tmp_path, monkeypatch):
+    photo, disparity, _ = _synth_photo(tmp_path)
+    out, alone = tmp_path / "out", tmp_path / "alone"
+    base = ["lift", str(photo), "--cond", str(models["g_c"]), "--depth", str(disparity), "--viewset", "swing:2"]
+    base += ["--sampler", "fast", "--cpu"]
+
+    def lift(*extra: str, output: Path = out):
+        return CliRunner().invoke(app, [*base, "--output", str(output), *extra])
+
+    assert lift().exit_code == 0
+    npz = out / "scenes" / "scene_seed00000.npz"
+    first = npz.read_bytes()
+    record = json.loads(npz.with_suffix(".json").read_text())["info"]["lift"]
+    assert record["photo_sha256"] == file_sha256(photo) and record["depth"]["sha256"] == file_sha256(disparity)
+    assert record["models"]["cond"] == network_identity(load_lift_models(models["g_c"]).g_c)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MultiViewPipeline, "__call__", no_sampling)
+        again = lift()  # the same lift, finished: kept, not sampled again
+        assert again.exit_code == 0 and "(already lifted)" in again.output
+        other_settings = lift("--viewset", "swing:3")
+        Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)  # another photo at the same path
+        other_photo = lift()
+    for result, changed in ((other_settings, "viewset"), (other_photo, "photo_sha256")):
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "output folder holds another scene" in result.output and changed in result.output, result.output
+        assert "--overwrite" in result.output
+    assert npz.read_bytes() == first
+    replaced = lift("--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert lift(output=alone).exit_code == 0
+    assert npz.read_bytes() != first and npz.read_bytes() == (alone / "scenes" / "scene_seed00000.npz").read_bytes()
+    with pytest.raises(UserError, match="another scene"):
+        lift_photo(photo, out, models["g_c"], depth=disparity, viewset="swing:3", sampler="fast")
 
 
 def test_a_lifted_synth_image_gives_the_pipelines_views_from_the_same_first_view(models, tmp_path):

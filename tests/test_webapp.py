@@ -236,6 +236,16 @@ def test_lift_passes_the_upload_to_lift_photo_and_finds_its_outputs(models, phot
     assert "mesh.glb" in zipfile.ZipFile(bundle).namelist()
 
 
+def test_a_second_lift_of_the_same_name_lands_beside_the_first(models, photos, stand_in_lift, tmp_path):
+    options = LiftOptions(seed=4)
+    first = handlers.lift_scene(models, photos["good"], None, options, tmp_path, lambda event: None)
+    before = {path: path.read_bytes() for path in first.files}
+    second = handlers.lift_scene(models, photos["good"], None, options, tmp_path, lambda event: None)
+    assert [call[1] for call in stand_in_lift] == [tmp_path / "lift" / f"photo_seed00004{s}" for s in ("", "-2")]
+    assert second.scene == tmp_path / "lift" / "photo_seed00004-2" / "scene"
+    assert {path: path.read_bytes() for path in first.files} == before
+
+
 def test_bad_uploads_to_lift_end_as_a_message(models, photos, stand_in_lift, tmp_path):
     jobs = JobQueue()
     for photo, message in ((photos["text"], "not an image"), (photos["corrupt"], "corrupt"), (None, "no photo")):

@@ -207,44 +207,63 @@ def lift(
         float | None, typer.Option(help="Classifier-free strength w (with --class) [a shipped set's, else 3].")
     ] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even when a GPU is present.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace a scene of another photo or settings that the output holds under its name."
+        ),
+    ] = False,
 ) -> None:
     """Lift photos into scenes: the photo is view 0, its depth comes from a depth model or a file, and G_c
     generates every further view; writes the scene, grids, a fusion video and PLY / GLB / NeRF exports.
 
     Every photo is checked before any sampling; bad ones are reported and skipped, and the exit status is 1 if
-    any photo failed."""
-    import torch
-
-    from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
-
-    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    if depth and depth_model:
-        raise ValueError("give --depth files or --depth-model, not both")
-    if depth and len(depth) != len(photos):
-        raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
-    settings = LiftSettings.from_options(ctx.params, depth_files=bool(depth))
-    models = load_lift_models(cond, uncond, config_cond, config_uncond, device)
-    lifter = PhotoLifter(models, settings, device, progress=True)
-    views, failed = _first_views(lifter, photos, depth or [None] * len(photos))
-    for view, name in zip(views, photo_folders([view.photo for view in views]), strict=True):
-        root = lifter.lift(view, output if len(photos) == 1 else output / name)
-        typer.echo(f"{view.photo} -> {root}")
+    any photo failed. A photo already lifted with the same settings is not sampled again; a scene of another
+    photo or settings in its output folder is replaced only with --overwrite."""
+    lifter = _photo_lifter(ctx.params)
+    folders = [output] if len(photos) == 1 else [output / name for name in photo_folders(photos)]
+    jobs, failed = _checked_jobs(lifter, photos, depth or [None] * len(photos), folders, overwrite)
+    for view, folder, done in jobs:
+        root = lifter.lift(view, folder, overwrite=overwrite)
+        typer.echo(f"{view.photo} -> {root}" + (" (already lifted)" if done else ""))
     if failed:
         typer.echo(f"{len(failed)} of {len(photos)} photo(s) failed: {', '.join(map(str, failed))}", err=True)
         raise typer.Exit(1)
 
 
-def _first_views(lifter: PhotoLifter, photos: list[Path], depths: list[Path | None]) -> tuple[list[FirstView], list]:
-    """Every photo's first view, checked before any sampling; returns them and the photos that failed (each
-    reported as it fails)."""
-    views, failed = [], []
-    for photo, depth_file in zip(photos, depths, strict=True):
+def _photo_lifter(options: dict[str, Any]) -> PhotoLifter:
+    """Check the lift command's options (depth files or a depth model, one file per photo) and load its models
+    and depth model."""
+    import torch
+
+    from iterview.pipeline.lift import LiftSettings, PhotoLifter, load_lift_models
+
+    photos, depth, depth_model = options["photos"], options["depth"], options["depth_model"]
+    if depth and depth_model:
+        raise ValueError("give --depth files or --depth-model, not both")
+    if depth and len(depth) != len(photos):
+        raise ValueError(f"{len(depth)} --depth file(s) for {len(photos)} photo(s): give one per photo")
+    device = torch.device("cuda" if torch.cuda.is_available() and not options["cpu"] else "cpu")
+    settings = LiftSettings.from_options(options, depth_files=bool(depth))
+    models = [options[name] for name in ("cond", "uncond", "config_cond", "config_uncond")]
+    return PhotoLifter(load_lift_models(*models, device), settings, device, progress=True)
+
+
+def _checked_jobs(
+    lifter: PhotoLifter, photos: list[Path], depths: list[Path | None], folders: list[Path], overwrite: bool
+) -> tuple[list[tuple[FirstView, Path, bool]], list[Path]]:
+    """Every photo's first view and output folder, checked before any sampling (a bad photo or depth file, or a
+    folder holding another scene under its name unless overwrite), with whether it is already lifted there; and
+    the photos that failed, each reported as it fails."""
+    jobs, failed = [], []
+    for photo, depth_file, folder in zip(photos, depths, folders, strict=True):
         try:
-            views.append(lifter.first_view(photo, depth_file))
+            view = lifter.first_view(photo, depth_file)
+            jobs.append((view, folder, not overwrite and lifter.already_lifted(view, folder)))
         except (ValueError, FileNotFoundError) as error:
             failed.append(photo)
             typer.echo(f"error: {error}", err=True)
-    return views, failed
+    return jobs, failed
 
 
 def photo_folders(photos: list[Path]) -> list[str]:

@@ -11,6 +11,8 @@ the padding is unknown, and G_c (or G_u, when given) inpaints it in view 0's own
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -33,16 +35,19 @@ from iterview.data.prepare import (
 )
 from iterview.diffusion.guidance import classifier_free, replacement_guidance
 from iterview.diffusion.presets import resolve_samplers
+from iterview.errors import UserError, read_json
 from iterview.geometry.aggregate import Conditions
 from iterview.geometry.inference import InferenceGeometry
 from iterview.models.adm import ADMUNet
 from iterview.models.shipped import inference_settings, resolve_model
 from iterview.pipeline.loading import inference_geometry, load_network
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
-from iterview.pipeline.sampling import Instance, save_instance, scene_path
+from iterview.pipeline.runinfo import differences
+from iterview.pipeline.sampling import Instance, instance_suffix, save_instance, scene_path
 from iterview.pipeline.viewsets import Viewset, make_viewset
 from iterview.render.export import export_scene
 from iterview.render.video import render_scene_video
+from iterview.validate import network_identity
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited over
 VIDEO_FRAMES = 60
@@ -93,12 +98,22 @@ class LiftModels:
 @dataclass
 class FirstView:
     """A photo ready to lift: rgbd (4, S, S) in [-1, 1] (depth = z-buffer of (0.5, 100)), known (1, S, S) bool
-    (False on --pad padding) and where it came from."""
+    (False on --pad padding), where it came from and the photo file's SHA-256."""
 
     photo: Path
     rgbd: torch.Tensor
     known: torch.Tensor
     depth_source: dict
+    photo_sha256: str
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes: what identifies a photo or a depth file in a lift's record."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_lift_models(
@@ -228,6 +243,20 @@ class PhotoLifter:
         strength = settings.guidance
         self.strength = float(models.settings.get("guidance", Guidance().strength) if strength is None else strength)
         self.estimator = None if settings.depth_model is None else _depth_estimator(settings.depth_model, device)
+        self.model_identities = {
+            "cond": network_identity(models.g_c),
+            "uncond": None if models.g_u is None else network_identity(models.g_u),
+        }
+
+    @property
+    def label(self) -> int | None:
+        """The class the scenes are sampled for: None for the null class or an unconditional G_c."""
+        return None if self.classes is None or self.classes[0] < 0 else int(self.classes[0])
+
+    @property
+    def suffix(self) -> str:
+        """The file suffix of a lifted scene, as `iterview sample` names it."""
+        return instance_suffix(self.settings.seed, self.label)
 
     def first_view(self, photo: str | Path, depth: str | Path | None = None) -> FirstView:
         """Read `photo` and its depth (`depth` file, else the depth model) -> view 0. Raises FileNotFoundError or
@@ -241,7 +270,7 @@ class PhotoLifter:
         if depth is not None:
             kind = self.settings.depth_kind or "official"
             disparity = user_disparity(depth, size, kind)
-            source = {"file": str(depth), "kind": kind}
+            source = {"file": str(depth), "kind": kind, "sha256": file_sha256(depth)}
         elif self.estimator is not None:
             kind = self.settings.depth_kind or self.estimator.kind
             prediction = self.estimator.predict(pixel_values_for(self.estimator.processor, image)[None], [size])[0]
@@ -258,7 +287,7 @@ class PhotoLifter:
             rgbd, known = pad_input(image, disparity, image_size)
         else:
             rgbd, known = model_input(image, disparity, image_size), torch.ones(1, image_size, image_size, dtype=bool)
-        return FirstView(photo, rgbd, known, source)
+        return FirstView(photo, rgbd, known, source, file_sha256(photo))
 
     def pipeline(self) -> MultiViewPipeline:
         """The multi-view pipeline of these models and settings (no guidance for the null class)."""
@@ -275,9 +304,19 @@ class PhotoLifter:
         )
 
     @torch.no_grad()
-    def lift(self, view: FirstView, output_dir: str | Path, callback: Callable[[int, int], None] | None = None) -> Path:
-        """Sample every further camera from `view`, write the run into output_dir and return it."""
+    def lift(
+        self,
+        view: FirstView,
+        output_dir: str | Path,
+        callback: Callable[[int, int], None] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Sample every further camera from `view`, write the run into output_dir and return it. A scene that
+        this very lift already finished there is kept (only its video and exports are written again); one that
+        another photo, depth, model or setting made under the same name is replaced only with `overwrite`."""
         root = Path(output_dir)
+        if not overwrite and self.already_lifted(view, root):
+            return self.write_outputs(root, self.suffix)
         pipeline = self.pipeline()
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)
         classes = None if self.classes is None else self.classes.to(self.device)
@@ -292,10 +331,28 @@ class PhotoLifter:
                 callback(event["view"] + 1, event["views"])
 
         result = pipeline(modelviews, [generator], classes, first_view=first, callback=finished)
-        label = None if classes is None or classes[0] < 0 else int(classes[0])
-        instance = Instance(self.settings.seed, label, self.viewset, generator)
+        instance = Instance(self.settings.seed, self.label, self.viewset, generator)
         save_instance(root, result, 0, instance, self.geometry, self.record(view))
         return self.write_outputs(root, instance.suffix)
+
+    def already_lifted(self, view: FirstView, output_dir: str | Path) -> bool:
+        """Whether output_dir holds this lift's finished scene (the same record: photo, depth, models, settings).
+        A scene of another lift or run under the same name is a UserError naming what differs."""
+        stem = scene_path(Path(output_dir), self.suffix)
+        meta_path = stem.with_suffix(".json")
+        if not meta_path.is_file():
+            return False
+        meta = read_json(meta_path, "scene file")
+        expected = json.loads(json.dumps(self.record(view)))
+        info = meta.get("info") if isinstance(meta, dict) else None
+        if info == expected:
+            return stem.with_suffix(".npz").is_file()
+        found = info.get("lift") if isinstance(info, dict) else None
+        why = "it was not made by iterview lift"
+        if isinstance(found, dict):
+            changed = ", ".join(differences(found, expected["lift"]))
+            why = f"it was lifted from {found.get('photo')} and differs in {changed}"
+        raise UserError("output folder holds another scene", meta_path, why, "pass another --output, or --overwrite")
 
     def record(self, view: FirstView) -> dict:
         """What the scene records about how it was made."""
@@ -303,8 +360,10 @@ class PhotoLifter:
         return {
             "lift": {
                 "photo": str(view.photo),
+                "photo_sha256": view.photo_sha256,
                 "cond": self.models.cond,
                 "uncond": self.models.uncond,
+                "models": self.model_identities,
                 "depth": view.depth_source,
                 "input_depth": {"near": 0.5, "far": 100.0},
                 "fit": "pad" if s.pad else "crop",
@@ -383,6 +442,7 @@ def lift_photo(
     sampler: str = "official",
     guidance: float | None = None,
     callback: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Lift one photo into a scene in output_dir and return that folder.
 
@@ -392,7 +452,9 @@ def lift_photo(
     transformers hub id or folder; default the official MiDaS DPT-BEiT-L-512). class_label: None for the null
     class. viewset: orbit:N, swing, swing:N, 3x9 or a camera file. pad: keep the whole photo and inpaint the
     padding instead of centre-cropping. callback(done_views, total_views) after each view. Bad input raises
-    FileNotFoundError or ValueError naming the file, before any sampling.
+    FileNotFoundError or ValueError naming the file, before any sampling; so does a scene of another photo,
+    depth, model or setting that output_dir holds under the same name, unless `overwrite` (the same lift,
+    finished, is kept as it is).
 
     The folder holds, as `iterview sample` (suffix `seed<s>` or `class<c>_seed<s>`): scenes/scene_<sfx>.npz +
     .json, grids/rgb_<sfx>.png and depth_<sfx>.png, conds/, videos/scene_<sfx>.mp4 and _depth.mp4, and
@@ -412,4 +474,4 @@ def lift_photo(
     }
     settings = LiftSettings.from_options(options, depth_files=depth is not None)
     lifter = PhotoLifter(models, settings, device)
-    return lifter.lift(lifter.first_view(photo, depth), output_dir, callback)
+    return lifter.lift(lifter.first_view(photo, depth), output_dir, callback, overwrite)

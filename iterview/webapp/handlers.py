@@ -2,11 +2,12 @@
 
 Generated scenes use the official run layout (`iterview sample`) under `<output>/generate/<run name>/`, plus
 `videos/` (as `iterview render`) and `exports/<scene>/` (as `iterview export`); lifted photos go to
-`<output>/lift/<photo>_seed<s>/`.
+`<output>/lift/<photo>_seed<s>/` (`-2`, `-3`, ... after it when that folder exists).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import zipfile
@@ -352,7 +353,7 @@ def lift_scene(
         raise ValueError(f"lifting photos is not available in this installation ({error})") from None
     photo = Path(photo)
     report(Progress(0.0, f"lifting {photo.name} ({image.width}x{image.height})"))
-    folder = Path(output_dir) / "lift" / f"{photo.stem}_seed{options.seed:05d}"
+    folder = unused_folder(Path(output_dir) / "lift", f"{photo.stem}_seed{options.seed:05d}")
 
     def callback(event: object) -> None:
         if isinstance(event, dict) and "view" in event and "views" in event:
@@ -375,6 +376,13 @@ def lift_scene(
         callback=callback,
     )
     return lifted_outputs(Path(result))
+
+
+def unused_folder(parent: Path, name: str) -> Path:
+    """parent/name, else parent/name-2, name-3, ...: the first that does not exist, so that a lift never lands
+    on an earlier one (another upload may share the photo's name)."""
+    candidates = (parent / (name if number == 1 else f"{name}-{number}") for number in itertools.count(1))
+    return next(path for path in candidates if not path.exists())
 
 
 def lifted_outputs(folder: Path) -> SceneOutputs:
