@@ -14,11 +14,11 @@ SYNTH_DEFAULTS = {"count": 512, "size": 64, "seed": 0}
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the dataset into (created; resumed if present).")],
     count: Annotated[
-        int | None, typer.Option("--count", "-n", min=1, help="Number of scenes (one front view each) [512].")
+        int | None, typer.Option("--count", "-n", min=1, help="Number of scenes (one front view each; default 512).")
     ] = None,
-    size: Annotated[int | None, typer.Option("--size", "-s", min=8, help="Image size in pixels [64].")] = None,
+    size: Annotated[int | None, typer.Option("--size", "-s", min=8, help="Image size in pixels (default 64).")] = None,
     seed: Annotated[
-        int | None, typer.Option(min=0, help="Image i is always the same scene for a given seed [0].")
+        int | None, typer.Option(min=0, help="Image i is always the same scene for a given seed (default 0).")
     ] = None,
     preset: Annotated[
         str | None,

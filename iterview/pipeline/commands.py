@@ -53,15 +53,15 @@ def sample(
     steps_cond: Annotated[int | None, typer.Option(help="G_c steps.")] = None,
     guidance: Annotated[
         float | None,
-        typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅ [a shipped set's own, else 3.0]."),
+        typer.Option(help="Classifier-free strength w: ε = (1+w)·ε_c − w·ε_∅ (default: a shipped set's own, else 3)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Instances sampled together per process.")] = 10,
-    fov: Annotated[float | None, typer.Option(help="Field of view in degrees [official 45].")] = None,
-    near: Annotated[float | None, typer.Option(help="Depth channel z-buffer near plane [official 0.6].")] = None,
-    far: Annotated[float | None, typer.Option(help="Depth channel z-buffer far plane [official 5].")] = None,
-    atol: Annotated[float | None, typer.Option(help="Meshing tolerance [0.03 at 128 px, × 128/size].")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Meshing tolerance [0.03 at 128 px, × 128/size].")] = None,
-    erode_rgb: Annotated[int | None, typer.Option(help="RGB erosion radius [3 at 128 px, ÷ 128/size].")] = None,
+    fov: Annotated[float | None, typer.Option(help="Field of view in degrees (official: 45).")] = None,
+    near: Annotated[float | None, typer.Option(help="Depth channel z-buffer near plane (official: 0.6).")] = None,
+    far: Annotated[float | None, typer.Option(help="Depth channel z-buffer far plane (official: 5).")] = None,
+    atol: Annotated[float | None, typer.Option(help="Meshing tolerance (0.03 at 128 px, × 128/size).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Meshing tolerance (0.03 at 128 px, × 128/size).")] = None,
+    erode_rgb: Annotated[int | None, typer.Option(help="RGB erosion radius (3 at 128 px, ÷ 128/size).")] = None,
     cpu: Annotated[bool, typer.Option(help="Sample on the CPU even when a GPU is present.")] = False,
     official_unet: Annotated[
         bool, typer.Option(help="Evaluate the U-Nets as the official code does (slower; the fast path is within 1e-4).")
@@ -204,7 +204,7 @@ def lift(
     seed: int = 0,
     sampler: Annotated[str, typer.Option(help="official (G_c DDIM-50) or fast (DDIM-10, CFG window).")] = "official",
     guidance: Annotated[
-        float | None, typer.Option(help="Classifier-free strength w (with --class) [a shipped set's, else 3].")
+        float | None, typer.Option(help="Classifier-free strength w (with --class; default: a shipped set's, else 3).")
     ] = None,
     cpu: Annotated[bool, typer.Option(help="Run on the CPU even when a GPU is present.")] = False,
     overwrite: Annotated[

@@ -24,7 +24,7 @@ def render(
     frames: Annotated[int, typer.Option(help="Frames for swing and orbit.")] = 60,
     fps: int = 30,
     ssaa: Annotated[
-        int | None, typer.Option(help="Supersampling of the fusion render [the scene's, official 5].")
+        int | None, typer.Option(help="Supersampling of the fusion render (default: the scene's; official: 5).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random trajectory (combined with each scene's name).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Render scenes whose outputs already exist again.")] = False,
@@ -74,8 +74,8 @@ def export(
         Path | None, typer.Option(help="Default: <run folder>/exports; one folder per scene.")
     ] = None,
     format: Annotated[list[str] | None, typer.Option(help="ply, glb, nerf (repeatable; default all).")] = None,
-    atol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
-    rtol: Annotated[float | None, typer.Option(help="Discontinuity tolerance [the scene's].")] = None,
+    atol: Annotated[float | None, typer.Option(help="Discontinuity tolerance (default: the scene's).")] = None,
+    rtol: Annotated[float | None, typer.Option(help="Discontinuity tolerance (default: the scene's).")] = None,
 ) -> None:
     """Export scenes to a coloured point cloud and fused mesh (PLY, GLB) and a NeRF / 3DGS folder."""
     from iterview import validate
