@@ -148,24 +148,29 @@ def _train(
 
 
 def _sample_scenes(run: Path, pipeline, config: DemoConfig, progress: bool) -> list[Path]:
-    """`scenes_per_class` 3x9 viewsets of each class, seeds 0.. with class = seed mod classes."""
+    """`scenes_per_class` 3x9 viewsets of each class, seeds 0.. with class = seed mod classes. A run folder made
+    by other models or settings is refused (a rerun of the same demo resumes)."""
+    from iterview.pipeline.runinfo import pipeline_record, recorded_run
     from iterview.pipeline.sampling import sample_viewset
 
     classes = pipeline.g_u.num_classes or 1
     seeds = list(range(config.seed, config.seed + classes * config.scenes_per_class))
-    sample_viewset(
-        pipeline.g_u,
-        pipeline.g_c,
-        run,
-        seeds,
-        viewset="3x9",
-        batch_size=len(seeds),
-        sampler_uncond=pipeline.sampler_uncond,
-        sampler_cond=pipeline.sampler_cond,
-        guidance=pipeline.guidance,
-        geometry=pipeline.geometry,
-        progress=progress,
-    )
+    record = pipeline_record(pipeline)
+    with recorded_run(run, record, option="--out"):
+        sample_viewset(
+            pipeline.g_u,
+            pipeline.g_c,
+            run,
+            seeds,
+            viewset="3x9",
+            batch_size=len(seeds),
+            sampler_uncond=pipeline.sampler_uncond,
+            sampler_cond=pipeline.sampler_cond,
+            guidance=pipeline.guidance,
+            geometry=pipeline.geometry,
+            progress=progress,
+            made_by=record,
+        )
     return sorted((run / "scenes").glob("scene_*.npz"))[: len(seeds)]
 
 

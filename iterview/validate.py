@@ -138,15 +138,15 @@ def model_identity(weights: str | Path, config) -> str:
 
 
 def network_identity(model) -> str:
-    """A content hash (sha256, 16 hex digits) of a loaded network's (an nn.Module's) parameters and buffers, in
-    any dtype."""
+    """A content hash (sha256, hex) of a loaded network's (an nn.Module's) parameters and buffers, in any dtype;
+    a `torch.compile`d module hashes as the module it wraps."""
     import torch
 
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
+        digest.update(name.removeprefix("_orig_mod.").encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def resolve_weights(spec: str | Path, role: str) -> Path:

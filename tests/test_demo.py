@@ -8,7 +8,10 @@ import math
 from typer.testing import CliRunner
 
 from iterview.cli import app
+from iterview.config import tiny_adm_config
+from iterview.data.benchmark import BENCHMARK
 from iterview.data.synth import CATEGORIES
+from iterview.models.checkpoint import save_model, tiny_adm
 
 
 def _run(out, *extra):
@@ -42,3 +45,20 @@ def test_demo_trains_from_scratch_with_the_synth_recipe(tmp_path, one_thread):
     config = json.loads((out / "g_c" / "train_config.json").read_text())
     assert config["warp_pixel_scale"] == 4.0 and config["max_steps"] == 1  # the synth_c preset, shortened
     assert (out / "g_c" / "checkpoints" / "step_0000001" / "ema" / "model.safetensors").is_file()
+
+
+def test_a_demo_folder_resumes_but_is_not_reused_for_other_models(tmp_path, one_thread):
+    out = tmp_path / "demo"
+    _run(out)
+    scenes = out / "samples" / "scenes"
+    before = {path.name: path.read_bytes() for path in scenes.iterdir()}
+    _run(out)  # the same demo again: its finished scenes are kept
+    assert {path.name: path.read_bytes() for path in scenes.iterdir()} == before
+    shape = {"image_size": BENCHMARK.image_size, "num_classes": len(CATEGORIES)}
+    g_u = save_model(tiny_adm(1, in_channels=4, **shape), tiny_adm_config(in_channels=4, **shape), tmp_path / "u")
+    g_c = save_model(tiny_adm(2, in_channels=10, **shape), tiny_adm_config(in_channels=10, **shape), tmp_path / "c")
+    args = ["demo", "--quick", "--cpu", "--no-progress", "--out", str(out), "--uncond", str(g_u), "--cond", str(g_c)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "run folder made by other models or settings" in result.output and "pass another --out" in result.output
+    assert {path.name: path.read_bytes() for path in scenes.iterdir()} == before

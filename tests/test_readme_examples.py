@@ -277,8 +277,8 @@ CHAINS = (
                 extra="--epochs 1",
             ),
             Step(
-                "iterview demo --uncond runs/synth_u3 --cond runs/synth_c4",
-                ("demo/report.html", "demo/report.json"),
+                "iterview demo --uncond runs/synth_u3 --cond runs/synth_c4 --out demo-retrained",
+                ("demo-retrained/report.html", "demo-retrained/report.json"),
                 extra="--quick",
             ),
             Step(
@@ -344,7 +344,7 @@ NOT_RUN = {
     "tests/test_demo.py::test_quick_demo_shows_every_class_and_measures_it",
     "iterview demo --out demo": "the full demo (minutes); its reduced run with the shipped models is "
     "tests/test_demo.py::test_quick_demo_shows_every_class_and_measures_it",
-    "iterview demo --out demo --train": "hours of training; the reduced run is "
+    "iterview demo --out demo-trained --train": "hours of training; the reduced run is "
     "tests/test_demo.py::test_demo_trains_from_scratch_with_the_synth_recipe",
     "python benchmarks/bench_quality.py --bench data/bench --official-images 1000 --out bench-quality --settings "
     "official_cond,fast,unipc10_window,unipc6_window,ddim10_window,dpmpp20,ddim10,official_uncond": (

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from iterview.geometry.cameras import linear_to_zbuffer, zbuffer_to_linear
 from iterview.io import colorize_depth, make_grid, save_png, write_json
 from iterview.pipeline.multiview import MultiViewPipeline, MultiViewResult
 from iterview.pipeline.viewsets import GRID_3X9
+from iterview.validate import network_identity
 
 
 @torch.no_grad()
@@ -105,12 +105,9 @@ def first_views_identity(pipeline: MultiViewPipeline, seed: int) -> dict:
     """What first views depend on: G_u's weights (a SHA-256 of its state dict), sampler, guidance and seed."""
     from iterview.pipeline.loading import sampler_summary
 
-    digest = hashlib.sha256()
-    for name, tensor in pipeline.g_u.state_dict().items():
-        digest.update(name.removeprefix("_orig_mod.").encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     summary = sampler_summary(pipeline)
-    return {"g_u_sha256": digest.hexdigest(), "seed": seed} | {k: summary[k] for k in ("sampler_uncond", "guidance")}
+    identity = {"g_u_sha256": network_identity(pipeline.g_u), "seed": seed}
+    return identity | {k: summary[k] for k in ("sampler_uncond", "guidance")}
 
 
 def _check_first_views(out: Path, identity: dict, reuse: bool) -> None:

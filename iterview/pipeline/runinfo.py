@@ -13,7 +13,7 @@ from pathlib import Path
 
 from iterview.errors import UserError, read_json
 from iterview.io import atomic_path
-from iterview.validate import model_identity
+from iterview.validate import model_identity, network_identity
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "iterview.run"
@@ -36,15 +36,30 @@ def run_record(
     return json.loads(json.dumps(record))
 
 
+def pipeline_record(pipeline) -> dict:
+    """The identity of a run sampled with a loaded MultiViewPipeline (e.g. the demo's): hashes of its G_u's and
+    G_c's parameters, its samplers, guidance and geometry, in JSON form as `run_record`."""
+    record = {
+        "uncond": network_identity(pipeline.g_u),
+        "cond": None if pipeline.g_c is None else network_identity(pipeline.g_c),
+        "sampler_uncond": asdict(pipeline.sampler_uncond),
+        "sampler_cond": asdict(pipeline.sampler_cond),
+        "guidance": asdict(pipeline.guidance),
+        "geometry": asdict(pipeline.geometry),
+    }
+    return json.loads(json.dumps(record))
+
+
 def differences(found: dict, expected: dict) -> list[str]:
     """The top-level keys in which two records differ."""
     return sorted(key for key in {*found, *expected} if found.get(key) != expected.get(key))
 
 
 @contextmanager
-def recorded_run(root: Path, record: dict) -> Iterator[Path]:
-    """Claim run folder root for `record`: refuse a folder made by other models or settings, write run.json
-    (format + record) if new, and take it back again if the block fails before any scene was written."""
+def recorded_run(root: Path, record: dict, option: str = "--output-dir") -> Iterator[Path]:
+    """Claim run folder root for `record`: refuse a folder made by other models or settings (the error points
+    to `option`, the command's output folder), write run.json (format + record) if new, and take it back again
+    if the block fails before any scene was written."""
     path = root / RUN_FILE
     if path.is_file():
         found = read_json(path, "run record")
@@ -54,7 +69,7 @@ def recorded_run(root: Path, record: dict) -> Iterator[Path]:
                 "run folder made by other models or settings",
                 path,
                 f"differs in {', '.join(changed)}",
-                "pass another --output-dir, or the same models and options to resume",
+                f"pass another {option}, or the same models and options to resume",
             )
         yield root
         return
@@ -63,7 +78,7 @@ def recorded_run(root: Path, record: dict) -> Iterator[Path]:
             "run folder without a run record",
             root,
             "it holds scenes but no run.json, so what made them is unknown",
-            "pass another --output-dir",
+            f"pass another {option}",
         )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps({"format": RUN_FORMAT, "made_by": record}, indent=1))
