@@ -1,5 +1,7 @@
 """The app's handlers and job queue as plain functions, with tiny random models on CPU (no web library needed)."""
 
+import importlib.util
+import json
 import sys
 import threading
 import time
@@ -22,6 +24,7 @@ from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline.multiview import Guidance
 from iterview.pipeline.sampling import sample_viewset
 from iterview.pipeline.scene import Scene
+from iterview.validate import network_identity
 from iterview.webapp import handlers
 from iterview.webapp.handlers import AppModels, GenerateOptions, LiftOptions, RenderSettings
 from iterview.webapp.jobs import Done, Failed, JobQueue, Progress
@@ -355,3 +358,29 @@ def test_app_command_rejects_bad_models_without_a_traceback(tmp_path):
     gu = save_model(*tiny(4, 1), tmp_path / "gu")
     result = CliRunner().invoke(app, ["app", "--uncond", str(gu), "--cond", str(gu), "--port", "0"])
     assert result.exit_code != 0 and "--port" in result.output
+
+
+def test_the_app_refuses_an_output_folder_of_other_models(generated, tmp_path, monkeypatch):
+    served = []
+    ui = types.SimpleNamespace(build_app=lambda *args: "page", launch=lambda page, host, port, out: served.append(out))
+    monkeypatch.setitem(sys.modules, "iterview.webapp.ui", ui)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "gradio" else find_spec(name, *a)
+    )
+    g_u, g_c, other = (save_model(*tiny(c, seed), tmp_path / f"m{seed}") for c, seed in ((4, 1), (10, 2), (4, 3)))
+    out = tmp_path / "out"
+
+    def serve(uncond, output_dir=out):
+        args = ["app", "--uncond", str(uncond), "--cond", str(g_c), "--output-dir", str(output_dir), "--cpu"]
+        return CliRunner().invoke(app, args)
+
+    assert serve(g_u).exit_code == 0 and serve(g_u).exit_code == 0 and served == [out, out]
+    record = json.loads((out / "app.json").read_text())
+    assert record["uncond"] == network_identity(tiny(4, 1)[0]) and record["cond"] == network_identity(tiny(10, 2)[0])
+    refused = serve(other)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output and len(served) == 2
+    assert "output folder of another app" in refused.output and "other uncond" in refused.output
+    # Generated scenes without a record: what made them is unknown.
+    unknown = serve(g_u, generated[0])
+    assert unknown.exit_code == 2 and "no app.json" in unknown.output and len(served) == 2

@@ -43,7 +43,7 @@ def app_command(
     import torch
 
     from iterview.pipeline.loading import load_pipeline
-    from iterview.webapp.handlers import AppModels, RenderSettings
+    from iterview.webapp.handlers import AppModels, RenderSettings, claim_output_dir
 
     if importlib.util.find_spec("gradio") is None:
         typer.echo('iterview app needs the `app` extra (Gradio): pip install -e ".[app]"', err=True)
@@ -60,7 +60,8 @@ def app_command(
         pipeline = load_pipeline(uncond, cond, device=device, config_uncond=config_uncond, config_cond=config_cond)
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from None
-    output_dir.mkdir(parents=True, exist_ok=True)
+    models = AppModels.from_pipeline(pipeline, device)
+    claim_output_dir(output_dir, models)
     typer.echo(f"iterview app on http://{host}:{port} (outputs in {output_dir}); Ctrl+C stops it")
-    demo = build_app(AppModels.from_pipeline(pipeline, device), output_dir, RenderSettings(frames, ssaa))
+    demo = build_app(models, output_dir, RenderSettings(frames, ssaa))
     launch(demo, host, port, output_dir)

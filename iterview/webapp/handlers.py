@@ -8,12 +8,13 @@ Generated scenes use the official run layout (`iterview sample`) under `<output>
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,18 @@ from torch import nn
 from iterview.data.images import load_image
 from iterview.diffusion.presets import resolve_samplers
 from iterview.diffusion.samplers import Callback
+from iterview.errors import UserError, read_json
 from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.inference import InferenceGeometry
 from iterview.io import atomic_path, to_uint8
 from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline
+from iterview.pipeline.runinfo import differences
 from iterview.pipeline.sampling import SUBFOLDERS, is_finished, make_instance, run_name, save_instance, scene_path
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import make_viewset
 from iterview.render.export import export_scene
 from iterview.render.video import TRAJECTORIES, render_fusion, render_scene_video
+from iterview.validate import network_identity
 from iterview.webapp.jobs import Progress, Report
 
 VIEWSETS = ("3x9", "orbit:8", "orbit:16", "swing")
@@ -41,6 +45,7 @@ MAX_UPLOAD_PIXELS = 4096 * 4096
 MAX_DEPTH_BYTES = 200 * 2**20
 # Share of a generate job's progress bar spent sampling; the rest renders the video and exports.
 SAMPLING_SHARE = 0.8
+APP_RECORD = "app.json"  # which models and geometry made an output folder's generated scenes
 
 
 @dataclass
@@ -65,6 +70,17 @@ class AppModels:
         """The models and inference settings of `iterview.pipeline.loading.load_pipeline`'s result."""
         clip = pipeline.sampler_uncond.clip or pipeline.sampler_cond.clip
         return cls(pipeline.g_u, pipeline.g_c, device, pipeline.geometry, clip, pipeline.guidance.strength)
+
+    def record(self) -> dict:
+        """What the generated scenes depend on besides each click's options: hashes of both models' weights, the
+        geometry and x0 clipping (in JSON form)."""
+        record = {
+            "uncond": network_identity(self.g_u),
+            "cond": network_identity(self.g_c),
+            "geometry": asdict(self.geometry),
+            "clip": self.clip,
+        }
+        return json.loads(json.dumps(record))
 
     @property
     def num_classes(self) -> int | None:
@@ -120,6 +136,25 @@ class SceneOutputs:
     grid_depth: Path | None
     video: Path | None
     files: list[Path]
+
+
+def claim_output_dir(output_dir: Path, models: AppModels) -> None:
+    """Let an app of `models` write into output_dir (made if missing), recording them in app.json: a folder whose
+    generated scenes other models or settings made is refused, since a finished scene is reused, not redone."""
+    path, record = output_dir / APP_RECORD, models.record()
+    if path.is_file():
+        found = read_json(path, "app record")
+        changed = differences(found if isinstance(found, dict) else {}, record)
+        if changed:
+            why = f"its scenes were generated with other {', '.join(changed)}"
+            raise UserError("output folder of another app", path, why, "pass another --output-dir")
+        return
+    if any((output_dir / "generate").glob("*/scenes/*.json")):
+        why = "it holds generated scenes but no app.json, so what made them is unknown"
+        raise UserError("output folder of another app", output_dir, why, "pass another --output-dir")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
 
 
 def check_viewset(spec: str) -> str:
