@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from iterview.errors import parse_problem
+
 OFFICIAL_BACKBONE = "AdmUnet2d"
 CONFIG_VERSION = 1
 _POSITIVE_INTS = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "num_groups")
@@ -132,8 +134,8 @@ def read_mapping(path: str | Path, what: str) -> dict:
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path} is not valid YAML/JSON: {e}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid YAML/JSON: {parse_problem(error)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of {what} fields, found {type(data).__name__}")
     return data

@@ -46,6 +46,16 @@ class BatchFailed(UserError):
         super().__init__(what, where, f"{failed} of {total} failed (reasons above)", "fix or remove them and rerun")
 
 
+def parse_problem(error: Exception) -> str:
+    """A JSON, YAML or text-decoding error in one line: what is wrong and where (YAML's own message spans lines)."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {error.start})"
+    mark = getattr(error, "problem_mark", None)
+    if getattr(error, "problem", None) and mark is not None:
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def read_json(path: str | Path, what: str):
     """The JSON value in `path`; a missing or malformed file is a UserError naming it."""
     path = Path(path)

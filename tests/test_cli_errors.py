@@ -59,6 +59,9 @@ def ws(tmp_path_factory) -> Path:
     (root / "cams_scale.json").write_text(json.dumps([(2 * np.eye(4)).tolist()]))
     (root / "cams_empty.json").write_text("[]")
     (root / "cams_keys.json").write_text(json.dumps([{"yaw": 0}]))
+    (root / "cams_broken.yaml").write_text("- {yaw: 0, pitch: [0\n")
+    (root / "cams_binary.yaml").write_bytes(b"\xff\xfe\x00")
+    (root / "broken.yaml").write_text("model:\n  channel_mult: [1, 2\n")
     scene = Scene(torch.rand(27, 4, 16, 16) * 2 - 1, grid_viewset_3x9().modelviews)
     scene.save(root / "run" / "scenes" / "scene_seed00000")
     scene.save(root / "bad" / "scenes" / "scene_seed00001")
@@ -110,6 +113,8 @@ CASES = {
     "viewset orbit": ([*SAMPLE, *OUT, "--viewset", "orbit:x"], "orbit"),
     "camera nan yaw": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/cams_nan.yaml"], "cams_nan.yaml: camera 0"),
     "camera text yaw": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/cams_text.json"], "cams_text.json: camera 0"),
+    "camera yaml broken": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/cams_broken.yaml"], "cams_broken.yaml"),
+    "camera not text": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/cams_binary.yaml"], "cams_binary.yaml"),
     "camera not json": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/notjson.json"], "notjson.json"),
     "camera scaled": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/cams_scale.json"], "cams_scale.json: camera 0"),
     "camera missing": ([*SAMPLE_3X9, *OUT, "--viewset", "{ws}/missing.json"], "missing.json"),
@@ -194,6 +199,8 @@ CASES = {
     "train preset": (["train", "--output", "{ws}/new", "--preset", "huge"], "huge"),
     "train config not json": (["train", "--output", "{ws}/new", "--config", "{ws}/notjson.json"], "notjson.json"),
     "train unknown field": (["train", "--output", "{ws}/new", "--preset", "tiny", "--set", "foo=1"], "foo"),
+    "train override not yaml": (["train", "--output", "{ws}/new", "--preset", "tiny", "--set", "lr=[1"], "lr=[1"),
+    "train config yaml broken": (["train", "--output", "{ws}/new", "--config", "{ws}/broken.yaml"], "broken.yaml"),
     "train missing data": (["train", "--output", "{ws}/new", "--preset", "tiny", "--data", "{ws}/nowhere"], "nowhere"),
     # demo
     "demo threads": (["demo", "--threads", "0", "--out", "{ws}/new"], "--threads"),
@@ -217,6 +224,8 @@ def test_bad_input_is_one_clear_line(ws, case):
     assert result.exit_code == 2, output
     assert expected in output, output
     assert "Traceback" not in output
+    # The output ends with the whole error: its one line, or the panel of a usage error.
+    assert output.rstrip().splitlines()[-1].startswith(("error: ", "╰─")), output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert snapshot(ws) == before, "the command changed or added files"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from iterview.errors import parse_problem
 from iterview.geometry.cameras import orbit_camera
 
 YAWS_3X9 = (0.0, 0.15, -0.15, 0.30, -0.30, 0.45, -0.45, 0.60, -0.60)
@@ -103,11 +104,12 @@ def load_cameras(path: str | Path) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"camera file not found: {path}")
-    text = path.read_text()
     try:
+        text = path.read_text()
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: expected JSON or YAML camera list, could not parse it: {error}") from error
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
+        why = parse_problem(error)
+        raise ValueError(f"{path}: expected JSON or YAML camera list, could not parse it: {why}") from None
     views = data.get("views") if isinstance(data, dict) else data
     if not isinstance(views, list) or not views:
         raise ValueError(

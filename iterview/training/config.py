@@ -18,6 +18,7 @@ import yaml
 from iterview.config import ADMConfig, read_mapping, tiny_adm_config
 from iterview.data.pairs import TRAIN_AUGMENTS
 from iterview.data.synth import CATEGORIES
+from iterview.errors import parse_problem
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "cosine")
@@ -150,7 +151,10 @@ def load_config(
         target = data
         for part in parents:
             target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(value)
+        try:
+            target[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML: {parse_problem(error)}") from None
     if not data:
         raise ValueError("give a config file or a preset")
     return TrainConfig.from_dict(data)
