@@ -62,6 +62,9 @@ def ws(tmp_path_factory) -> Path:
     (root / "cams_broken.yaml").write_text("- {yaw: 0, pitch: [0\n")
     (root / "cams_binary.yaml").write_bytes(b"\xff\xfe\x00")
     (root / "broken.yaml").write_text("model:\n  channel_mult: [1, 2\n")
+    for name, recipe in (("bench_fields", '{"version": 1, "shape": "torus"}'), ("bench_json", "{")):
+        (root / name).mkdir()
+        (root / name / "benchmark.json").write_text(recipe)
     scene = Scene(torch.rand(27, 4, 16, 16) * 2 - 1, grid_viewset_3x9().modelviews)
     scene.save(root / "run" / "scenes" / "scene_seed00000")
     scene.save(root / "bad" / "scenes" / "scene_seed00001")
@@ -202,6 +205,9 @@ CASES = {
     "train override not yaml": (["train", "--output", "{ws}/new", "--preset", "tiny", "--set", "lr=[1"], "lr=[1"),
     "train config yaml broken": (["train", "--output", "{ws}/new", "--config", "{ws}/broken.yaml"], "broken.yaml"),
     "train missing data": (["train", "--output", "{ws}/new", "--preset", "tiny", "--data", "{ws}/nowhere"], "nowhere"),
+    # eval
+    "eval recipe fields": (["eval", "--benchmark", "{ws}/bench_fields", "--cond", "{ws}/gc"], "bench_fields"),
+    "eval recipe not json": (["eval", "--benchmark", "{ws}/bench_json", "--cond", "{ws}/gc"], "bench_json"),
     # demo
     "demo threads": (["demo", "--threads", "0", "--out", "{ws}/new"], "--threads"),
 }

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from iterview.errors import UserError
 from iterview.models.checkpoint import build_model, load_model
 from iterview.training.ema import ema_copy, update_ema
 from iterview.training.state import (
@@ -85,6 +86,15 @@ def test_checkpoint_round_trip_restores_everything(tmp_path, trained):
     # both weight folders are plain model folders for sampling
     ema_model, config = load_model(path / "ema")
     assert config == CONFIG and isinstance(ema_model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("content", ["{", '{"step": 3, "learning_rate": 1}', "[1]"])
+def test_an_unreadable_training_state_is_one_clear_error(tmp_path, trained, content):
+    path = _save(tmp_path, 3, trained)
+    (path / "state.json").write_text(content)
+    fresh = build_model(CONFIG)
+    with pytest.raises(UserError, match=r"training state .*state\.json"):
+        load_checkpoint(path, fresh, ema_copy(fresh), torch.optim.AdamW(fresh.parameters(), lr=1e-3))
 
 
 def test_keep_last_and_latest(tmp_path, trained):

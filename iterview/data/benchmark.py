@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from iterview.data.synth import scene_for_index, write_synth_dataset
+from iterview.errors import UserError, read_json
 from iterview.io import atomic_path
 from iterview.pipeline.viewsets import grid_viewset_3x9
 
@@ -52,7 +53,7 @@ def write_benchmark(root: str | Path, recipe: BenchmarkRecipe = BENCHMARK) -> Pa
     """Write (or finish writing) the benchmark of `recipe` into root; refuses a folder of another recipe."""
     root = Path(root)
     recipe_path = root / RECIPE_FILE
-    if recipe_path.is_file() and json.loads(recipe_path.read_text()) != asdict(recipe):
+    if recipe_path.is_file() and read_json(recipe_path, "benchmark recipe") != asdict(recipe):
         raise ValueError(f"{root} holds another benchmark recipe ({recipe_path}); use another folder")
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(recipe_path) as tmp:
@@ -90,7 +91,12 @@ def read_recipe(root: str | Path) -> BenchmarkRecipe:
         raise FileNotFoundError(
             f"{root} is not a synth benchmark (no {RECIPE_FILE}); write one with `iterview synth {root} --preset bench`"
         )
-    return BenchmarkRecipe(**json.loads(path.read_text()))
+    data = read_json(path, "benchmark recipe")
+    try:
+        return BenchmarkRecipe(**data)
+    except TypeError:
+        fix = f"write it again with `iterview synth {root} --preset bench`"
+        raise UserError("unreadable benchmark recipe", path, "not the fields of a BenchmarkRecipe", fix) from None
 
 
 def load_truth(root: str | Path, index: int) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from iterview.data.layout import (
     save_depth,
     write_index,
 )
+from iterview.errors import read_json
 from iterview.geometry.cameras import DEFAULT_FOV, focal_length, look_at
 from iterview.io import atomic_path, remove_partials
 from iterview.seeds import derive_seed
@@ -382,8 +383,8 @@ def write_synth_dataset(
     meta = {"seed": seed, "image_size": image_size, "style": style, "fov": DEFAULT_FOV, "categories": list(CATEGORIES)}
     meta_path = root / META_FILE
     if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        previous.setdefault("style", "classic")
+        previous = read_json(meta_path, "synth record")
+        previous = {"style": "classic"} | (previous if isinstance(previous, dict) else {})
         clash = {key: previous[key] for key in ("seed", "image_size", "style") if previous.get(key) != meta[key]}
         if clash:
             raise ValueError(f"{root} already holds a synth dataset with {clash}; use another folder to change them")

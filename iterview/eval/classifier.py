@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from iterview.errors import read_json
 from iterview.io import atomic_path
 
 INPUT_SIZE = 32
@@ -72,9 +73,10 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no classifier in {directory} (missing {CONFIG_FILE})")
-    config = json.loads(config_path.read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a synth classifier config (format {config.get('format')!r})")
+    config = read_json(config_path, "classifier config")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != FORMAT:
+        raise ValueError(f"{config_path} is not a synth classifier config (format {found!r})")
     model = SynthClassifier(config["num_classes"], config["width"])
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     return model.to(device).eval()

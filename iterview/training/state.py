@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from iterview.config import ADMConfig
+from iterview.errors import UserError, read_json
 from iterview.io import atomic_path
 from iterview.models.checkpoint import load_weights, read_state_dict, save_model
 
@@ -131,9 +132,15 @@ def load_checkpoint(
     with safe_open(opt_file, framework="pt") as f:
         meta = json.loads(f.metadata()["optimizer"])
     optimizer.load_state_dict(_unflatten_optimizer(load_file(opt_file), meta))
-    saved = json.loads((directory / "state.json").read_text())
-    saved.pop("config", None)
-    return TrainState(**saved), load_file(directory / "rng.safetensors")
+    saved = read_json(directory / "state.json", "training state")
+    try:
+        state = TrainState(**{key: value for key, value in saved.items() if key != "config"})
+    except (TypeError, AttributeError):
+        why = "not the fields of a training state"
+        raise UserError(
+            "unreadable training state", directory / "state.json", why, "resume from another checkpoint"
+        ) from None
+    return state, load_file(directory / "rng.safetensors")
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
