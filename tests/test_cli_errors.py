@@ -62,6 +62,8 @@ def ws(tmp_path_factory) -> Path:
     (root / "cams_broken.yaml").write_text("- {yaw: 0, pitch: [0\n")
     (root / "cams_binary.yaml").write_bytes(b"\xff\xfe\x00")
     (root / "broken.yaml").write_text("model:\n  channel_mult: [1, 2\n")
+    (root / "binidx").mkdir()
+    (root / "binidx" / "dataset.json").write_bytes(b"\xff\xfe")
     for name, recipe in (("bench_fields", '{"version": 1, "shape": "torus"}'), ("bench_json", "{")):
         (root / name).mkdir()
         (root / name / "benchmark.json").write_text(recipe)
@@ -204,6 +206,10 @@ CASES = {
     "train unknown field": (["train", "--output", "{ws}/new", "--preset", "tiny", "--set", "foo=1"], "foo"),
     "train override not yaml": (["train", "--output", "{ws}/new", "--preset", "tiny", "--set", "lr=[1"], "lr=[1"),
     "train config yaml broken": (["train", "--output", "{ws}/new", "--config", "{ws}/broken.yaml"], "broken.yaml"),
+    "train index not text": (
+        ["train", "--output", "{ws}/new", "--preset", "tiny", "--data", "{ws}/binidx"],
+        "dataset.json",
+    ),
     "train missing data": (["train", "--output", "{ws}/new", "--preset", "tiny", "--data", "{ws}/nowhere"], "nowhere"),
     # eval
     "eval recipe fields": (["eval", "--benchmark", "{ws}/bench_fields", "--cond", "{ws}/gc"], "bench_fields"),

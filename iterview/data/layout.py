@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from iterview.data.images import IMAGE_EXTENSIONS, is_image_file
+from iterview.errors import parse_problem
 from iterview.io import atomic_path, write_json
 
 INDEX_FILE = "dataset.json"
@@ -94,8 +95,8 @@ def read_index(root: str | Path) -> DatasetIndex:
         return scan_index(root)
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {parse_problem(error)}") from None
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("images"), list)
