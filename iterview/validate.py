@@ -127,14 +127,18 @@ def _role(config) -> str:
 def model_identity(weights: str | Path, config) -> str:
     """A content hash (sha256, 16 hex digits) of a model's weights file and its config: what made a run."""
     path = Path(weights)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
+    digest = file_digest(path / "model.safetensors" if path.is_dir() else path)
     digest.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def file_digest(path: str | Path):
+    """A sha256 hash object fed with a file's bytes (read in 4 MiB blocks); `.hexdigest()` identifies the file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest
 
 
 def network_identity(model) -> str:

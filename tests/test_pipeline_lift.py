@@ -27,11 +27,11 @@ from iterview.models import shipped
 from iterview.models.adm import ADMUNet
 from iterview.models.checkpoint import save_model, tiny_adm
 from iterview.pipeline import lift as lift_module
-from iterview.pipeline.lift import LiftSettings, PhotoLifter, file_sha256, lift_photo, load_lift_models
+from iterview.pipeline.lift import LiftSettings, PhotoLifter, lift_photo, load_lift_models
 from iterview.pipeline.multiview import Guidance, MultiViewPipeline
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import make_viewset
-from iterview.validate import network_identity
+from iterview.validate import file_digest, network_identity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -313,7 +313,8 @@ def test_a_lift_never_replaces_another_scene_without_overwrite(models, tmp_path,
     npz = out / "scenes" / "scene_seed00000.npz"
     first = npz.read_bytes()
     record = json.loads(npz.with_suffix(".json").read_text())["info"]["lift"]
-    assert record["photo_sha256"] == file_sha256(photo) and record["depth"]["sha256"] == file_sha256(disparity)
+    assert record["photo_sha256"] == file_digest(photo).hexdigest()
+    assert record["depth"]["sha256"] == file_digest(disparity).hexdigest()
     assert record["models"]["cond"] == network_identity(load_lift_models(models["g_c"]).g_c)
 
     def no_sampling(*args, **kwargs):

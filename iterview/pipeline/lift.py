@@ -11,7 +11,6 @@ the padding is unknown, and G_c (or G_u, when given) inpaints it in view 0's own
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -47,7 +46,7 @@ from iterview.pipeline.sampling import Instance, instance_suffix, save_instance,
 from iterview.pipeline.viewsets import Viewset, make_viewset
 from iterview.render.export import export_scene
 from iterview.render.video import render_scene_video
-from iterview.validate import network_identity
+from iterview.validate import file_digest, network_identity
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited over
 VIDEO_FRAMES = 60
@@ -105,15 +104,6 @@ class FirstView:
     known: torch.Tensor
     depth_source: dict
     photo_sha256: str
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes: what identifies a photo or a depth file in a lift's record."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_lift_models(
@@ -270,7 +260,7 @@ class PhotoLifter:
         if depth is not None:
             kind = self.settings.depth_kind or "official"
             disparity = user_disparity(depth, size, kind)
-            source = {"file": str(depth), "kind": kind, "sha256": file_sha256(depth)}
+            source = {"file": str(depth), "kind": kind, "sha256": file_digest(depth).hexdigest()}
         elif self.estimator is not None:
             kind = self.settings.depth_kind or self.estimator.kind
             prediction = self.estimator.predict(pixel_values_for(self.estimator.processor, image)[None], [size])[0]
@@ -287,7 +277,7 @@ class PhotoLifter:
             rgbd, known = pad_input(image, disparity, image_size)
         else:
             rgbd, known = model_input(image, disparity, image_size), torch.ones(1, image_size, image_size, dtype=bool)
-        return FirstView(photo, rgbd, known, source, file_sha256(photo))
+        return FirstView(photo, rgbd, known, source, file_digest(photo).hexdigest())
 
     def pipeline(self) -> MultiViewPipeline:
         """The multi-view pipeline of these models and settings (no guidance for the null class)."""
