@@ -376,11 +376,12 @@ def test_the_app_refuses_an_output_folder_of_other_models(generated, tmp_path, m
         return CliRunner().invoke(app, args)
 
     assert serve(g_u).exit_code == 0 and serve(g_u).exit_code == 0 and served == [out, out]
-    record = json.loads((out / "app.json").read_text())
+    record = json.loads((out / "app.json").read_text())["made_by"]
     assert record["uncond"] == network_identity(tiny(4, 1)[0]) and record["cond"] == network_identity(tiny(10, 2)[0])
     refused = serve(other)
     assert refused.exit_code == 2 and "Traceback" not in refused.output and len(served) == 2
-    assert "output folder of another app" in refused.output and "other uncond" in refused.output
+    assert "app output folder made by other models or settings" in refused.output
+    assert "differs in uncond" in refused.output and "--output-dir" in refused.output
     # Generated scenes without a record: what made them is unknown.
     unknown = serve(g_u, generated[0])
     assert unknown.exit_code == 2 and "no app.json" in unknown.output and len(served) == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -55,33 +55,38 @@ def differences(found: dict, expected: dict) -> list[str]:
     return sorted(key for key in {*found, *expected} if found.get(key) != expected.get(key))
 
 
+def claim_record(path: Path, record: dict, scenes: Iterable[Path], what: str, option: str) -> bool:
+    """Claim `what`, the folder of record file `path`, for `record`: True when it already holds that record; one
+    of other models or settings, or `scenes` there without a record, is a UserError pointing to `option`; else
+    the record (format + record) is written and False returned."""
+    if path.is_file():
+        found = read_json(path, f"{what} record")
+        changed = differences(found.get("made_by", {}) if isinstance(found, dict) else {}, record)
+        if changed:
+            raise UserError(
+                f"{what} made by other models or settings",
+                path,
+                f"differs in {', '.join(changed)}",
+                f"pass another {option}, or the same models and options to resume",
+            )
+        return True
+    if any(scenes):
+        why = f"it holds scenes but no {path.name}, so what made them is unknown"
+        raise UserError(f"{what} without a record", path.parent, why, f"pass another {option}")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"format": RUN_FORMAT, "made_by": record}, indent=1))
+    return False
+
+
 @contextmanager
 def recorded_run(root: Path, record: dict, option: str = "--output-dir") -> Iterator[Path]:
     """Claim run folder root for `record`: refuse a folder made by other models or settings (the error points
     to `option`, the command's output folder), write run.json (format + record) if new, and take it back again
     if the block fails before any scene was written."""
     path = root / RUN_FILE
-    if path.is_file():
-        found = read_json(path, "run record")
-        changed = differences(found.get("made_by", {}) if isinstance(found, dict) else {}, record)
-        if changed:
-            raise UserError(
-                "run folder made by other models or settings",
-                path,
-                f"differs in {', '.join(changed)}",
-                f"pass another {option}, or the same models and options to resume",
-            )
+    if claim_record(path, record, (root / "scenes").glob("*.json"), "run folder", option):
         yield root
         return
-    if any((root / "scenes").glob("*.json")):
-        raise UserError(
-            "run folder without a run record",
-            root,
-            "it holds scenes but no run.json, so what made them is unknown",
-            f"pass another {option}",
-        )
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"format": RUN_FORMAT, "made_by": record}, indent=1))
     try:
         yield root
     except BaseException:

@@ -25,12 +25,11 @@ from torch import nn
 from iterview.data.images import load_image
 from iterview.diffusion.presets import resolve_samplers
 from iterview.diffusion.samplers import Callback
-from iterview.errors import UserError, read_json
 from iterview.geometry.cameras import orbit_camera
 from iterview.geometry.inference import InferenceGeometry
 from iterview.io import atomic_path, to_uint8
 from iterview.pipeline.multiview import OFFICIAL_GUIDANCE, Guidance, MultiViewPipeline
-from iterview.pipeline.runinfo import differences
+from iterview.pipeline.runinfo import claim_record
 from iterview.pipeline.sampling import SUBFOLDERS, is_finished, make_instance, run_name, save_instance, scene_path
 from iterview.pipeline.scene import Scene
 from iterview.pipeline.viewsets import make_viewset
@@ -141,20 +140,8 @@ class SceneOutputs:
 def claim_output_dir(output_dir: Path, models: AppModels) -> None:
     """Let an app of `models` write into output_dir (made if missing), recording them in app.json: a folder whose
     generated scenes other models or settings made is refused, since a finished scene is reused, not redone."""
-    path, record = output_dir / APP_RECORD, models.record()
-    if path.is_file():
-        found = read_json(path, "app record")
-        changed = differences(found if isinstance(found, dict) else {}, record)
-        if changed:
-            why = f"its scenes were generated with other {', '.join(changed)}"
-            raise UserError("output folder of another app", path, why, "pass another --output-dir")
-        return
-    if any((output_dir / "generate").glob("*/scenes/*.json")):
-        why = "it holds generated scenes but no app.json, so what made them is unknown"
-        raise UserError("output folder of another app", output_dir, why, "pass another --output-dir")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1))
+    scenes = (output_dir / "generate").glob("*/scenes/*.json")
+    claim_record(output_dir / APP_RECORD, models.record(), scenes, "app output folder", "--output-dir")
 
 
 def check_viewset(spec: str) -> str:
